@@ -1,0 +1,80 @@
+//! The ring-buffer reader task: drains records in batches and hands them to the
+//! aggregator through a bounded channel.
+//!
+//! The BPF side wakes us only when a backlog builds up (batched wake-ups), so the
+//! reader also drains on a short timer. When the aggregator falls behind, the bounded
+//! channel makes the reader wait, the ring fills, and the kernel counts what it cannot
+//! store in EVENTS_LOST: back-pressure ends in a counted loss, never a silent one.
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use mapwatch_common::Event;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracing::warn;
+
+use crate::aggregate::Input;
+
+/// Upper bound on records per batch, so one busy burst cannot hold the channel long.
+const MAX_BATCH: usize = 8192;
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    to_aggregator: mpsc::Sender<Input>,
+    drain_interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf,
+    // and always reports that same fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let mut ticker = tokio::time::interval(drain_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                guard.clear_ready();
+                false
+            }
+            _ = ticker.tick() => false,
+            _ = stop.changed() => true,
+        };
+        // Drain until empty: after a stop the probes are already detached, so this
+        // final pass collects every record they wrote.
+        loop {
+            let batch = drain(ring.get_mut());
+            let full = batch.len() == MAX_BATCH;
+            if !batch.is_empty() && to_aggregator.send(Input::Events(batch)).await.is_err() {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut batch = Vec::new();
+    while batch.len() < MAX_BATCH {
+        let Some(item) = ring.next() else { break };
+        if item.len() != size_of::<Event>() {
+            warn!(
+                len = item.len(),
+                "ring buffer record of unexpected size; BPF object and userspace disagree"
+            );
+            continue;
+        }
+        // SAFETY: the record is exactly one Event written by the BPF program
+        // (#[repr(C)], all fields integers); the ring gives no alignment guarantee
+        // beyond 8, so read unaligned to be safe.
+        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    batch
+}

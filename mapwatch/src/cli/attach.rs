@@ -1,0 +1,265 @@
+//! `mapwatch attach --pid P`: profile one process until stopped.
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use super::{AttachArgs, UsageError};
+use crate::{
+    aggregate::{Aggregator, Input, SlotRegistration, Workload},
+    attach::{self, AttachError, AttachedProbe, FileIdentity, KernelCounters, Probes},
+    goelf::{GoBinary, GoElfError},
+    metrics::{Metrics, WorkloadLabels, http},
+    plan::{self, PlanRequest},
+};
+
+/// How often the reader drains the ring buffer when no wake-up came.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the target's liveness is checked.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
+
+pub fn run(args: AttachArgs) -> anyhow::Result<()> {
+    let pid = args.pid;
+    let start_time = process_start_time(pid).ok_or_else(|| {
+        UsageError(format!(
+            "no process with pid {pid}: check the pid (e.g. with `pgrep -a NAME`)"
+        ))
+    })?;
+    let exe = attach::exe_path(pid);
+    let identity = FileIdentity::of(&exe).map_err(|e| exe_error(pid, &e))?;
+    let binary = GoBinary::open(&exe).map_err(|e| match e {
+        GoElfError::NotGo { .. } => UsageError(format!(
+            "process {pid} ({}) is not a Go program: its executable has no Go build info",
+            command_name(pid)
+        )),
+        GoElfError::Io { source, .. } => exe_error(pid, &source),
+        other => UsageError(format!("process {pid}: {other}")),
+    })?;
+    let plan = plan::plan_probes(
+        &binary,
+        PlanRequest {
+            slice_growth: true,
+            exact: args.exact,
+        },
+    )
+    .map_err(|e| UsageError(format!("process {pid}: {e}")))?;
+    if plan.probes.is_empty() {
+        let reasons: Vec<String> = plan
+            .unavailable
+            .iter()
+            .map(|u| format!("{}: {}", u.signal, u.reason))
+            .collect();
+        return Err(UsageError(format!(
+            "process {pid}: nothing to probe ({})",
+            reasons.join("; ")
+        ))
+        .into());
+    }
+    let labels = WorkloadLabels {
+        binary: binary_label(pid),
+        go_version: plan.go_version.clone(),
+        ..Default::default()
+    };
+    drop(binary);
+
+    let mut probes = Probes::load().map_err(|e| match e {
+        AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
+        other => anyhow::Error::from(other),
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let ready = Arc::new(AtomicBool::new(false));
+        let attached: Arc<Mutex<Vec<AttachedProbe>>> = Arc::default();
+        let hook = scrape_hook(probes.counters(), Arc::clone(&attached));
+        let (addr, server) = http::bind(args.listen, Arc::clone(&metrics), Arc::clone(&ready), hook)
+            .await
+            .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
+        let server = tokio::spawn(server);
+
+        let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
+        let aggregator = tokio::spawn(Aggregator::new(Arc::clone(&metrics)).run(from_probes));
+
+        let new_probes = match probes.attach_process(pid, identity, &plan) {
+            Ok(new_probes) => new_probes,
+            Err(e) => {
+                metrics.attach_errors_total.with_label_values(&[e.reason()]).inc();
+                return Err(anyhow::Error::from(e).context(format!("attaching to process {pid}")));
+            }
+        };
+        let workload = Arc::new(Workload {
+            labels,
+            facts: plan.facts,
+            exact: args.exact,
+        });
+        let registrations = new_probes
+            .iter()
+            .map(|p| SlotRegistration {
+                slot: p.slot,
+                kind: p.kind,
+                workload: Arc::clone(&workload),
+            })
+            .collect();
+        // Registered before the reader starts: no record can precede its slot's metadata.
+        to_aggregator
+            .send(Input::Register(registrations))
+            .await
+            .context("aggregator stopped")?;
+        attached.lock().expect("attached list").extend(new_probes.iter().cloned());
+        metrics.attached_processes.set(1);
+
+        let ring = probes.take_ring_buf().context("ring buffer already taken")?;
+        let (stop_reader, stop_signal) = watch::channel(false);
+        let reader = tokio::spawn(attach::reader::run(ring, to_aggregator, DRAIN_INTERVAL, stop_signal));
+        ready.store(true, Ordering::Release);
+        eprintln!(
+            "mapwatch: attached {} probe(s) to pid {pid} ({}, {}); metrics at http://{addr}/metrics",
+            new_probes.len(),
+            workload.labels.binary,
+            workload.labels.go_version
+        );
+
+        let why = wait_for_stop(pid, start_time, args.duration).await?;
+        info!(%why, "stopping");
+        let started = std::time::Instant::now();
+        probes.detach_all();
+        metrics.attached_processes.set(0);
+        let _ = stop_reader.send(true);
+        reader.await.context("reader task")?.context("reading the ring buffer")?;
+        aggregator.await.context("aggregator task")?;
+        eprintln!(
+            "mapwatch: {why}; detached in {} ms. {}",
+            started.elapsed().as_millis(),
+            summary(&metrics)
+        );
+        server.abort();
+        Ok(())
+    })
+}
+
+fn exe_error(pid: u32, error: &std::io::Error) -> UsageError {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => UsageError(format!(
+            "cannot read /proc/{pid}/exe: permission denied; run as root or with CAP_SYS_PTRACE \
+             and CAP_DAC_READ_SEARCH to profile another user's process"
+        )),
+        std::io::ErrorKind::NotFound => UsageError(format!(
+            "process {pid} has no executable (a kernel thread, or it exited)"
+        )),
+        _ => UsageError(format!("cannot read /proc/{pid}/exe: {error}")),
+    }
+}
+
+/// Field 22 of /proc/PID/stat: distinguishes a pid from a later reuse of it.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The executable's file name: a bounded label, unlike its full path or the pid.
+fn binary_label(pid: u32) -> String {
+    std::fs::read_link(attach::exe_path(pid))
+        .ok()
+        .and_then(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            Some(name.trim_end_matches(" (deleted)").to_string())
+        })
+        .unwrap_or_else(|| command_name(pid))
+}
+
+async fn wait_for_stop(
+    pid: u32,
+    start_time: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<String> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let exited = async {
+        loop {
+            tokio::time::sleep(LIVENESS_INTERVAL).await;
+            if process_start_time(pid) != Some(start_time) {
+                break;
+            }
+        }
+    };
+    Ok(tokio::select! {
+        _ = sigterm.recv() => "SIGTERM".to_string(),
+        _ = sigint.recv() => "interrupted".to_string(),
+        _ = deadline => "duration elapsed".to_string(),
+        _ = exited => format!("process {pid} exited"),
+    })
+}
+
+fn scrape_hook(
+    counters: Arc<Mutex<KernelCounters>>,
+    attached: Arc<Mutex<Vec<AttachedProbe>>>,
+) -> http::ScrapeHook {
+    Arc::new(move |metrics: &Metrics| {
+        let counters = counters.lock().expect("kernel counters");
+        let attached = attached.lock().expect("attached list");
+        let mut totals: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for probe in attached.iter() {
+            match counters.read(probe.slot) {
+                Ok(counts) => {
+                    let total = totals.entry(probe.probe).or_default();
+                    total.0 += counts.hits;
+                    total.1 += counts.lost;
+                }
+                Err(e) => warn!(slot = probe.slot, "reading kernel counters: {e}"),
+            }
+        }
+        for (probe, (hits, lost)) in totals {
+            Metrics::sync_counter(&metrics.probe_hits_total, &[probe], hits);
+            Metrics::sync_counter(&metrics.events_lost_total, &[probe], lost);
+        }
+    })
+}
+
+fn summary(metrics: &Metrics) -> String {
+    let sum = |family: &prometheus::IntCounterVec| -> u64 {
+        use prometheus::core::Collector as _;
+        family
+            .collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum()
+    };
+    format!(
+        "{} slice growths ({} bytes) seen.",
+        sum(&metrics.slice_grow_total),
+        sum(&metrics.slice_grow_bytes_total)
+    )
+}

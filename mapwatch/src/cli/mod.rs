@@ -1,0 +1,73 @@
+//! The command line: clap definitions here, one file per command.
+mod attach;
+mod inspect;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// Errors the user can fix (bad pid, not a Go program, unsupported version, missing
+/// privileges): one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mapwatch",
+    version,
+    about = "Watch maps and slices grow in running Go programs (eBPF uprobes, no restart).",
+    long_about = "mapwatch attaches uprobes to the Go runtime's growth functions \
+(runtime.growslice today) in a running Go program, and serves what it sees as \
+Prometheus metrics. No recompile, no restart, no change to the program.\n\n\
+Example:\n  sudo mapwatch attach --pid $(pidof myservice) --listen 127.0.0.1:9433\n  \
+curl -s 127.0.0.1:9433/metrics | grep mapwatch_slice_grow"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Profile one running Go process and serve its metrics.
+    Attach(AttachArgs),
+    /// Show what mapwatch can probe in a Go binary (no root needed).
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Process id of the Go program to profile.
+    #[arg(long)]
+    pub pid: u32,
+    /// Address to serve /metrics, /healthz and /readyz on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9433")]
+    pub listen: SocketAddr,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C, SIGTERM or the
+    /// process exits.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Also probe RET instructions and check every derived value against the real one
+    /// (mapwatch_exact_checks_total). Each RET hit is single-stepped by the kernel,
+    /// about 4x the cost of an entry probe: for tests and short investigations.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Path to a Go executable.
+    pub binary: PathBuf,
+    /// Print the probe plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command. Errors that are the user's to fix are [`UsageError`]s.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Attach(args) => attach::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    }
+}

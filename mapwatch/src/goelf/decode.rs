@@ -1,0 +1,155 @@
+//! Decode a Go function's machine code to find where probes may go: the first
+//! instruction after the stack-bound check, and every RET.
+//!
+//! Why not offset 0: Go's prologue compares SP with `g.stackguard0` and, when the stack
+//! is too small, calls `runtime.morestack` and jumps back to the function's first byte
+//! (the trailer ends in `JMP fn(SB)`, src/cmd/internal/obj/x86/obj6.go `stacksplit`).
+//! A probe at +0 would fire again after every stack growth; it is also single-stepped
+//! (~10× the cost). The instruction after the check runs exactly once per call, with
+//! the argument registers untouched (only R12 may have been written).
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+/// Offset of `g.stackguard0` in `runtime.g`: the check compares against 0x10(R14) in
+/// every Go version with the register ABI (src/runtime/runtime2.go: stack, stackguard0).
+const STACKGUARD0_OFFSET: u64 = 0x10;
+
+/// Where, relative to the function's start, probes can be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionLayout {
+    /// Offset of the first instruction after the stack-bound check; `None` for a
+    /// function without a check (a leaf with a small frame).
+    pub after_stack_check: Option<u64>,
+    /// Offsets of every RET instruction.
+    pub rets: Vec<u64>,
+    /// Offsets of every instruction start, to verify that a probe lands on a boundary.
+    pub boundaries: Vec<u64>,
+}
+
+impl FunctionLayout {
+    /// Offset an entry probe goes to: after the check, or the first instruction of a
+    /// function that has no check.
+    pub fn entry_offset(&self) -> u64 {
+        self.after_stack_check.unwrap_or(0)
+    }
+
+    pub fn is_boundary(&self, offset: u64) -> bool {
+        self.boundaries.binary_search(&offset).is_ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid instruction at +{offset:#x}")]
+    Invalid { offset: u64 },
+    #[error("empty function")]
+    Empty,
+}
+
+/// How many instructions the prologue may have before the check's JBE:
+/// `LEAQ -N(SP), R12` (large frames) or `MOVQ SP, R12; SUBQ; JCS` (huge frames), a
+/// CMP, then the JBE.
+const PROLOGUE_SCAN: usize = 6;
+
+/// Decodes `code` (a whole function, starting at virtual address `vaddr`).
+pub fn analyze_function(code: &[u8], vaddr: u64) -> Result<FunctionLayout, DecodeError> {
+    if code.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut boundaries = Vec::new();
+    let mut rets = Vec::new();
+    let mut prologue: Vec<Instruction> = Vec::with_capacity(PROLOGUE_SCAN);
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        let offset = instruction.ip() - vaddr;
+        if instruction.code() == Code::INVALID {
+            // Go pads between functions with INT3, never with data; an invalid byte
+            // inside the symbol's range means we are not reading the code we think.
+            return Err(DecodeError::Invalid { offset });
+        }
+        boundaries.push(offset);
+        if instruction.mnemonic() == Mnemonic::Ret {
+            rets.push(offset);
+        }
+        if prologue.len() < PROLOGUE_SCAN {
+            prologue.push(instruction);
+        }
+    }
+    Ok(FunctionLayout {
+        after_stack_check: find_stack_check_end(&prologue).map(|end| end - vaddr),
+        rets,
+        boundaries,
+    })
+}
+
+/// Returns the address after `CMP <reg>, [R14+0x10]` + `JBE`.
+fn find_stack_check_end(prologue: &[Instruction]) -> Option<u64> {
+    prologue.windows(2).find_map(|pair| {
+        let (cmp, jump) = (&pair[0], &pair[1]);
+        let compares_stackguard = cmp.mnemonic() == Mnemonic::Cmp
+            && (0..cmp.op_count()).any(|i| {
+                cmp.op_kind(i) == OpKind::Memory
+                    && cmp.memory_base() == Register::R14
+                    && cmp.memory_index() == Register::None
+                    && cmp.memory_displacement64() == STACKGUARD0_OFFSET
+            });
+        (compares_stackguard && jump.mnemonic() == Mnemonic::Jbe).then(|| jump.next_ip())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// growslice's prologue in Go 1.21–1.27 (go-runtime.md §2):
+    /// CMPQ SP,0x10(R14); JBE rel32; PUSHQ BP; MOVQ SP,BP; RET.
+    const SMALL_FRAME: &[u8] = &[
+        0x49, 0x3b, 0x66, 0x10, // cmp rsp,[r14+0x10]
+        0x0f, 0x86, 0x10, 0x00, 0x00, 0x00, // jbe
+        0x55, // push rbp
+        0x48, 0x89, 0xe5, // mov rbp,rsp
+        0xc3, // ret
+    ];
+
+    #[test]
+    fn finds_end_of_small_frame_check_and_rets() {
+        let layout = analyze_function(SMALL_FRAME, 0x401000).unwrap();
+        assert_eq!(layout.after_stack_check, Some(0xa));
+        assert_eq!(layout.rets, vec![0xe]);
+        assert!(layout.is_boundary(0xa));
+        assert!(!layout.is_boundary(0xb));
+    }
+
+    #[test]
+    fn finds_end_of_large_frame_check_with_short_jump() {
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0xd8, // lea r12,[rsp-0x28]
+            0x4d, 0x3b, 0x66, 0x10, // cmp r12,[r14+0x10]
+            0x76, 0x02, // jbe +2
+            0x55, // push rbp
+            0xc3, // ret
+            0xcc, // int3
+        ];
+        let layout = analyze_function(&code, 0x1000).unwrap();
+        assert_eq!(layout.after_stack_check, Some(0xb));
+        assert_eq!(layout.rets, vec![0xc]);
+    }
+
+    #[test]
+    fn leaf_without_check_probes_first_instruction() {
+        let code = [0x48, 0x89, 0xd8, 0xc3]; // mov rax,rbx; ret
+        let layout = analyze_function(&code, 0x1000).unwrap();
+        assert_eq!(layout.after_stack_check, None);
+        assert_eq!(layout.entry_offset(), 0);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_guess() {
+        assert_eq!(analyze_function(&[], 0), Err(DecodeError::Empty));
+        assert!(matches!(
+            analyze_function(&[0x90, 0x06], 0),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,227 @@
+//! Read a Go binary without running it: build info, symbols, machine code, and the
+//! mapping between virtual addresses and file offsets.
+mod buildinfo;
+pub mod decode;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use memmap2::Mmap;
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+
+pub use buildinfo::BuildInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoElfError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF executable: {reason}")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{path} is a {arch} binary; mapwatch supports x86_64 (amd64) Go binaries only")]
+    UnsupportedArch { path: PathBuf, arch: String },
+    #[error("{path} is not a Go program: it has no Go build info (.go.buildinfo)")]
+    NotGo { path: PathBuf },
+    #[error("{path} has corrupt Go build info: {reason}")]
+    BadBuildInfo { path: PathBuf, reason: String },
+}
+
+/// A function's address range in the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionSymbol {
+    pub vaddr: u64,
+    pub size: u64,
+}
+
+/// A loadable segment: where bytes at `vaddr..vaddr+file_size` live in the file.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    vaddr: u64,
+    file_offset: u64,
+    file_size: u64,
+}
+
+/// An opened, parsed Go executable. The file is memory-mapped: nothing is copied but
+/// the symbol table's names.
+pub struct GoBinary {
+    path: PathBuf,
+    map: Mmap,
+    build_info: BuildInfo,
+    functions: HashMap<String, FunctionSymbol>,
+    segments: Vec<Segment>,
+    has_symtab: bool,
+}
+
+impl GoBinary {
+    pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
+        let io = |source| GoElfError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only; a concurrent truncation of the file could
+        // fault, which is the same risk every ELF tool takes (and binaries being run
+        // cannot be written: ETXTBSY).
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Self::parse(path, map)
+    }
+
+    fn parse(path: &Path, map: Mmap) -> Result<GoBinary, GoElfError> {
+        let not_elf = |reason: String| GoElfError::NotElf {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let elf = object::File::parse(&*map).map_err(|e| not_elf(e.to_string()))?;
+        if elf.format() != object::BinaryFormat::Elf {
+            return Err(not_elf(format!("{:?} object", elf.format())));
+        }
+        if elf.architecture() != object::Architecture::X86_64 {
+            return Err(GoElfError::UnsupportedArch {
+                path: path.to_path_buf(),
+                arch: format!("{:?}", elf.architecture()).to_lowercase(),
+            });
+        }
+        let segments: Vec<Segment> = elf
+            .segments()
+            .map(|s| {
+                let (file_offset, file_size) = s.file_range();
+                Segment {
+                    vaddr: s.address(),
+                    file_offset,
+                    file_size,
+                }
+            })
+            .collect();
+        let build_info = match elf.section_by_name(".go.buildinfo") {
+            Some(section) => {
+                let data = section.data().map_err(|e| GoElfError::BadBuildInfo {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+                let read_vaddr = |vaddr: u64, len: u64| read_at_vaddr(&map, &segments, vaddr, len);
+                buildinfo::parse(data, read_vaddr).map_err(|reason| GoElfError::BadBuildInfo {
+                    path: path.to_path_buf(),
+                    reason,
+                })?
+            }
+            None => {
+                return Err(GoElfError::NotGo {
+                    path: path.to_path_buf(),
+                });
+            }
+        };
+        let mut functions = HashMap::new();
+        let mut has_symtab = false;
+        for symbol in elf.symbols() {
+            has_symtab = true;
+            if symbol.kind() != object::SymbolKind::Text {
+                continue;
+            }
+            if let Ok(name) = symbol.name() {
+                functions.insert(
+                    name.to_string(),
+                    FunctionSymbol {
+                        vaddr: symbol.address(),
+                        size: symbol.size(),
+                    },
+                );
+            }
+        }
+        drop(elf);
+        Ok(GoBinary {
+            path: path.to_path_buf(),
+            map,
+            build_info,
+            functions,
+            segments,
+            has_symtab,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build_info
+    }
+
+    /// False for binaries linked with `-ldflags=-s` (no .symtab).
+    pub fn has_symtab(&self) -> bool {
+        self.has_symtab
+    }
+
+    pub fn function(&self, name: &str) -> Option<FunctionSymbol> {
+        self.functions.get(name).copied()
+    }
+
+    /// The machine code of a function, straight from the mapped file.
+    pub fn code(&self, function: FunctionSymbol) -> Option<&[u8]> {
+        read_at_vaddr(&self.map, &self.segments, function.vaddr, function.size)
+    }
+
+    /// File offset of a virtual address: what uprobes are attached at.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        file_offset(&self.segments, vaddr)
+    }
+}
+
+fn file_offset(segments: &[Segment], vaddr: u64) -> Option<u64> {
+    segments.iter().find_map(|s| {
+        let delta = vaddr.checked_sub(s.vaddr)?;
+        (delta < s.file_size).then(|| s.file_offset + delta)
+    })
+}
+
+fn read_at_vaddr<'a>(
+    map: &'a [u8],
+    segments: &[Segment],
+    vaddr: u64,
+    len: u64,
+) -> Option<&'a [u8]> {
+    let start = usize::try_from(file_offset(segments, vaddr)?).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    // The whole range must lie in the same segment's file bytes.
+    let last = file_offset(segments, vaddr.checked_add(len.checked_sub(1)?)?)?;
+    if last as usize != end - 1 {
+        return None;
+    }
+    map.get(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_vaddr_to_file_offset_within_segments_only() {
+        let segments = [
+            Segment {
+                vaddr: 0x400000,
+                file_offset: 0,
+                file_size: 0x1000,
+            },
+            Segment {
+                vaddr: 0x402000,
+                file_offset: 0x1000,
+                file_size: 0x500,
+            },
+        ];
+        assert_eq!(file_offset(&segments, 0x400010), Some(0x10));
+        assert_eq!(file_offset(&segments, 0x402004), Some(0x1004));
+        assert_eq!(file_offset(&segments, 0x401000), None);
+        assert_eq!(file_offset(&segments, 0x402500), None);
+        let bytes = vec![7u8; 0x1500];
+        assert!(read_at_vaddr(&bytes, &segments, 0x400ff0, 0x20).is_none());
+        assert_eq!(
+            read_at_vaddr(&bytes, &segments, 0x402000, 4),
+            Some(&bytes[0x1000..0x1004])
+        );
+    }
+}

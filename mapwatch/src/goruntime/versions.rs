@@ -1,0 +1,158 @@
+//! The per-version table. Register numbers index `mapwatch_common::Event::regs`, which
+//! holds the Go ABIInternal integer argument registers in order
+//! (src/cmd/compile/abi-internal.md: RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11).
+use std::fmt;
+
+use super::slice_growth::{SliceGrowthRule, rule_for};
+
+/// Oldest and newest Go minor versions (1.x) this build knows the runtime of.
+pub const OLDEST_SUPPORTED_MINOR: u32 = 21;
+pub const NEWEST_SUPPORTED_MINOR: u32 = 27;
+
+/// Index of an ABI argument register in `Event::regs`.
+pub type AbiReg = u8;
+pub const RAX: AbiReg = 0;
+pub const RBX: AbiReg = 1;
+pub const RCX: AbiReg = 2;
+pub const RDI: AbiReg = 3;
+pub const RSI: AbiReg = 4;
+
+/// A Go release as written in a binary's build info, e.g. `go1.22.10`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    /// The string as found, e.g. `go1.24.11` or `go1.25rc1`.
+    pub raw: String,
+}
+
+impl GoVersion {
+    /// Parses `go1.N`, `go1.N.P`, `go1.NrcK`, `go1.NbetaK`; `None` for anything else
+    /// (e.g. `devel` builds, whose runtime cannot be matched to a table entry).
+    pub fn parse(raw: &str) -> Option<GoVersion> {
+        let rest = raw.strip_prefix("go")?;
+        // A version may carry a suffix after a space or '-' (e.g. "go1.22.1 X:boringcrypto").
+        let rest = rest.split([' ', '-']).next()?;
+        let mut parts = rest.splitn(3, '.');
+        let major = parts.next()?.parse().ok()?;
+        let minor_part = parts.next()?;
+        let minor_digits: String = minor_part
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let minor = minor_digits.parse().ok()?;
+        let patch = match parts.next() {
+            Some(p) => p.parse().ok()?,
+            None => 0,
+        };
+        Some(GoVersion {
+            major,
+            minor,
+            patch,
+            raw: raw.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for GoVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// Where `runtime.growslice`'s arguments are at its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowsliceAbi {
+    pub old_ptr: AbiReg,
+    pub new_len: AbiReg,
+    pub old_cap: AbiReg,
+    pub num: AbiReg,
+    pub elem_type: AbiReg,
+}
+
+/// Where the result slice is at growslice's RET: (ptr, len, cap) in RAX, RBX, RCX — a
+/// 3-word result is register-assigned like arguments (abi-internal.md).
+pub const GROWSLICE_RESULT_CAP: AbiReg = RCX;
+
+/// The facts one Go version's runtime needs from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeFacts {
+    pub growslice: GrowsliceAbi,
+    /// `abi.Type.Size_` (src/internal/abi/type.go; `runtime._type` before 1.21).
+    pub type_size_offset: u32,
+    /// `abi.Type.PtrBytes`: 0 means the element has no pointers ("noscan").
+    pub type_ptrbytes_offset: u32,
+    pub slice_growth: SliceGrowthRule,
+}
+
+/// Refusal to guess: the binary's Go version is outside the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{found} is not supported by this mapwatch build (supported: go1.{OLDEST_SUPPORTED_MINOR} \
+     to go1.{NEWEST_SUPPORTED_MINOR}); its runtime's registers and struct offsets are unknown"
+)]
+pub struct UnsupportedGoVersion {
+    pub found: String,
+}
+
+pub fn facts_for(
+    version: &GoVersion,
+    goexperiment: &str,
+) -> Result<RuntimeFacts, UnsupportedGoVersion> {
+    let unsupported = || UnsupportedGoVersion {
+        found: version.raw.clone(),
+    };
+    if version.major != 1
+        || !(OLDEST_SUPPORTED_MINOR..=NEWEST_SUPPORTED_MINOR).contains(&version.minor)
+    {
+        return Err(unsupported());
+    }
+    Ok(RuntimeFacts {
+        // growslice(oldPtr unsafe.Pointer, newLen, oldCap, num int, et *_type) slice —
+        // src/runtime/slice.go since Go 1.20 (1.19 passed et first and the old slice as a
+        // struct; not in this table).
+        growslice: GrowsliceAbi {
+            old_ptr: RAX,
+            new_len: RBX,
+            old_cap: RCX,
+            num: RDI,
+            elem_type: RSI,
+        },
+        // abi.Type{Size_ uintptr; PtrBytes uintptr; ...} — src/internal/abi/type.go,
+        // unchanged 1.21–1.27 (go-runtime.md §4, DWARF of every build).
+        type_size_offset: 0,
+        type_ptrbytes_offset: 8,
+        slice_growth: rule_for(version.minor, goexperiment).ok_or_else(unsupported)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_release_and_prerelease_versions() {
+        let v = GoVersion::parse("go1.22.10").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 22, 10));
+        let v = GoVersion::parse("go1.25rc1").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 25, 0));
+        let v = GoVersion::parse("go1.21").unwrap();
+        assert_eq!((v.minor, v.patch), (21, 0));
+        assert!(GoVersion::parse("devel go1.23-abcdef").is_none());
+        assert!(GoVersion::parse("1.22").is_none());
+    }
+
+    #[test]
+    fn refuses_versions_outside_the_table() {
+        for raw in ["go1.17", "go1.20.14", "go1.28.0", "go2.0"] {
+            let err = facts_for(&GoVersion::parse(raw).unwrap(), "").unwrap_err();
+            assert_eq!(err.found, raw);
+            assert!(err.to_string().contains("not supported"), "{err}");
+        }
+        for minor in OLDEST_SUPPORTED_MINOR..=NEWEST_SUPPORTED_MINOR {
+            let v = GoVersion::parse(&format!("go1.{minor}.1")).unwrap();
+            assert!(facts_for(&v, "").is_ok(), "go1.{minor}");
+        }
+    }
+}

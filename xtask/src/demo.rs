@@ -1,0 +1,110 @@
+//! `cargo xtask demo`: profile a bundled Go workload and show the metrics as they come.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    fixtures, setup,
+    util::{cargo, step, workspace_root},
+};
+
+const LISTEN: &str = "127.0.0.1:9433";
+
+/// Metric families worth showing in the demo.
+const SHOWN: &[&str] = &[
+    "mapwatch_slice_grow_total",
+    "mapwatch_slice_grow_bytes_total",
+    "mapwatch_probe_hits_total",
+    "mapwatch_events_lost_total",
+];
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(seconds: u64) -> anyhow::Result<()> {
+    let env = setup::run()?;
+    let workload = step("demo workload (Go 1.24)", || {
+        fixtures::build_one_for(&env, "demo", "go1.24")
+    })?;
+    step("build mapwatch (release)", || {
+        cargo(&["build", "--release", "-p", "mapwatch"]).run()
+    })?;
+    let setup_done = Instant::now();
+
+    let mut demo = KillOnDrop(
+        Command::new(&workload)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", workload.display()))?,
+    );
+    let mut ready = String::new();
+    BufReader::new(demo.0.stdout.take().context("demo stdout")?).read_line(&mut ready)?;
+    let pid = ready
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .with_context(|| format!("demo workload said {ready:?}, expected `ready <pid>`"))?;
+    println!("==> demo workload running as pid {pid}");
+
+    let mapwatch = workspace_root().join("target/release/mapwatch");
+    let mut profiler = KillOnDrop(
+        Command::new(&mapwatch)
+            .args([
+                "attach",
+                "--pid",
+                &pid.to_string(),
+                "--listen",
+                LISTEN,
+                "--duration",
+            ])
+            .arg(format!("{seconds}s"))
+            .spawn()
+            .with_context(|| format!("starting {}", mapwatch.display()))?,
+    );
+    println!("==> mapwatch attach --pid {pid} --listen {LISTEN} --duration {seconds}s");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut shown_growth = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(3));
+        if let Some(status) = profiler.0.try_wait()? {
+            bail!("mapwatch exited early: {status}");
+        }
+        let Ok(body) = ureq::get(&format!("http://{LISTEN}/metrics"))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+        else {
+            continue;
+        };
+        println!(
+            "--- http://{LISTEN}/metrics after {:.0?} ---",
+            setup_done.elapsed()
+        );
+        for line in body
+            .lines()
+            .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
+        {
+            println!("{line}");
+            shown_growth |= line.starts_with("mapwatch_slice_grow_total") && !line.ends_with(" 0");
+        }
+    }
+    let status = profiler.0.wait()?;
+    if !status.success() {
+        bail!("mapwatch exited with {status}");
+    }
+    if !shown_growth {
+        bail!("no slice growth was seen: the demo did not work");
+    }
+    println!(
+        "demo: done. Try it on your own program: sudo target/release/mapwatch attach --pid PID"
+    );
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `cargo xtask <task>`: everything the project needs beyond `cargo build`, set up by
+//! the project itself on a fresh machine (Debian 12, root), idempotently.
+mod demo;
+mod fixtures;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mapwatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, bpf-linker, rust-src,
+    /// Go toolchains); quick when everything is there.
+    Setup,
+    /// Build the Go fixtures for every Go version into target/fixtures.
+    Fixtures,
+    /// Setup, fixtures, then every check and test (as CI runs them).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Setup, then profile a bundled Go workload and print its metrics.
+    Demo {
+        /// How long to profile.
+        #[arg(long, default_value = "20")]
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Fixtures => {
+            let env = setup::run()?;
+            fixtures::build_all(&env).map(|_| ())
+        }
+        Task::Test { cargo_test_args } => test(&cargo_test_args),
+        Task::Demo { seconds } => demo::run(seconds),
+    }
+}
+
+fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let env = setup::run()?;
+    let fixtures_dir = fixtures::build_all(&env)?;
+    util::step("cargo fmt --check", || {
+        util::cargo(&["fmt", "--all", "--check"]).run()
+    })?;
+    util::step("cargo clippy (-D warnings)", || {
+        util::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]).run()
+    })?;
+    util::step("cargo test", || {
+        let mut args = vec!["test", "--workspace"];
+        args.extend(cargo_test_args.iter().map(String::as_str));
+        util::cargo(&args)
+            .env("MAPWATCH_FIXTURES", &fixtures_dir)
+            .run()
+    })?;
+    println!("xtask test: all passed in {:.0?}", started.elapsed());
+    Ok(())
+}
