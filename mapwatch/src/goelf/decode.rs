@@ -118,7 +118,8 @@ mod tests {
         assert_eq!(layout.after_stack_check, Some(0xa));
         assert_eq!(layout.rets, vec![0xe]);
         assert!(layout.is_boundary(0xa));
-        assert!(!layout.is_boundary(0xb));
+        assert!(layout.is_boundary(0xb));
+        assert!(!layout.is_boundary(0xc));
     }
 
     #[test]

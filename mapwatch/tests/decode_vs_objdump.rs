@@ -1,0 +1,107 @@
+//! Prologue decoding checked against Go's own disassembler: for every fixture binary of
+//! every Go version, the probe offsets mapwatch computes for runtime.growslice (first
+//! instruction after the stack-bound check, every RET) must equal what
+//! `go tool objdump` of the same toolchain shows. No root needed.
+mod support;
+
+use std::{path::Path, process::Command};
+
+use mapwatch::{
+    goelf::{GoBinary, decode},
+    plan::GROWSLICE,
+};
+use support::{fixtures_dir, in_ci};
+
+struct GoListing {
+    after_check: u64,
+    rets: Vec<u64>,
+}
+
+/// Parses `go tool objdump -s '^runtime.growslice$'`: lines like
+/// `  slice.go:157		0x44a3a0		493b6610		CMPQ SP, 0x10(R14)`.
+fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
+    let out = Command::new(go)
+        .args(["tool", "objdump", "-s", "^runtime.growslice$"])
+        .arg(binary)
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .expect("run go tool objdump");
+    assert!(
+        out.status.success(),
+        "go tool objdump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let instructions: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line
+                .split('\t')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect();
+            let address = u64::from_str_radix(fields.get(1)?.strip_prefix("0x")?, 16).ok()?;
+            Some((address, fields.get(3)?.to_string()))
+        })
+        .collect();
+    let jbe = instructions
+        .iter()
+        .position(|(_, text)| text.starts_with("JBE"))
+        .expect("stack-bound check JBE in growslice");
+    GoListing {
+        after_check: instructions[jbe + 1].0 - start,
+        rets: instructions
+            .iter()
+            .filter(|(_, text)| text.starts_with("RET"))
+            .map(|(address, _)| address - start)
+            .collect(),
+    }
+}
+
+#[test]
+fn growslice_probe_offsets_match_go_objdump_in_every_fixture() {
+    let cache = std::env::var_os("MAPWATCH_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/mapwatch")
+        });
+    let Ok(versions) = std::fs::read_dir(fixtures_dir()) else {
+        assert!(!in_ci(), "no fixtures: run `cargo xtask test`");
+        eprintln!("SKIP: no fixtures; run `cargo xtask test`");
+        return;
+    };
+    let mut checked = 0;
+    for version in versions.filter_map(Result::ok) {
+        let go_name = version.file_name().to_string_lossy().into_owned();
+        let go = cache.join("go").join(&go_name).join("go/bin/go");
+        assert!(
+            go.is_file(),
+            "{} missing: run `cargo xtask setup`",
+            go.display()
+        );
+        for entry in std::fs::read_dir(version.path())
+            .unwrap()
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            if path.extension().is_some() {
+                continue; // stamps
+            }
+            let binary = GoBinary::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let function = binary.function(GROWSLICE).expect("growslice symbol");
+            let layout =
+                decode::analyze_function(binary.code(function).unwrap(), function.vaddr).unwrap();
+            let expected = objdump(&go, &path, function.vaddr);
+            let name = path.display();
+            assert_eq!(
+                layout.after_stack_check,
+                Some(expected.after_check),
+                "{name}: after-check offset"
+            );
+            assert_eq!(layout.rets, expected.rets, "{name}: RET offsets");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0 || !in_ci(), "no fixture binaries were checked");
+    eprintln!("checked growslice in {checked} fixture binaries");
+}

@@ -1,0 +1,149 @@
+//! growslice probe: exact counts against what the Go fixtures report about themselves.
+//! Root only (loads BPF); see support::privileged.
+mod support;
+
+use support::{
+    EXACT_GO_VERSIONS, Fixture, Mapwatch, Reported, Scrape, fixture, mapwatch_links, privileged,
+};
+
+const GROW: &str = "mapwatch_slice_grow_total";
+const GROW_BYTES: &str = "mapwatch_slice_grow_bytes_total";
+const NEW_CAP_COUNT: &str = "mapwatch_slice_grow_new_cap_count";
+const CHECKS: &str = "mapwatch_exact_checks_total";
+
+struct Deltas {
+    grows: u64,
+    bytes: u64,
+    new_cap_observations: u64,
+    lost: u64,
+    checks_match: u64,
+    checks_other: u64,
+}
+
+/// Runs one fixture under `mapwatch attach`, returns what the fixture reported and what
+/// /metrics says changed while the workload ran (the fixture is idle before and after).
+fn measure(
+    go: &str,
+    name: &str,
+    fixture_args: &[&str],
+    mapwatch_args: &[&str],
+) -> Option<(Reported, Deltas)> {
+    let binary = fixture(go, name)?;
+    let mut fixture = Fixture::start(&binary, fixture_args);
+    let mapwatch = Mapwatch::attach(fixture.pid, mapwatch_args);
+    let before = mapwatch.scrape_drained();
+    let reported = fixture.run_workload();
+    let after = mapwatch.scrape_drained();
+    let delta = |name: &str, sel: &[(&str, &str)]| after.sum(name, sel) - before.sum(name, sel);
+    let deltas = Deltas {
+        grows: delta(GROW, &[]),
+        bytes: delta(GROW_BYTES, &[]),
+        new_cap_observations: delta(NEW_CAP_COUNT, &[]),
+        lost: delta("mapwatch_events_lost_total", &[]),
+        checks_match: delta(CHECKS, &[("result", "match")]),
+        checks_other: delta(CHECKS, &[("result", "mismatch")])
+            + delta(CHECKS, &[("result", "unpaired")]),
+    };
+    check_labels(&after, go, &binary);
+    let status = mapwatch.stop();
+    assert!(
+        status.success(),
+        "mapwatch exit status after SIGTERM: {status}"
+    );
+    assert!(fixture.finish().success(), "the profiled fixture failed");
+    assert_eq!(
+        mapwatch_links(),
+        0,
+        "mapwatch left BPF links attached after exiting"
+    );
+    Some((reported, deltas))
+}
+
+/// Workload labels, never a pid.
+fn check_labels(scrape: &Scrape, go: &str, binary: &std::path::Path) {
+    let series = scrape.series(GROW);
+    assert_eq!(series.len(), 1, "one workload, one series: {series:?}");
+    let labels = series[0];
+    assert_eq!(labels.get("go_version").map(String::as_str), Some(go));
+    assert_eq!(
+        labels.get("binary").map(String::as_str),
+        binary.file_name().and_then(|n| n.to_str())
+    );
+    let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["binary", "container", "go_version", "namespace", "pod"]
+    );
+}
+
+fn assert_exact(go: &str, name: &str, reported: Reported, deltas: &Deltas) {
+    assert!(reported.grows > 0, "{go} {name}: the fixture did no growth");
+    assert_eq!(deltas.lost, 0, "{go} {name}: records lost");
+    assert_eq!(deltas.grows, reported.grows, "{go} {name}: growslice calls");
+    assert_eq!(
+        deltas.new_cap_observations, reported.grows,
+        "{go} {name}: new-cap observations"
+    );
+    assert_eq!(
+        deltas.bytes, reported.bytes,
+        "{go} {name}: bytes of new backing arrays"
+    );
+}
+
+#[test]
+fn growslice_counts_and_bytes_equal_the_fixtures_own() {
+    let Some(_kernel) = privileged("growslice_counts_and_bytes_equal_the_fixtures_own") else {
+        return;
+    };
+    for go in EXACT_GO_VERSIONS {
+        let Some((reported, deltas)) = measure(go, "slicegrow", &[], &[]) else {
+            continue;
+        };
+        assert_exact(go, "slicegrow", reported, &deltas);
+        assert_eq!(
+            deltas.checks_match + deltas.checks_other,
+            0,
+            "no RET probes without --exact"
+        );
+    }
+}
+
+/// Goroutine stacks grow (and are copied) around growslice calls; a probe after the
+/// stack-bound check must still fire exactly once per call.
+#[test]
+fn growslice_counts_stay_exact_when_stacks_grow() {
+    let Some(_kernel) = privileged("growslice_counts_stay_exact_when_stacks_grow") else {
+        return;
+    };
+    for go in EXACT_GO_VERSIONS {
+        let Some((reported, deltas)) = measure(go, "deepstack", &[], &[]) else {
+            continue;
+        };
+        assert_exact(go, "deepstack", reported, &deltas);
+    }
+}
+
+/// --exact adds RET probes: every capacity derived from entry arguments must equal the
+/// capacity growslice actually returned.
+#[test]
+fn derived_capacities_equal_growslice_results() {
+    let Some(_kernel) = privileged("derived_capacities_equal_growslice_results") else {
+        return;
+    };
+    for go in EXACT_GO_VERSIONS {
+        for name in ["slicegrow", "deepstack"] {
+            let Some((reported, deltas)) = measure(go, name, &[], &["--exact"]) else {
+                continue;
+            };
+            assert_exact(go, name, reported, &deltas);
+            assert_eq!(
+                deltas.checks_other, 0,
+                "{go} {name}: mismatched or unpaired RET checks"
+            );
+            assert_eq!(
+                deltas.checks_match, reported.grows,
+                "{go} {name}: RET checks"
+            );
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Shared harness for the integration tests: Go fixtures, the mapwatch binary, and
+//! /metrics read back over HTTP. Root-only tests call [`privileged`] first.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// Go versions the exact-count tests run on (every append past capacity is one
+/// growslice call there; 1.25+ add compiler stack buffers, see go-runtime.md §5).
+pub const EXACT_GO_VERSIONS: &[&str] = &["go1.22.10", "go1.24.11"];
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Serializes privileged tests: they check global kernel state (bpftool link list).
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Returns a guard if the test may load BPF; otherwise explains how to run it and
+/// returns None. In CI a skip is a failure.
+pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !is_root() {
+        let message =
+            format!("{test}: needs root (BPF); run `sudo cargo xtask test` to include it");
+        assert!(!in_ci(), "skipped in CI: {message}");
+        eprintln!("SKIP {message}");
+        return None;
+    }
+    Some(KERNEL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("MAPWATCH_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"))
+}
+
+/// The fixture binary, or None (skip; a failure in CI) when it has not been built.
+pub fn fixture(go: &str, name: &str) -> Option<PathBuf> {
+    let path = fixtures_dir().join(go).join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    let message = format!(
+        "fixture {} missing: run `cargo xtask test` (it builds the Go fixtures)",
+        path.display()
+    );
+    assert!(!in_ci(), "{message}");
+    eprintln!("SKIP {message}");
+    None
+}
+
+/// A running Go fixture speaking the ready/start/done protocol (fixtures/README.md).
+pub struct Fixture {
+    child: Child,
+    pub pid: u32,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// What a fixture reports about its own growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    pub grows: u64,
+    pub bytes: u64,
+}
+
+impl Fixture {
+    pub fn start(binary: &PathBuf, args: &[&str]) -> Fixture {
+        Self::start_command(Command::new(binary).args(args))
+    }
+
+    pub fn start_command(command: &mut Command) -> Fixture {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fixture");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read ready line");
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("fixture said {line:?}, expected `ready <pid>`"));
+        let stdin = child.stdin.take();
+        Fixture {
+            child,
+            pid,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends `start` and waits for `done grows=N bytes=M`.
+    pub fn run_workload(&mut self) -> Reported {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(b"start\n").expect("send start");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read done line");
+        let field = |key: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("fixture said {line:?}, expected `done grows=N bytes=M`"))
+        };
+        Reported {
+            grows: field("grows="),
+            bytes: field("bytes="),
+        }
+    }
+
+    /// Closes stdin (the fixture exits) and returns its status.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait fixture")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn mapwatch_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mapwatch"))
+}
+
+/// A running `mapwatch attach`.
+pub struct Mapwatch {
+    child: Child,
+    pub addr: String,
+    stderr_lines: Vec<String>,
+}
+
+impl Mapwatch {
+    pub fn attach(pid: u32, extra: &[&str]) -> Mapwatch {
+        let mut child = mapwatch_command()
+            .args([
+                "attach",
+                "--pid",
+                &pid.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mapwatch");
+        // mapwatch prints the address it serves on once its probes are attached.
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut lines = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).expect("read mapwatch stderr") == 0 {
+                let status = child.wait().expect("wait mapwatch");
+                panic!(
+                    "mapwatch exited ({status}) before attaching:\n{}",
+                    lines.join("")
+                );
+            }
+            if let Some(rest) = line.split("metrics at http://").nth(1) {
+                break rest.trim().trim_end_matches("/metrics").to_string();
+            }
+            lines.push(line);
+        };
+        // Keep draining stderr so mapwatch never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Mapwatch {
+            child,
+            addr,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let body = ureq::get(&format!("http://{}/metrics", self.addr))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("read /metrics");
+        Scrape::parse(&body)
+    }
+
+    /// Scrapes until every probe's kernel hits equal records received + lost: nothing
+    /// is left in flight between the kernel and the aggregator.
+    pub fn scrape_drained(&self) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let scrape = self.scrape();
+            let probes: Vec<String> = scrape.label_values("mapwatch_probe_hits_total", "probe");
+            let drained = probes.iter().all(|probe| {
+                let sel = [("probe", probe.as_str())];
+                scrape.sum("mapwatch_probe_hits_total", &sel)
+                    == scrape.sum("mapwatch_events_received_total", &sel)
+                        + scrape.sum("mapwatch_events_lost_total", &sel)
+            });
+            if drained {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipeline never drained:\n{scrape:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc_kill(self.child.id() as i32, 15) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait mapwatch") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mapwatch did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Mapwatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One /metrics response: series (name + sorted labels) → value.
+#[derive(Debug, Default, Clone)]
+pub struct Scrape {
+    series: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    pub fn parse(body: &str) -> Scrape {
+        let mut series = Vec::new();
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (name_labels, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (name_labels, BTreeMap::new()),
+            };
+            series.push((name.to_string(), labels, value));
+        }
+        Scrape { series }
+    }
+
+    /// Sum of every series of `name` whose labels include all of `selector`.
+    pub fn sum(&self, name: &str, selector: &[(&str, &str)]) -> u64 {
+        self.series
+            .iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && selector
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v as u64)
+            .sum()
+    }
+
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .series
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .filter_map(|(_, labels, _)| labels.get(label).cloned())
+            .collect();
+        values.dedup();
+        values
+    }
+
+    pub fn series(&self, name: &str) -> Vec<&BTreeMap<String, String>> {
+        self.series
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, l, _)| l)
+            .collect()
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    // Values here never contain `",` (no user strings in labels yet); split simply.
+    text.split("\",")
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            Some((key.to_string(), value.trim_end_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// mapwatch's BPF programs and their links still in the kernel (`bpftool`): zero
+/// once every mapwatch has exited cleanly.
+pub fn mapwatch_links() -> usize {
+    let bpftool = |what: &str| -> String {
+        let out = Command::new("bpftool")
+            .args([what, "list"])
+            .output()
+            .expect("run bpftool (cargo xtask setup installs it)");
+        assert!(out.status.success(), "bpftool {what} list failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // "109: kprobe  name go_probe  tag …"
+    let programs: Vec<String> = bpftool("prog")
+        .lines()
+        .filter(|l| l.contains(" name go_probe "))
+        .filter_map(|l| l.split(':').next().map(str::to_string))
+        .collect();
+    // "92: perf_event  prog 109"
+    let links = bpftool("link")
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "prog").skip(1);
+            words
+                .next()
+                .is_some_and(|id| programs.iter().any(|p| p == id))
+        })
+        .count();
+    programs.len() + links
+}
