@@ -71,12 +71,11 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .with_context(|| format!("starting {}", mapwatch.display()))?,
     );
     println!("==> mapwatch attach --pid {pid} --listen {LISTEN} --duration {seconds}s");
-    let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut shown_growth = false;
-    while Instant::now() < deadline {
+    let status = loop {
         std::thread::sleep(Duration::from_secs(3));
         if let Some(status) = profiler.0.try_wait()? {
-            bail!("mapwatch exited early: {status}");
+            break status;
         }
         let Ok(body) = ureq::get(&format!("http://{LISTEN}/metrics"))
             .call()
@@ -85,7 +84,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             continue;
         };
         println!(
-            "--- http://{LISTEN}/metrics after {:.0?} ---",
+            "--- http://{LISTEN}/metrics, {:.0?} after setup ---",
             setup_done.elapsed()
         );
         for line in body
@@ -95,8 +94,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             println!("{line}");
             shown_growth |= line.starts_with("mapwatch_slice_grow_total") && !line.ends_with(" 0");
         }
-    }
-    let status = profiler.0.wait()?;
+    };
     if !status.success() {
         bail!("mapwatch exited with {status}");
     }
