@@ -18,7 +18,7 @@ struct GoListing {
 }
 
 /// Parses `go tool objdump -s '^runtime.growslice$'`: lines like
-/// `  slice.go:157		0x44a3a0		493b6610		CMPQ SP, 0x10(R14)`.
+/// `  slice.go:157  0x44a3a0  493b6610  CMPQ SP, 0x10(R14)` (fields separated by tabs).
 fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
     let out = Command::new(go)
         .args(["tool", "objdump", "-s", "^runtime.growslice$"])
