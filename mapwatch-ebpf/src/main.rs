@@ -61,6 +61,9 @@ fn record(ctx: &ProbeContext) {
         return;
     };
     if spec.kind == ProbeKind::None as u16 {
+        // Userspace writes the spec before attaching: reaching this is a bug. Logged
+        // (aya-log) only on this cold path; logging per hit would cost more than the hit.
+        aya_log_ebpf::warn!(ctx, "uprobe fired on slot {} that has no probe spec", slot);
         return;
     }
     bump(&PROBE_HITS, slot);

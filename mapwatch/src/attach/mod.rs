@@ -138,8 +138,11 @@ pub struct Probes {
     attached: Vec<(AttachedProbe, UProbeLinkId)>,
     counters: Arc<Mutex<KernelCounters>>,
     ring: Option<RingBuf<MapData>>,
-    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<BpfLogger>,
 }
+
+/// Reads `aya_log_ebpf` records from the BPF side (see `reader::forward_logs`).
+pub type BpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 impl Probes {
     /// Loads and verifies the BPF programs. Needs CAP_BPF + CAP_PERFMON (or root).
@@ -185,13 +188,18 @@ impl Probes {
             attached: Vec::new(),
             counters: Arc::new(Mutex::new(KernelCounters { hits, lost })),
             ring: Some(ring),
-            _logger: logger,
+            logger,
         })
     }
 
     /// The ring buffer, for the reader task (once).
     pub fn take_ring_buf(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+
+    /// The BPF log reader, for a task that forwards its records (once).
+    pub fn take_logger(&mut self) -> Option<BpfLogger> {
+        self.logger.take()
     }
 
     pub fn counters(&self) -> Arc<Mutex<KernelCounters>> {

@@ -15,6 +15,7 @@ use tokio::{
 };
 use tracing::warn;
 
+use super::BpfLogger;
 use crate::aggregate::Input;
 
 /// Upper bound on records per batch, so one busy burst cannot hold the channel long.
@@ -77,4 +78,17 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
         batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
     }
     batch
+}
+
+/// Forwards the BPF programs' log records (cold paths only) to `tracing`.
+pub async fn forward_logs(logger: BpfLogger) -> std::io::Result<()> {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns it.
+    let mut logger =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = logger.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }

@@ -91,6 +91,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
         let server = tokio::spawn(server);
+        if let Some(logger) = probes.take_logger() {
+            tokio::spawn(attach::reader::forward_logs(logger));
+        }
 
         let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
         let aggregator = tokio::spawn(Aggregator::new(Arc::clone(&metrics)).run(from_probes));
