@@ -113,7 +113,10 @@ fn rust_src() -> anyhow::Result<()> {
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    let found = Cmd::new("bpf-linker").args(["--version"]).output();
+    let found = Cmd::new("bpf-linker")
+        .args(["--version"])
+        .env("PATH", crate::util::path_with_cargo_bin())
+        .output();
     if let Some(version) = found.as_deref()
         && version.contains(BPF_LINKER_VERSION)
     {

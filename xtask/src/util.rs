@@ -71,6 +71,21 @@ pub fn cargo(args: &[&str]) -> Cmd {
     Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(args)
         .current_dir(&workspace_root())
+        .env("PATH", path_with_cargo_bin())
+}
+
+/// PATH with cargo's bin directory first: `cargo install` puts bpf-linker there, and
+/// mapwatch/build.rs needs it on PATH even where a login shell never added it.
+pub fn path_with_cargo_bin() -> std::ffi::OsString {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        });
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![cargo_home.join("bin")];
+    dirs.extend(std::env::split_paths(&current));
+    std::env::join_paths(dirs).unwrap_or(current)
 }
 
 pub fn is_root() -> bool {
