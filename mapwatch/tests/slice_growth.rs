@@ -64,7 +64,9 @@ fn check_labels(scrape: &Scrape, go: &str, binary: &std::path::Path) {
     let series = scrape.series(GROW);
     assert_eq!(series.len(), 1, "one workload, one series: {series:?}");
     let labels = series[0];
-    assert_eq!(labels.get("go_version").map(String::as_str), Some(go));
+    // The directory is named after the toolchain (plus a GOEXPERIMENT suffix).
+    let version = go.split('-').next().unwrap();
+    assert_eq!(labels.get("go_version").map(String::as_str), Some(version));
     assert_eq!(
         labels.get("binary").map(String::as_str),
         binary.file_name().and_then(|n| n.to_str())

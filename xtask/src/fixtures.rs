@@ -1,6 +1,10 @@
 //! Go fixtures: every `fixtures/<name>/main.go`, built with every Go toolchain into
-//! `target/fixtures/go<version>/<name>`. Rebuilt only when the source or toolchain
-//! changed (a stamp file next to each binary).
+//! `target/fixtures/go<version>/<name>`. Rebuilt only when the source, toolchain or
+//! build flags changed (a stamp file next to each binary).
+//!
+//! The binary-analysis matrix adds, for `slicegrow` only: `-stripped` (-ldflags=-s -w:
+//! no .symtab, no DWARF), `-pie` (-buildmode=pie) and `-cgo` (external linking), and
+//! for Go 1.24/1.25 a whole `go<version>-noswissmap/` directory (classic maps).
 use std::{
     hash::{Hash as _, Hasher as _},
     path::{Path, PathBuf},
@@ -17,6 +21,69 @@ pub fn fixtures_dir() -> PathBuf {
     workspace_root().join("target/fixtures")
 }
 
+/// One way of building a fixture.
+#[derive(Clone, Copy)]
+struct Variant {
+    /// Appended to the binary's name.
+    suffix: &'static str,
+    args: &'static [&'static str],
+    cgo: bool,
+}
+
+const DEFAULT: Variant = Variant {
+    suffix: "",
+    args: &[],
+    cgo: false,
+};
+/// Extra builds of the fixture that stands for "any Go binary" in analysis tests.
+const MATRIX_FIXTURE: &str = "slicegrow";
+const MATRIX: &[Variant] = &[
+    Variant {
+        suffix: "-stripped",
+        args: &["-ldflags=-s -w"],
+        cgo: false,
+    },
+    Variant {
+        suffix: "-pie",
+        args: &["-buildmode=pie"],
+        cgo: false,
+    },
+    Variant {
+        suffix: "-cgo",
+        args: &[],
+        cgo: true,
+    },
+];
+/// Go minors whose classic (pre-Swiss) maps are still one GOEXPERIMENT away;
+/// `GOEXPERIMENT=noswissmap` fails from 1.26 (go-runtime.md §1).
+const NOSWISSMAP_MINORS: &[&str] = &["go1.24.", "go1.25."];
+
+/// A toolchain plus GOEXPERIMENT: one directory of fixtures.
+struct Flavor<'a> {
+    go: &'a GoToolchain,
+    dir_name: String,
+    goexperiment: &'static str,
+}
+
+fn flavors(env: &Env) -> Vec<Flavor<'_>> {
+    let mut flavors = Vec::new();
+    for go in &env.go {
+        flavors.push(Flavor {
+            go,
+            dir_name: go.name.clone(),
+            goexperiment: "",
+        });
+        if NOSWISSMAP_MINORS.iter().any(|m| go.name.starts_with(m)) {
+            flavors.push(Flavor {
+                go,
+                dir_name: format!("{}-noswissmap", go.name),
+                goexperiment: "noswissmap",
+            });
+        }
+    }
+    flavors
+}
+
 /// Builds all fixtures; returns the directory the tests read them from.
 pub fn build_all(env: &Env) -> anyhow::Result<PathBuf> {
     let sources = fixture_sources()?;
@@ -24,19 +91,26 @@ pub fn build_all(env: &Env) -> anyhow::Result<PathBuf> {
     step("Go fixtures", || {
         let mut built = 0;
         let mut fresh = 0;
-        for go in &env.go {
+        let flavors = flavors(env);
+        for flavor in &flavors {
             for (name, source) in &sources {
-                if build_one(go, name, source, &out)? {
-                    built += 1;
-                } else {
-                    fresh += 1;
+                let mut variants = vec![DEFAULT];
+                if name == MATRIX_FIXTURE {
+                    variants.extend_from_slice(MATRIX);
+                }
+                for variant in variants {
+                    if build_one(flavor, name, variant, source, &out)? {
+                        built += 1;
+                    } else {
+                        fresh += 1;
+                    }
                 }
             }
         }
         println!(
-            "    {built} built, {fresh} up to date ({} fixtures x {} Go versions) in {}",
+            "    {built} built, {fresh} up to date ({} fixtures, {} toolchain flavors) in {}",
             sources.len(),
-            env.go.len(),
+            flavors.len(),
             out.display()
         );
         Ok(())
@@ -53,7 +127,12 @@ pub fn build_one_for(env: &Env, name: &str, go_prefix: &str) -> anyhow::Result<P
         .with_context(|| format!("no Go toolchain {go_prefix}*"))?;
     let source = workspace_root().join("fixtures").join(name).join("main.go");
     let out = fixtures_dir();
-    build_one(go, name, &source, &out)?;
+    let flavor = Flavor {
+        go,
+        dir_name: go.name.clone(),
+        goexperiment: "",
+    };
+    build_one(&flavor, name, DEFAULT, &source, &out)?;
     Ok(out.join(&go.name).join(name))
 }
 
@@ -73,15 +152,26 @@ fn fixture_sources() -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Returns true if it had to build.
-fn build_one(go: &GoToolchain, name: &str, source: &Path, out: &Path) -> anyhow::Result<bool> {
-    let dir = out.join(&go.name);
+fn build_one(
+    flavor: &Flavor,
+    name: &str,
+    variant: Variant,
+    source: &Path,
+    out: &Path,
+) -> anyhow::Result<bool> {
+    let go = flavor.go;
+    let dir = out.join(&flavor.dir_name);
     std::fs::create_dir_all(&dir)?;
-    let binary = dir.join(name);
-    let stamp_path = dir.join(format!("{name}.stamp"));
+    let binary_name = format!("{name}{}", variant.suffix);
+    let binary = dir.join(&binary_name);
+    let stamp_path = dir.join(format!("{binary_name}.stamp"));
     let code = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     code.hash(&mut hasher);
     go.name.hash(&mut hasher);
+    flavor.goexperiment.hash(&mut hasher);
+    variant.args.hash(&mut hasher);
+    variant.cgo.hash(&mut hasher);
     let stamp = format!("{:016x}", hasher.finish());
     if binary.is_file()
         && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
@@ -90,17 +180,19 @@ fn build_one(go: &GoToolchain, name: &str, source: &Path, out: &Path) -> anyhow:
     }
     let cache = cache_dir();
     Cmd::new(go.root.join("bin/go"))
-        .args(["build", "-o"])
-        .args([binary.as_os_str(), source.as_os_str()])
+        .args(["build"])
+        .args(variant.args)
+        .args(["-o".as_ref(), binary.as_os_str(), source.as_os_str()])
         .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
+        .env("CGO_ENABLED", if variant.cgo { "1" } else { "0" })
+        .env("GOEXPERIMENT", flavor.goexperiment)
         .env("GOFLAGS", "")
         .env("GOAMD64", "v1")
         .env("GOCACHE", cache.join("gocache"))
         .env("GOPATH", cache.join("gopath"))
         .current_dir(source.parent().expect("fixture dir"))
         .run()
-        .with_context(|| format!("building fixture {name} with {}", go.name))?;
+        .with_context(|| format!("building fixture {binary_name} with {}", flavor.dir_name))?;
     std::fs::write(&stamp_path, stamp)?;
     Ok(true)
 }

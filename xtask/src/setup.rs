@@ -17,7 +17,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "clang-22",
     "bpftool",
+    // Go 1.19: what Debian builds its own Go programs with (e.g. its prometheus);
+    // an older runtime ABI that mapwatch must handle.
+    "golang-1.19-go",
 ];
+
+/// Debian's Go 1.19 toolchain (package golang-1.19-go).
+const DEBIAN_GO_ROOT: &str = "/usr/lib/go-1.19";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -143,7 +149,16 @@ fn bpf_linker() -> anyhow::Result<()> {
 fn go_toolchains() -> anyhow::Result<Vec<GoToolchain>> {
     let base = cache_dir().join("go");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    GO_VERSIONS
+    let debian = Path::new(DEBIAN_GO_ROOT);
+    let debian_name = go_version(&debian.join("bin/go")).with_context(|| {
+        format!("{DEBIAN_GO_ROOT}/bin/go does not run (package golang-1.19-go)")
+    })?;
+    println!("    found: {debian_name} ({DEBIAN_GO_ROOT}, Debian)");
+    let debian = GoToolchain {
+        name: debian_name,
+        root: debian.to_path_buf(),
+    };
+    let downloaded: anyhow::Result<Vec<GoToolchain>> = GO_VERSIONS
         .iter()
         .map(|version| {
             let name = format!("go{version}");
@@ -161,7 +176,10 @@ fn go_toolchains() -> anyhow::Result<Vec<GoToolchain>> {
             }
             Ok(GoToolchain { name, root })
         })
-        .collect()
+        .collect();
+    let mut all = vec![debian];
+    all.extend(downloaded?);
+    Ok(all)
 }
 
 fn go_version(go: &Path) -> Option<String> {

@@ -2,8 +2,9 @@
 //! profiler needs no (single-stepped, ~4× dearer) probe on growslice's RET.
 //!
 //! Mirrors src/runtime/slice.go (`growslice`, `nextslicecap`) and
-//! src/runtime/msize.go (`roundupsize`) of Go 1.21–1.27. Checked identical across those
-//! versions: `nextslicecap` (inline in 1.21's growslice, same arithmetic), the size
+//! src/runtime/msize.go (`roundupsize`) of Go 1.19 and 1.21–1.27. Checked identical
+//! across those versions: `nextslicecap` (inline in ≤1.21's growslice, same
+//! arithmetic), the size
 //! class table and the page size. What differs is `roundupsize`: Go 1.22 added malloc
 //! headers (GOEXPERIMENT allocheaders, on by default in 1.22–1.23, unconditional from
 //! 1.24), which shift where pointerful objects land in the size classes.
@@ -11,7 +12,7 @@
 /// How `roundupsize` rounds an allocation to a size class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoundupRule {
-    /// Go 1.21, or 1.22–1.23 built with GOEXPERIMENT=noallocheaders:
+    /// Go 1.19–1.21, or 1.22–1.23 built with GOEXPERIMENT=noallocheaders:
     /// `roundupsize(size)` (src/runtime/msize_noallocheaders.go in 1.22–1.23).
     Plain,
     /// Go 1.22+: objects with pointers larger than 512 bytes carry an 8-byte malloc
@@ -36,7 +37,7 @@ pub struct Growth {
 }
 
 /// The rule for Go 1.`minor`, given the binary's GOEXPERIMENT setting; None outside
-/// the versions checked (1.21–1.27).
+/// the versions checked (1.19, 1.21–1.27).
 pub fn rule_for(minor: u32, goexperiment: &str) -> Option<SliceGrowthRule> {
     let experiment_off = |name: &str| {
         goexperiment
@@ -44,7 +45,7 @@ pub fn rule_for(minor: u32, goexperiment: &str) -> Option<SliceGrowthRule> {
             .any(|e| e.trim() == format!("no{name}"))
     };
     let roundup = match minor {
-        21 => RoundupRule::Plain,
+        19 | 21 => RoundupRule::Plain,
         22 | 23 if experiment_off("allocheaders") => RoundupRule::Plain,
         22..=27 => RoundupRule::MallocHeaders,
         _ => return None,
@@ -52,9 +53,9 @@ pub fn rule_for(minor: u32, goexperiment: &str) -> Option<SliceGrowthRule> {
     Some(SliceGrowthRule { roundup })
 }
 
-/// `class_to_size` from src/runtime/sizeclasses.go (1.21–1.24) =
+/// `class_to_size` from src/runtime/sizeclasses.go (1.19–1.24) =
 /// `SizeClassToSize` in src/internal/runtime/gc/sizeclasses.go (1.25–1.27); identical
-/// in all seven versions (checked byte for byte).
+/// in all eight versions (checked byte for byte).
 const CLASS_TO_SIZE: [u16; 68] = [
     0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
     352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
@@ -228,6 +229,7 @@ mod tests {
         assert_eq!(rule_for(23, "noallocheaders"), Some(PLAIN));
         assert_eq!(rule_for(24, "noswissmap"), Some(HEADERS));
         assert_eq!(rule_for(27, ""), Some(HEADERS));
+        assert_eq!(rule_for(19, ""), Some(PLAIN));
         assert_eq!(rule_for(20, ""), None);
         assert_eq!(rule_for(28, ""), None);
     }

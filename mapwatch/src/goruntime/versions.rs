@@ -5,9 +5,11 @@ use std::fmt;
 
 use super::slice_growth::{SliceGrowthRule, rule_for};
 
-/// Oldest and newest Go minor versions (1.x) this build knows the runtime of.
-pub const OLDEST_SUPPORTED_MINOR: u32 = 21;
-pub const NEWEST_SUPPORTED_MINOR: u32 = 27;
+/// Go minor versions (1.x) this build knows the runtime of: 1.19 (Debian 12 builds its
+/// Go programs with it) and 1.21–1.27. Go 1.20 is not installable here, so it is not
+/// verified and refused (go-runtime.md §9).
+pub const SUPPORTED_MINORS: &[u32] = &[19, 21, 22, 23, 24, 25, 26, 27];
+pub const SUPPORTED_DESCRIPTION: &str = "go1.19 and go1.21 to go1.27";
 
 /// Index of an ABI argument register in `Event::regs`.
 pub type AbiReg = u8;
@@ -55,6 +57,14 @@ impl GoVersion {
     }
 }
 
+impl GoVersion {
+    /// The release without build-time suffixes: `go1.24.11 X:noswissmap` → `go1.24.11`.
+    /// What labels carry (bounded; the experiment is reported separately).
+    pub fn release(&self) -> &str {
+        self.raw.split(' ').next().unwrap_or(&self.raw)
+    }
+}
+
 impl fmt::Display for GoVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -64,10 +74,9 @@ impl fmt::Display for GoVersion {
 /// Where `runtime.growslice`'s arguments are at its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrowsliceAbi {
-    pub old_ptr: AbiReg,
+    /// The length the slice needs (`newLen`; 1.19 calls it `cap`).
     pub new_len: AbiReg,
     pub old_cap: AbiReg,
-    pub num: AbiReg,
     pub elem_type: AbiReg,
 }
 
@@ -89,8 +98,8 @@ pub struct RuntimeFacts {
 /// Refusal to guess: the binary's Go version is outside the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{found} is not supported by this mapwatch build (supported: go1.{OLDEST_SUPPORTED_MINOR} \
-     to go1.{NEWEST_SUPPORTED_MINOR}); its runtime's registers and struct offsets are unknown"
+    "{found} is not supported by this mapwatch build (supported: {SUPPORTED_DESCRIPTION}); \
+     its runtime's registers and struct offsets are unknown"
 )]
 pub struct UnsupportedGoVersion {
     pub found: String,
@@ -103,24 +112,32 @@ pub fn facts_for(
     let unsupported = || UnsupportedGoVersion {
         found: version.raw.clone(),
     };
-    if version.major != 1
-        || !(OLDEST_SUPPORTED_MINOR..=NEWEST_SUPPORTED_MINOR).contains(&version.minor)
-    {
+    if version.major != 1 || !SUPPORTED_MINORS.contains(&version.minor) {
         return Err(unsupported());
     }
-    Ok(RuntimeFacts {
+    let growslice = if version.minor <= 19 {
+        // growslice(et *_type, old slice, cap int) slice — src/runtime/slice.go ≤1.19:
+        // RAX=et, then the slice struct {array, len, cap} in RBX, RCX, RDI, then the
+        // needed length in RSI (go-runtime.md §9, confirmed by DWARF).
+        GrowsliceAbi {
+            new_len: RSI,
+            old_cap: RDI,
+            elem_type: RAX,
+        }
+    } else {
         // growslice(oldPtr unsafe.Pointer, newLen, oldCap, num int, et *_type) slice —
-        // src/runtime/slice.go since Go 1.20 (1.19 passed et first and the old slice as a
-        // struct; not in this table).
-        growslice: GrowsliceAbi {
-            old_ptr: RAX,
+        // src/runtime/slice.go since Go 1.20.
+        GrowsliceAbi {
             new_len: RBX,
             old_cap: RCX,
-            num: RDI,
             elem_type: RSI,
-        },
+        }
+    };
+    Ok(RuntimeFacts {
+        growslice,
         // abi.Type{Size_ uintptr; PtrBytes uintptr; ...} — src/internal/abi/type.go,
-        // unchanged 1.21–1.27 (go-runtime.md §4, DWARF of every build).
+        // unchanged 1.21–1.27 (go-runtime.md §4, DWARF of every build); the same two
+        // words lead runtime._type{size, ptrdata} in 1.19 (src/runtime/type.go).
         type_size_offset: 0,
         type_ptrbytes_offset: 8,
         slice_growth: rule_for(version.minor, goexperiment).ok_or_else(unsupported)?,
@@ -137,6 +154,8 @@ mod tests {
         assert_eq!((v.major, v.minor, v.patch), (1, 22, 10));
         let v = GoVersion::parse("go1.25rc1").unwrap();
         assert_eq!((v.major, v.minor, v.patch), (1, 25, 0));
+        let v = GoVersion::parse("go1.24.11 X:noswissmap").unwrap();
+        assert_eq!((v.minor, v.patch, v.release()), (24, 11, "go1.24.11"));
         let v = GoVersion::parse("go1.21").unwrap();
         assert_eq!((v.minor, v.patch), (21, 0));
         assert!(GoVersion::parse("devel go1.23-abcdef").is_none());
@@ -145,12 +164,12 @@ mod tests {
 
     #[test]
     fn refuses_versions_outside_the_table() {
-        for raw in ["go1.17", "go1.20.14", "go1.28.0", "go2.0"] {
+        for raw in ["go1.17", "go1.18.10", "go1.20.14", "go1.28.0", "go2.0"] {
             let err = facts_for(&GoVersion::parse(raw).unwrap(), "").unwrap_err();
             assert_eq!(err.found, raw);
             assert!(err.to_string().contains("not supported"), "{err}");
         }
-        for minor in OLDEST_SUPPORTED_MINOR..=NEWEST_SUPPORTED_MINOR {
+        for &minor in SUPPORTED_MINORS {
             let v = GoVersion::parse(&format!("go1.{minor}.1")).unwrap();
             assert!(facts_for(&v, "").is_ok(), "go1.{minor}");
         }

