@@ -2,6 +2,7 @@
 //! the project itself on a fresh machine (Debian 12, root), idempotently.
 mod demo;
 mod fixtures;
+mod offsets;
 mod setup;
 mod util;
 
@@ -27,6 +28,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Regenerate the struct-offsets table (for binaries without DWARF) from the DWARF
+    /// of every fixture.
+    GenOffsets,
     /// Setup, then profile a bundled Go workload and print its metrics.
     Demo {
         /// How long to profile.
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             fixtures::build_all(&env).map(|_| ())
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args),
+        Task::GenOffsets => offsets::run(),
         Task::Demo { seconds } => demo::run(seconds),
     }
 }

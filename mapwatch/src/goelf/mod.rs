@@ -2,6 +2,8 @@
 //! mapping between virtual addresses and file offsets.
 mod buildinfo;
 pub mod decode;
+pub mod dwarf;
+pub mod procmaps;
 
 use std::{
     collections::HashMap,
@@ -30,6 +32,12 @@ pub enum GoElfError {
     NotGo { path: PathBuf },
     #[error("{path} has corrupt Go build info: {reason}")]
     BadBuildInfo { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Dwarf {
+        path: PathBuf,
+        #[source]
+        source: dwarf::DwarfError,
+    },
 }
 
 /// A function's address range in the binary.
@@ -152,6 +160,21 @@ impl GoBinary {
         &self.build_info
     }
 
+    /// Layouts of the named structs from DWARF; Ok(None) when the binary has none.
+    pub fn dwarf_structs(
+        &self,
+        wanted: &[&str],
+    ) -> Result<Option<std::collections::HashMap<String, dwarf::StructLayout>>, GoElfError> {
+        let elf = object::File::parse(&*self.map).map_err(|e| GoElfError::NotElf {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        dwarf::read_structs(&elf, wanted).map_err(|source| GoElfError::Dwarf {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// False for binaries linked with `-ldflags=-s` (no .symtab).
     pub fn has_symtab(&self) -> bool {
         self.has_symtab
@@ -169,6 +192,22 @@ impl GoBinary {
     /// File offset of a virtual address: what uprobes are attached at.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         file_offset(&self.segments, vaddr)
+    }
+
+    /// Link-time virtual address of a file offset (the reverse of [`Self::file_offset`]).
+    pub fn vaddr_of_file_offset(&self, offset: u64) -> Option<u64> {
+        self.segments.iter().find_map(|s| {
+            let delta = offset.checked_sub(s.file_offset)?;
+            (delta < s.file_size).then(|| s.vaddr + delta)
+        })
+    }
+
+    /// Load bias of this binary in a process, from the text of its /proc/PID/maps:
+    /// add it to link-time addresses to get run-time ones (0 unless PIE).
+    pub fn load_bias(&self, proc_maps: &str, inode: u64) -> Option<u64> {
+        procmaps::load_bias(&procmaps::parse_maps(proc_maps), inode, |offset| {
+            self.vaddr_of_file_offset(offset)
+        })
     }
 }
 

@@ -2,7 +2,8 @@
 //! registers carry which arguments, struct field offsets, and growth rules. Every fact
 //! names the Go source file it mirrors. Adding a Go version means one entry here plus
 //! fixtures (see docs/NEW_GO_VERSION.md).
+pub mod offsets;
 pub mod slice_growth;
 pub mod versions;
 
-pub use versions::{GoVersion, RuntimeFacts, UnsupportedGoVersion, facts_for};
+pub use versions::{GoVersion, MapImplementation, RuntimeFacts, UnsupportedGoVersion, facts_for};

@@ -71,6 +71,29 @@ impl fmt::Display for GoVersion {
     }
 }
 
+/// How a binary's maps are implemented; decides which functions are map growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapImplementation {
+    /// Buckets + overflow chains, incremental evacuation (src/runtime/map.go ≤1.23,
+    /// map_noswiss.go in 1.24–1.25 with GOEXPERIMENT=noswissmap).
+    Classic,
+    /// Swiss tables (src/internal/runtime/maps/, default from 1.24; the only kind from
+    /// 1.26, where GOEXPERIMENT=noswissmap no longer exists).
+    Swiss,
+}
+
+impl MapImplementation {
+    pub fn of(version: &GoVersion, goexperiment: &str) -> MapImplementation {
+        let disabled = goexperiment.split(',').any(|e| e.trim() == "noswissmap");
+        if version.minor >= 24 && (version.minor >= 26 || !disabled) {
+            MapImplementation::Swiss
+        } else {
+            MapImplementation::Classic
+        }
+    }
+}
+
 /// Where `runtime.growslice`'s arguments are at its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrowsliceAbi {
@@ -88,10 +111,6 @@ pub const GROWSLICE_RESULT_CAP: AbiReg = RCX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeFacts {
     pub growslice: GrowsliceAbi,
-    /// `abi.Type.Size_` (src/internal/abi/type.go; `runtime._type` before 1.21).
-    pub type_size_offset: u32,
-    /// `abi.Type.PtrBytes`: 0 means the element has no pointers ("noscan").
-    pub type_ptrbytes_offset: u32,
     pub slice_growth: SliceGrowthRule,
 }
 
@@ -135,11 +154,6 @@ pub fn facts_for(
     };
     Ok(RuntimeFacts {
         growslice,
-        // abi.Type{Size_ uintptr; PtrBytes uintptr; ...} — src/internal/abi/type.go,
-        // unchanged 1.21–1.27 (go-runtime.md §4, DWARF of every build); the same two
-        // words lead runtime._type{size, ptrdata} in 1.19 (src/runtime/type.go).
-        type_size_offset: 0,
-        type_ptrbytes_offset: 8,
         slice_growth: rule_for(version.minor, goexperiment).ok_or_else(unsupported)?,
     })
 }
@@ -160,6 +174,31 @@ mod tests {
         assert_eq!((v.minor, v.patch), (21, 0));
         assert!(GoVersion::parse("devel go1.23-abcdef").is_none());
         assert!(GoVersion::parse("1.22").is_none());
+    }
+
+    #[test]
+    fn map_implementation_follows_version_and_goexperiment() {
+        let v = |raw| GoVersion::parse(raw).unwrap();
+        assert_eq!(
+            MapImplementation::of(&v("go1.23.9"), ""),
+            MapImplementation::Classic
+        );
+        assert_eq!(
+            MapImplementation::of(&v("go1.24.11"), ""),
+            MapImplementation::Swiss
+        );
+        assert_eq!(
+            MapImplementation::of(&v("go1.25.5"), "noswissmap"),
+            MapImplementation::Classic
+        );
+        assert_eq!(
+            MapImplementation::of(&v("go1.24.11"), "boringcrypto,noswissmap"),
+            MapImplementation::Classic
+        );
+        assert_eq!(
+            MapImplementation::of(&v("go1.26.6"), "noswissmap"),
+            MapImplementation::Swiss
+        );
     }
 
     #[test]

@@ -5,8 +5,11 @@ use mapwatch_common::{MemoryLoad, ProbeKind, ProbeSpec};
 use serde::Serialize;
 
 use crate::{
-    goelf::{GoBinary, decode},
-    goruntime::{self, GoVersion, RuntimeFacts, UnsupportedGoVersion},
+    goelf::{GoBinary, GoElfError, decode},
+    goruntime::{
+        self, GoVersion, MapImplementation, RuntimeFacts, UnsupportedGoVersion,
+        offsets::{Field, StructOffsets, table_offsets},
+    },
 };
 
 /// Which signals to probe.
@@ -53,8 +56,12 @@ pub struct Unavailable {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbePlan {
     pub go_version: String,
+    pub map_implementation: MapImplementation,
     pub probes: Vec<PlannedProbe>,
     pub unavailable: Vec<Unavailable>,
+    /// None when neither DWARF nor the table knows this version's layouts.
+    #[serde(skip)]
+    pub offsets: Option<StructOffsets>,
     #[serde(skip)]
     pub facts: RuntimeFacts,
 }
@@ -67,6 +74,8 @@ pub enum PlanError {
         #[source]
         source: UnsupportedGoVersion,
     },
+    #[error(transparent)]
+    Binary(#[from] GoElfError),
 }
 
 pub const GROWSLICE: &str = "runtime.growslice";
@@ -96,14 +105,18 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
             source,
         }
     })?;
+    let maps = MapImplementation::of(&version, info.goexperiment());
+    let offsets = struct_offsets(binary, version.minor, maps)?;
     let mut plan = ProbePlan {
         go_version: version.release().to_string(),
+        map_implementation: maps,
         probes: Vec::new(),
         unavailable: Vec::new(),
+        offsets,
         facts,
     };
     if request.slice_growth {
-        match plan_growslice(binary, &facts, request.exact) {
+        match plan_growslice(binary, &facts, plan.offsets.as_ref(), request.exact) {
             Ok(probes) => plan.probes.extend(probes),
             Err(reason) => plan.unavailable.push(Unavailable {
                 signal: "slice_growth",
@@ -114,11 +127,38 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
     Ok(plan)
 }
 
+/// Offsets from the binary's DWARF, else from the generated per-version table.
+pub fn struct_offsets(
+    binary: &GoBinary,
+    minor: u32,
+    maps: MapImplementation,
+) -> Result<Option<StructOffsets>, GoElfError> {
+    Ok(match binary.dwarf_structs(&Field::all_struct_names())? {
+        Some(structs) => Some(StructOffsets::from_dwarf(&structs)),
+        None => table_offsets(minor, maps),
+    })
+}
+
+fn required(offsets: Option<&StructOffsets>, field: Field) -> Result<u32, String> {
+    let offsets = offsets.ok_or_else(|| {
+        "the binary has no DWARF and this Go version is not in the offsets table".to_string()
+    })?;
+    offsets.get(field).ok_or_else(|| {
+        format!(
+            "the offset of {field:?} is unknown for this binary ({:?})",
+            offsets.source
+        )
+    })
+}
+
 fn plan_growslice(
     binary: &GoBinary,
     facts: &RuntimeFacts,
+    offsets: Option<&StructOffsets>,
     exact: bool,
 ) -> Result<Vec<PlannedProbe>, String> {
+    let type_size = required(offsets, Field::TypeSize)?;
+    let type_ptr_bytes = required(offsets, Field::TypePtrBytes)?;
     let function = binary.function(GROWSLICE).ok_or_else(|| {
         if binary.has_symtab() {
             format!("{GROWSLICE} is not in the symbol table")
@@ -141,13 +181,13 @@ fn plan_growslice(
                 reg: abi.elem_type,
                 size: 8,
                 _pad: [0; 2],
-                offset: facts.type_size_offset,
+                offset: type_size,
             },
             MemoryLoad {
                 reg: abi.elem_type,
                 size: 8,
                 _pad: [0; 2],
-                offset: facts.type_ptrbytes_offset,
+                offset: type_ptr_bytes,
             },
         ],
     };
