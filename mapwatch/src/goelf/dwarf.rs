@@ -124,6 +124,44 @@ pub fn read_structs(
     Ok(Some(found))
 }
 
+/// `DW_AT_go_runtime_type` (src/cmd/internal/dwarf/dwarf.go): the address of a DWARF
+/// type's runtime type descriptor.
+const DW_AT_GO_RUNTIME_TYPE: constants::DwAt = constants::DwAt(0x2904);
+
+/// Every named DWARF type with its runtime type descriptor address: (name, address).
+/// An independent source of truth for [`super::types`] (used by tests).
+pub fn runtime_type_addresses(elf: &object::File<'_>) -> Result<Vec<(String, u64)>, DwarfError> {
+    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, DwarfError> {
+        match elf.section_by_name(id.name()) {
+            Some(section) => section
+                .uncompressed_data()
+                .map_err(|e| DwarfError::Section {
+                    section: id.name(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(Cow::Borrowed(&[])),
+        }
+    };
+    let sections = gimli::DwarfSections::load(load)?;
+    let dwarf = sections.borrow(|section| EndianSlice::new(section, LittleEndian));
+    let mut found = Vec::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut entries = unit.entries();
+        while let Some((_, entry)) = entries.next_dfs()? {
+            let Some(AttributeValue::Addr(address)) = entry.attr_value(DW_AT_GO_RUNTIME_TYPE)?
+            else {
+                continue;
+            };
+            if let Some(name) = name_of(&dwarf, &unit, entry)? {
+                found.push((name, address));
+            }
+        }
+    }
+    Ok(found)
+}
+
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
 fn name_of(

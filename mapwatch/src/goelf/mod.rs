@@ -4,6 +4,7 @@ mod buildinfo;
 pub mod decode;
 pub mod dwarf;
 pub mod procmaps;
+pub mod types;
 
 use std::{
     collections::HashMap,
@@ -64,7 +65,14 @@ pub struct GoBinary {
     functions: HashMap<String, FunctionSymbol>,
     segments: Vec<Segment>,
     has_symtab: bool,
+    /// Addresses of the few data symbols used (when the binary has a .symtab).
+    runtime_types: Option<u64>,
+    /// (address, size) of sections used to find moduledata in stripped binaries.
+    sections: HashMap<&'static str, (u64, u64)>,
 }
+
+/// Sections whose addresses are needed later.
+const REMEMBERED_SECTIONS: [&str; 3] = [".gopclntab", ".go.module", ".noptrdata"];
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
@@ -124,11 +132,22 @@ impl GoBinary {
                 });
             }
         };
+        let sections = REMEMBERED_SECTIONS
+            .iter()
+            .filter_map(|&name| {
+                let section = elf.section_by_name(name)?;
+                Some((name, (section.address(), section.size())))
+            })
+            .collect();
         let mut functions = HashMap::new();
         let mut has_symtab = false;
+        let mut runtime_types = None;
         for symbol in elf.symbols() {
             has_symtab = true;
             if symbol.kind() != object::SymbolKind::Text {
+                if symbol.name() == Ok("runtime.types") {
+                    runtime_types = Some(symbol.address());
+                }
                 continue;
             }
             if let Ok(name) = symbol.name() {
@@ -149,6 +168,8 @@ impl GoBinary {
             functions,
             segments,
             has_symtab,
+            runtime_types,
+            sections,
         })
     }
 
@@ -170,6 +191,67 @@ impl GoBinary {
             reason: e.to_string(),
         })?;
         dwarf::read_structs(&elf, wanted).map_err(|source| GoElfError::Dwarf {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Base address of type names (`moduledata.types`): the `runtime.types` symbol, or
+    /// in a stripped binary the `types` field of the first moduledata, found by its
+    /// first word pointing at the pclntab (src/runtime/symtab.go: `pcHeader`).
+    /// `moduledata_types` is that field's offset (DWARF or the offsets table).
+    pub fn types_base(&self, moduledata_types: Option<u32>) -> Option<u64> {
+        if let Some(base) = self.runtime_types {
+            return Some(base);
+        }
+        let field = u64::from(moduledata_types?);
+        let moduledata = self.find_moduledata()?;
+        let bytes = self.read(moduledata.checked_add(field)?, 8)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    fn find_moduledata(&self) -> Option<u64> {
+        // Go 1.26+ gives moduledata a section of its own (go-runtime.md §6).
+        if let Some(&(address, _)) = self.sections.get(".go.module") {
+            return Some(address);
+        }
+        let &(pclntab, _) = self.sections.get(".gopclntab")?;
+        let &(start, size) = self.sections.get(".noptrdata")?;
+        let data = self.read(start, size)?;
+        let needle = pclntab.to_le_bytes();
+        data.chunks_exact(8)
+            .position(|word| word == needle)
+            .map(|i| start + 8 * i as u64)
+    }
+
+    /// Bytes of the file at link-time address `vaddr`.
+    pub fn read(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        read_at_vaddr(&self.map, &self.segments, vaddr, len)
+    }
+
+    /// The Go name of the type descriptor at link-time address `type_vaddr`.
+    pub fn type_name(
+        &self,
+        types_base: u64,
+        type_vaddr: u64,
+        layout: types::TypeLayout,
+    ) -> Result<String, types::TypeNameError> {
+        types::type_name(
+            |vaddr, len| self.read(vaddr, len),
+            types_base,
+            type_vaddr,
+            layout,
+        )
+    }
+
+    /// (DWARF type name, runtime type descriptor address) for every DWARF type that
+    /// records one; empty without DWARF.
+    pub fn dwarf_runtime_types(&self) -> Result<Vec<(String, u64)>, GoElfError> {
+        let elf = object::File::parse(&*self.map).map_err(|e| GoElfError::NotElf {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        dwarf::runtime_type_addresses(&elf).map_err(|source| GoElfError::Dwarf {
             path: self.path.clone(),
             source,
         })

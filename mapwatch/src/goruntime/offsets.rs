@@ -15,6 +15,13 @@ pub enum Field {
     TypeSize,
     /// `abi.Type.PtrBytes`; `runtime._type.ptrdata` ≤1.20. 0 = no pointers.
     TypePtrBytes,
+    /// `abi.Type.TFlag`: bit 1 (`TFlagExtraStar`) means the stored name has a
+    /// leading '*' to drop.
+    TypeTFlag,
+    /// `abi.Type.Str`: the type's name, as an offset from `moduledata.types`.
+    TypeStr,
+    /// `runtime.moduledata.types` (src/runtime/symtab.go): base of type names.
+    ModuledataTypes,
     /// `runtime.g.goid` (src/runtime/runtime2.go).
     GGoid,
     /// Classic maps, `runtime.hmap` (src/runtime/map.go ≤1.23, map_noswiss.go 1.24–1.25).
@@ -40,9 +47,12 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 18] = [
+    pub const ALL: [Field; 21] = [
         Field::TypeSize,
         Field::TypePtrBytes,
+        Field::TypeTFlag,
+        Field::TypeStr,
+        Field::ModuledataTypes,
         Field::GGoid,
         Field::HmapCount,
         Field::HmapFlags,
@@ -71,6 +81,9 @@ impl Field {
         match self {
             Field::TypeSize => (TYPE, &["Size_", "size"]),
             Field::TypePtrBytes => (TYPE, &["PtrBytes", "ptrdata"]),
+            Field::TypeTFlag => (TYPE, &["TFlag", "tflag"]),
+            Field::TypeStr => (TYPE, &["Str", "str"]),
+            Field::ModuledataTypes => (&["runtime.moduledata"], &["types"]),
             Field::GGoid => (&["runtime.g"], &["goid"]),
             Field::HmapCount => (HMAP, &["count"]),
             Field::HmapFlags => (HMAP, &["flags"]),
