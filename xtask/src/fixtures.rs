@@ -54,6 +54,18 @@ const MATRIX: &[Variant] = &[
         cgo: true,
     },
 ];
+/// Cross-compiled for arm64 (see [`cross_fixtures_dir`]).
+const ARM64: Variant = Variant {
+    suffix: "-arm64",
+    args: &[],
+    cgo: false,
+};
+
+/// Binaries for other architectures: mapwatch must refuse them clearly.
+pub fn cross_fixtures_dir() -> PathBuf {
+    workspace_root().join("target/fixtures-cross")
+}
+
 /// Go minors whose classic (pre-Swiss) maps are still one GOEXPERIMENT away;
 /// `GOEXPERIMENT=noswissmap` fails from 1.26 (go-runtime.md §1).
 const NOSWISSMAP_MINORS: &[&str] = &["go1.24.", "go1.25."];
@@ -105,6 +117,30 @@ pub fn build_all(env: &Env) -> anyhow::Result<PathBuf> {
                         fresh += 1;
                     }
                 }
+            }
+        }
+        // Bad input for the binary analysis: a Go binary for another architecture.
+        // Kept out of target/fixtures, whose binaries every analysis test walks.
+        if let Some(go) = env.go.iter().find(|g| g.name.starts_with("go1.22.")) {
+            let flavor = Flavor {
+                go,
+                dir_name: go.name.clone(),
+                goexperiment: "",
+            };
+            let source = workspace_root()
+                .join("fixtures")
+                .join(MATRIX_FIXTURE)
+                .join("main.go");
+            if build_one(
+                &flavor,
+                MATRIX_FIXTURE,
+                ARM64,
+                &source,
+                &cross_fixtures_dir(),
+            )? {
+                built += 1;
+            } else {
+                fresh += 1;
             }
         }
         println!(
@@ -172,6 +208,7 @@ fn build_one(
     flavor.goexperiment.hash(&mut hasher);
     variant.args.hash(&mut hasher);
     variant.cgo.hash(&mut hasher);
+    variant.suffix.hash(&mut hasher);
     let stamp = format!("{:016x}", hasher.finish());
     if binary.is_file()
         && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
@@ -186,6 +223,14 @@ fn build_one(
         .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", if variant.cgo { "1" } else { "0" })
         .env("GOEXPERIMENT", flavor.goexperiment)
+        .env(
+            "GOARCH",
+            if variant.suffix == ARM64.suffix {
+                "arm64"
+            } else {
+                "amd64"
+            },
+        )
         .env("GOFLAGS", "")
         .env("GOAMD64", "v1")
         .env("GOCACHE", cache.join("gocache"))

@@ -2,6 +2,7 @@
 //! the project itself on a fresh machine (Debian 12, root), idempotently.
 mod demo;
 mod fixtures;
+mod fuzz;
 mod offsets;
 mod setup;
 mod util;
@@ -28,6 +29,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run every fuzz target for a bounded time (also part of `test`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Regenerate the struct-offsets table (for binaries without DWARF) from the DWARF
     /// of every fixture.
     GenOffsets,
@@ -48,6 +55,10 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args),
         Task::GenOffsets => offsets::run(),
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds)
+        }
         Task::Demo { seconds } => demo::run(seconds),
     }
 }
@@ -70,6 +81,7 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .env("MAPWATCH_FIXTURES", &fixtures_dir)
             .run()
     })?;
+    fuzz::run(fuzz::DEFAULT_SECONDS)?;
     println!("xtask test: all passed in {:.0?}", started.elapsed());
     Ok(())
 }

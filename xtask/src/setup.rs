@@ -60,6 +60,7 @@ pub fn run() -> anyhow::Result<Env> {
         rust_src,
     )?;
     step("setup: bpf-linker", bpf_linker)?;
+    step("setup: cargo-fuzz", cargo_fuzz)?;
     let go = step("setup: Go toolchains", go_toolchains)?;
     Ok(Env { go })
 }
@@ -143,6 +144,30 @@ fn bpf_linker() -> anyhow::Result<()> {
             "llvm-22",
         ])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .run()
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let found = Cmd::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", crate::util::path_with_cargo_bin())
+        .output();
+    if let Some(version) = found.as_deref()
+        && version.contains(CARGO_FUZZ_VERSION)
+    {
+        println!("    found: {}", version.trim());
+        return Ok(());
+    }
+    Cmd::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
         .run()
 }
 

@@ -33,8 +33,9 @@ impl BuildInfo {
     }
 }
 
-/// `read_vaddr(addr, len)` reads bytes the pointer format refers to.
-pub(super) fn parse<'a>(
+/// Parses the `.go.buildinfo` section's bytes. `read_vaddr(addr, len)` reads the bytes
+/// the pre-1.18 pointer format refers to.
+pub fn parse<'a>(
     section: &[u8],
     read_vaddr: impl Fn(u64, u64) -> Option<&'a [u8]>,
 ) -> Result<BuildInfo, String> {

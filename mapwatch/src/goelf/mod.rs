@@ -1,6 +1,6 @@
 //! Read a Go binary without running it: build info, symbols, machine code, and the
 //! mapping between virtual addresses and file offsets.
-mod buildinfo;
+pub mod buildinfo;
 pub mod decode;
 pub mod dwarf;
 pub mod procmaps;
@@ -27,7 +27,7 @@ pub enum GoElfError {
     },
     #[error("{path} is not an ELF executable: {reason}")]
     NotElf { path: PathBuf, reason: String },
-    #[error("{path} is a {arch} binary; mapwatch supports x86_64 (amd64) Go binaries only")]
+    #[error("{path} is built for {arch}; mapwatch supports x86_64 (amd64) Go binaries only")]
     UnsupportedArch { path: PathBuf, arch: String },
     #[error("{path} is not a Go program: it has no Go build info (.go.buildinfo)")]
     NotGo { path: PathBuf },
@@ -56,11 +56,28 @@ struct Segment {
     file_size: u64,
 }
 
-/// An opened, parsed Go executable. The file is memory-mapped: nothing is copied but
-/// the symbol table's names.
+/// The bytes of a binary: memory-mapped from a file (nothing copied), or owned (tests
+/// and fuzzing).
+enum Backing {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(map) => map,
+            Backing::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// An opened, parsed Go executable. Files are memory-mapped: nothing is copied but the
+/// symbol table's names.
 pub struct GoBinary {
     path: PathBuf,
-    map: Mmap,
+    map: Backing,
     build_info: BuildInfo,
     functions: HashMap<String, FunctionSymbol>,
     segments: Vec<Segment>,
@@ -85,10 +102,15 @@ impl GoBinary {
         // fault, which is the same risk every ELF tool takes (and binaries being run
         // cannot be written: ETXTBSY).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, map)
+        Self::parse(path, Backing::Mapped(map))
     }
 
-    fn parse(path: &Path, map: Mmap) -> Result<GoBinary, GoElfError> {
+    /// Parses a binary held in memory; `label` names it in errors.
+    pub fn from_bytes(label: &Path, bytes: Vec<u8>) -> Result<GoBinary, GoElfError> {
+        Self::parse(label, Backing::Owned(bytes))
+    }
+
+    fn parse(path: &Path, map: Backing) -> Result<GoBinary, GoElfError> {
         let not_elf = |reason: String| GoElfError::NotElf {
             path: path.to_path_buf(),
             reason,
@@ -100,7 +122,10 @@ impl GoBinary {
         if elf.architecture() != object::Architecture::X86_64 {
             return Err(GoElfError::UnsupportedArch {
                 path: path.to_path_buf(),
-                arch: format!("{:?}", elf.architecture()).to_lowercase(),
+                arch: match elf.architecture() {
+                    object::Architecture::Aarch64 => "arm64 (aarch64)".to_string(),
+                    other => format!("{other:?}").to_lowercase(),
+                },
             });
         }
         let segments: Vec<Segment> = elf

@@ -1,0 +1,23 @@
+//! A whole executable: ELF, build info, symbols, DWARF, the probe plan, type names.
+#![no_main]
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use mapwatch::{
+    goelf::{GoBinary, types::TypeLayout},
+    plan::{PlanRequest, plan_probes},
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(binary) = GoBinary::from_bytes(Path::new("fuzz-input"), data.to_vec()) else {
+        return;
+    };
+    if let Ok(plan) = plan_probes(&binary, PlanRequest { slice_growth: true, exact: true }) {
+        let layout = TypeLayout { tflag: 20, str: 40 };
+        if let Some(base) = binary.types_base(Some(296)) {
+            for probe in &plan.probes {
+                let _ = binary.type_name(base, probe.vaddr, layout);
+            }
+        }
+    }
+});

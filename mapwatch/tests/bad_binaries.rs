@@ -1,0 +1,156 @@
+//! Binary analysis on bad input: every case ends in an error that names the file and
+//! says what is wrong — never a panic, never a probe at a guessed offset. No root.
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use mapwatch::{
+    goelf::GoBinary,
+    plan::{PlanRequest, plan_probes},
+};
+use support::{fixture, fixtures_dir, mapwatch_command};
+
+const REQUEST: PlanRequest = PlanRequest {
+    slice_growth: true,
+    exact: true,
+};
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+/// Opens and plans; returns the error text, or None if it all succeeded.
+fn analyse(label: &str, bytes: Vec<u8>) -> Option<String> {
+    let label = Path::new(label);
+    let binary = match GoBinary::from_bytes(label, bytes) {
+        Ok(binary) => binary,
+        Err(e) => return Some(e.to_string()),
+    };
+    match plan_probes(&binary, REQUEST) {
+        Ok(plan) => {
+            // A plan from a damaged file may lack signals, but every planned probe must
+            // sit on bytes that are really in the file.
+            for probe in &plan.probes {
+                assert!(
+                    !probe.expected_bytes.is_empty(),
+                    "{}: empty probe bytes",
+                    label.display()
+                );
+            }
+            if plan.probes.is_empty() {
+                Some(format!("no probes: {:?}", plan.unavailable))
+            } else {
+                None
+            }
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+#[test]
+fn checked_in_corpus_gives_errors_naming_the_file() {
+    for entry in std::fs::read_dir(corpus()).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        let label = path.display().to_string();
+        let error = analyse(&label, std::fs::read(&path).unwrap())
+            .unwrap_or_else(|| panic!("{label}: accepted"));
+        assert!(
+            error.contains(&label),
+            "error does not name the file: {error}"
+        );
+    }
+}
+
+#[test]
+fn truncated_binaries_never_panic_or_plan_past_the_end() {
+    let Some(path) = fixture("go1.22.10", "slicegrow") else {
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let mut cuts: Vec<usize> = (0..256).collect();
+    cuts.extend((1..64).map(|i| bytes.len() * i / 64));
+    cuts.push(bytes.len() - 1);
+    for cut in cuts {
+        let _ = analyse(&format!("truncated-at-{cut}"), bytes[..cut].to_vec());
+    }
+}
+
+#[test]
+fn non_go_elf_is_named_as_such() {
+    let error = analyse("/bin/true", std::fs::read("/bin/true").unwrap()).unwrap();
+    assert!(error.contains("/bin/true is not a Go program"), "{error}");
+}
+
+#[test]
+fn go_binary_for_another_architecture_is_refused() {
+    let path = fixtures_dir().join("../fixtures-cross/go1.22.10/slicegrow-arm64");
+    if !path.is_file() {
+        assert!(
+            !support::in_ci(),
+            "{} missing: run `cargo xtask test`",
+            path.display()
+        );
+        return;
+    }
+    let error = analyse("app-arm64", std::fs::read(&path).unwrap()).unwrap();
+    assert!(error.contains("app-arm64 is built for arm64"), "{error}");
+    assert!(error.contains("x86_64"), "{error}");
+}
+
+/// The build-info blob of a copy of a fixture, to corrupt.
+fn with_build_info(edit: impl FnOnce(&mut [u8])) -> Option<Vec<u8>> {
+    let path = fixture("go1.22.10", "slicegrow")?;
+    let mut bytes = std::fs::read(path).unwrap();
+    let magic = b"\xff Go buildinf:";
+    let at = bytes.windows(magic.len()).position(|w| w == magic).unwrap();
+    edit(&mut bytes[at..at + 64]);
+    Some(bytes)
+}
+
+#[test]
+fn go_version_older_than_supported_is_refused_by_name() {
+    let Some(bytes) = with_build_info(|blob| {
+        let at = blob.windows(9).position(|w| w == b"go1.22.10").unwrap();
+        blob[at..at + 9].copy_from_slice(b"go1.17.13");
+    }) else {
+        return;
+    };
+    let error = analyse("old-go", bytes).unwrap();
+    assert!(
+        error.contains("old-go") && error.contains("go1.17.13 is not supported"),
+        "{error}"
+    );
+}
+
+#[test]
+fn corrupt_build_info_is_reported() {
+    // The version's length prefix becomes an endless uvarint.
+    let Some(bytes) = with_build_info(|blob| blob[32..42].fill(0xff)) else {
+        return;
+    };
+    let error = analyse("bad-buildinfo", bytes).unwrap();
+    assert!(
+        error.contains("bad-buildinfo has corrupt Go build info"),
+        "{error}"
+    );
+}
+
+#[test]
+fn inspect_refuses_bad_files_with_exit_code_2_and_one_line() {
+    let path = corpus().join("not-elf.txt");
+    let output = mapwatch_command()
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("is not an ELF"),
+        "{stderr}"
+    );
+}
