@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything the project needs beyond `cargo build`, set up by
 //! the project itself on a fresh machine (Debian 12, root), idempotently.
+mod bench;
 mod demo;
 mod fixtures;
 mod fuzz;
@@ -29,6 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Measure (inspect time and memory; more to come) and rewrite BENCHMARKS.md.
+    Bench,
     /// Run every fuzz target for a bounded time (also part of `test`).
     Fuzz {
         /// Seconds per target.
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args),
         Task::GenOffsets => offsets::run(),
+        Task::Bench => bench::run(),
         Task::Fuzz { seconds } => {
             setup::run()?;
             fuzz::run(seconds)

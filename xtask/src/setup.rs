@@ -20,6 +20,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Go 1.19: what Debian builds its own Go programs with (e.g. its prometheus);
     // an older runtime ABI that mapwatch must handle.
     "golang-1.19-go",
+    // A large real, stripped Go 1.19 binary for the analysis benchmark and tests, and
+    // the Prometheus server for the end-to-end metric tests.
+    "prometheus",
+    // GNU time: peak memory in `cargo xtask bench`.
+    "time",
 ];
 
 /// Debian's Go 1.19 toolchain (package golang-1.19-go).
