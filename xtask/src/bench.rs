@@ -100,16 +100,8 @@ fn time_inspect(mapwatch: &Path, binary: &Path) -> anyhow::Result<(Duration, u64
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
-    let mut fields = last.split_whitespace();
-    let seconds: f64 = fields
-        .next()
-        .and_then(|s| s.parse().ok())
-        .context("time output")?;
-    let rss: u64 = fields
-        .next()
-        .and_then(|s| s.parse().ok())
-        .context("time output")?;
-    Ok((Duration::from_secs_f64(seconds), rss))
+    let rss: u64 = last.trim().parse().context("GNU time output")?;
+    Ok((elapsed, rss))
 }
 
 fn build_cmd_go(env: &setup::Env) -> anyhow::Result<std::path::PathBuf> {
