@@ -15,6 +15,8 @@ use support::{fixtures_dir, in_ci};
 struct GoListing {
     after_check: u64,
     rets: Vec<u64>,
+    /// (address, "slice.go:157") of every instruction.
+    lines: Vec<(u64, String)>,
 }
 
 /// Parses `go tool objdump -s '^runtime.growslice$'`: lines like
@@ -32,6 +34,7 @@ fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = Vec::new();
     let instructions: Vec<(u64, String)> = text
         .lines()
         .filter_map(|line| {
@@ -41,6 +44,7 @@ fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
                 .filter(|f| !f.is_empty())
                 .collect();
             let address = u64::from_str_radix(fields.get(1)?.strip_prefix("0x")?, 16).ok()?;
+            lines.push((address, fields.first()?.to_string()));
             Some((address, fields.get(3)?.to_string()))
         })
         .collect();
@@ -55,6 +59,7 @@ fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
             .filter(|(_, text)| text.starts_with("RET"))
             .map(|(address, _)| address - start)
             .collect(),
+        lines,
     }
 }
 
@@ -108,6 +113,20 @@ fn growslice_probe_offsets_match_go_objdump_in_every_fixture() {
                 "{name}: after-check offset"
             );
             assert_eq!(layout.rets, expected.rets, "{name}: RET offsets");
+            // file:line from the pclntab, as Go's own disassembler prints it.
+            let table = binary.pclntab().unwrap().expect("pclntab");
+            // Go 1.19's objdump prints ":0" (no line) for PIE binaries; nothing to compare.
+            for (address, go_line) in expected.lines.iter().filter(|(_, l)| l != ":0") {
+                let line = table.source_line(*address).unwrap().unwrap_or_else(|| {
+                    panic!("{name}: no source line for {address:#x} ({go_line})")
+                });
+                let base = line.file.rsplit('/').next().unwrap();
+                assert_eq!(
+                    format!("{base}:{}", line.line),
+                    *go_line,
+                    "{name}: line of {address:#x}"
+                );
+            }
             checked += 1;
         }
     }

@@ -149,3 +149,26 @@ fn derived_capacities_equal_growslice_results() {
         }
     }
 }
+
+/// The same exact counts through the other ways a binary is built: stripped (pclntab +
+/// offsets table instead of symbols + DWARF), PIE (random load address) and cgo
+/// (external linking).
+#[test]
+fn growslice_counts_are_exact_in_stripped_pie_and_cgo_builds() {
+    let Some(_kernel) = privileged("growslice_counts_are_exact_in_stripped_pie_and_cgo_builds")
+    else {
+        return;
+    };
+    for go in ["go1.19.8", "go1.22.10", "go1.24.11"] {
+        for name in ["slicegrow-stripped", "slicegrow-pie", "slicegrow-cgo"] {
+            let Some((reported, deltas)) = measure(go, name, &[], &["--exact"]) else {
+                continue;
+            };
+            assert_exact(go, name, reported, &deltas);
+            assert_eq!(
+                deltas.checks_other, 0,
+                "{go} {name}: mismatched or unpaired RET checks"
+            );
+        }
+    }
+}

@@ -3,6 +3,7 @@
 pub mod buildinfo;
 pub mod decode;
 pub mod dwarf;
+pub mod pclntab;
 pub mod procmaps;
 pub mod types;
 
@@ -89,7 +90,18 @@ pub struct GoBinary {
 }
 
 /// Sections whose addresses are needed later.
-const REMEMBERED_SECTIONS: [&str; 3] = [".gopclntab", ".go.module", ".noptrdata"];
+const REMEMBERED_SECTIONS: [&str; 5] = [
+    ".gopclntab",
+    // PIE builds put the pclntab in relro (go-runtime.md §7).
+    ".data.rel.ro.gopclntab",
+    ".go.module",
+    ".noptrdata",
+    ".text",
+];
+
+/// `runtime.moduledata.text`: offset 176 in every version measured, 1.19–1.27
+/// (go-runtime.md §4, DWARF; src/runtime/symtab.go).
+const MODULEDATA_TEXT_OFFSET: u64 = 176;
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
@@ -240,7 +252,7 @@ impl GoBinary {
         if let Some(&(address, _)) = self.sections.get(".go.module") {
             return Some(address);
         }
-        let &(pclntab, _) = self.sections.get(".gopclntab")?;
+        let &(pclntab, _) = self.pclntab_section()?;
         let &(start, size) = self.sections.get(".noptrdata")?;
         let data = self.read(start, size)?;
         let needle = pclntab.to_le_bytes();
@@ -287,8 +299,53 @@ impl GoBinary {
         self.has_symtab
     }
 
+    /// A function's address range: from .symtab, or from the pclntab when the binary
+    /// is stripped.
     pub fn function(&self, name: &str) -> Option<FunctionSymbol> {
-        self.functions.get(name).copied()
+        if let Some(symbol) = self.functions.get(name) {
+            return Some(*symbol);
+        }
+        if self.has_symtab {
+            return None;
+        }
+        let table = self.pclntab().ok()??;
+        let function = table.find_function(name).ok()??;
+        Some(FunctionSymbol {
+            vaddr: function.entry,
+            size: function.end - function.entry,
+        })
+    }
+
+    /// The Go function table, if the binary has one.
+    pub fn pclntab(&self) -> Result<Option<pclntab::Pclntab<'_>>, pclntab::PclntabError> {
+        let Some(&(address, size)) = self.pclntab_section() else {
+            return Ok(None);
+        };
+        let bytes = self
+            .read(address, size)
+            .ok_or(pclntab::PclntabError::Corrupt("section outside the file"))?;
+        pclntab::Pclntab::parse(bytes, self.text_start_fallback()).map(Some)
+    }
+
+    fn pclntab_section(&self) -> Option<&(u64, u64)> {
+        self.sections
+            .get(".gopclntab")
+            .or_else(|| self.sections.get(".data.rel.ro.gopclntab"))
+    }
+
+    /// Where function entry offsets count from when the pclntab header says 0 (Go
+    /// 1.26+): moduledata.text, as the runtime does, else the .text section's address
+    /// (as cmd/internal/objfile does; wrong only for externally linked binaries, whose
+    /// .text starts with C code — and those keep moduledata.text readable).
+    fn text_start_fallback(&self) -> u64 {
+        let from_moduledata = self.sections.get(".go.module").and_then(|&(address, _)| {
+            let bytes = self.read(address.checked_add(MODULEDATA_TEXT_OFFSET)?, 8)?;
+            let text = u64::from_le_bytes(bytes.try_into().ok()?);
+            (text != 0).then_some(text)
+        });
+        from_moduledata
+            .or_else(|| self.sections.get(".text").map(|&(address, _)| address))
+            .unwrap_or(0)
     }
 
     /// The machine code of a function, straight from the mapped file.

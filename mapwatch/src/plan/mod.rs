@@ -163,7 +163,7 @@ fn plan_growslice(
         if binary.has_symtab() {
             format!("{GROWSLICE} is not in the symbol table")
         } else {
-            format!("{GROWSLICE} not found: the binary is stripped (-ldflags=-s) and reading pclntab is not implemented yet")
+            format!("{GROWSLICE} is neither in the symbol table nor in the pclntab")
         }
     })?;
     let code = binary
@@ -171,6 +171,15 @@ fn plan_growslice(
         .ok_or_else(|| format!("{GROWSLICE}'s code is outside the file's segments"))?;
     let layout =
         decode::analyze_function(code, function.vaddr).map_err(|e| format!("{GROWSLICE}: {e}"))?;
+    // growslice always starts with the stack-bound check (go-runtime.md §2). Without
+    // it, the bytes are not the growslice we know (e.g. a wrong text base in a
+    // damaged pclntab): refuse rather than probe an arbitrary instruction.
+    if layout.after_stack_check.is_none() {
+        return Err(format!(
+            "{GROWSLICE} at {:#x} has no stack-bound check: not the code expected, not probing it",
+            function.vaddr
+        ));
+    }
     let abi = facts.growslice;
     let entry_spec = ProbeSpec {
         kind: ProbeKind::GrowsliceEntry as u16,
