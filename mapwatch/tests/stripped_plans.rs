@@ -18,8 +18,13 @@ const REQUEST: PlanRequest = PlanRequest {
     exact: true,
 };
 
+/// (probe name, file offset, instruction bytes) of each planned probe.
+type ProbeKey = (String, u64, Vec<u8>);
+/// Probes and the signals that are unavailable.
+type PlanKey = (Vec<ProbeKey>, Vec<String>);
+
 /// The parts of a plan that decide where and what the kernel probes.
-fn plan_key(path: &Path) -> (Vec<(String, u64, Vec<u8>)>, Vec<String>) {
+fn plan_key(path: &Path) -> PlanKey {
     let binary = GoBinary::open(path).unwrap();
     let plan = plan_probes(&binary, REQUEST).unwrap();
     let probes = plan
@@ -62,7 +67,7 @@ fn stripped_and_unstripped_plans_are_identical() {
             full_plan.1
         );
         // File offsets may differ between the two links; the instructions may not.
-        let shape = |plan: &(Vec<(String, u64, Vec<u8>)>, Vec<String>)| -> Vec<(String, Vec<u8>)> {
+        let shape = |plan: &PlanKey| -> Vec<(String, Vec<u8>)> {
             plan.0
                 .iter()
                 .map(|(p, _, bytes)| (p.clone(), bytes.clone()))
