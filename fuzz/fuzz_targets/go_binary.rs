@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(binary) = GoBinary::from_bytes(Path::new("fuzz-input"), data.to_vec()) else {
         return;
     };
-    if let Ok(plan) = plan_probes(&binary, PlanRequest { slice_growth: true, exact: true }) {
+    if let Ok(plan) = plan_probes(&binary, PlanRequest::ALL) {
         let layout = TypeLayout { tflag: 20, str: 40 };
         if let Some(base) = binary.types_base(Some(296)) {
             for probe in &plan.probes {

@@ -21,8 +21,8 @@ pub const RING_WAKEUP_BYTES: u64 = 256 << 10;
 /// (RAX, RBX, RCX, RDI, RSI, R8 — the first six integer args of ABIInternal on amd64).
 pub const EVENT_REGS: usize = 6;
 
-/// Number of config-driven memory loads per probe.
-pub const PROBE_LOADS: usize = 2;
+/// Number of config-driven memory loads per probe (hashGrow reads four hmap fields).
+pub const PROBE_LOADS: usize = 4;
 
 /// What a probe site is; userspace decides how to interpret the record from it.
 #[repr(u16)]
@@ -34,13 +34,43 @@ pub enum ProbeKind {
     GrowsliceEntry = 1,
     /// A RET instruction of `runtime.growslice` (exact mode only).
     GrowsliceRet = 2,
+    /// Classic maps: `runtime.hashGrow`.
+    HashGrow = 3,
+    /// Swiss maps: `(*Map).growToSmall`, `(*Map).growToTable`, `(*table).grow`,
+    /// `(*table).split`.
+    MapGrowToSmall = 4,
+    MapGrowToTable = 5,
+    MapTableGrow = 6,
+    MapTableSplit = 7,
+    /// `runtime.makemap` (with a size hint) and `runtime.makemap_small` (without).
+    MakeMap = 8,
+    MakeMapSmall = 9,
 }
 
 impl ProbeKind {
+    pub const ALL: [ProbeKind; 9] = [
+        ProbeKind::GrowsliceEntry,
+        ProbeKind::GrowsliceRet,
+        ProbeKind::HashGrow,
+        ProbeKind::MapGrowToSmall,
+        ProbeKind::MapGrowToTable,
+        ProbeKind::MapTableGrow,
+        ProbeKind::MapTableSplit,
+        ProbeKind::MakeMap,
+        ProbeKind::MakeMapSmall,
+    ];
+
     pub const fn from_u16(value: u16) -> ProbeKind {
         match value {
             1 => ProbeKind::GrowsliceEntry,
             2 => ProbeKind::GrowsliceRet,
+            3 => ProbeKind::HashGrow,
+            4 => ProbeKind::MapGrowToSmall,
+            5 => ProbeKind::MapGrowToTable,
+            6 => ProbeKind::MapTableGrow,
+            7 => ProbeKind::MapTableSplit,
+            8 => ProbeKind::MakeMap,
+            9 => ProbeKind::MakeMapSmall,
             _ => ProbeKind::None,
         }
     }
@@ -110,7 +140,20 @@ pub struct Event {
 
 const _: () = assert!(core::mem::size_of::<MemoryLoad>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeSpec>() == 8 + 8 * PROBE_LOADS);
-const _: () = assert!(core::mem::size_of::<Event>() == 104);
+const _: () = assert!(core::mem::size_of::<Event>() == 120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_kinds_round_trip_through_u16() {
+        for kind in ProbeKind::ALL {
+            assert_eq!(ProbeKind::from_u16(kind as u16), kind);
+        }
+        assert_eq!(ProbeKind::from_u16(0xffff), ProbeKind::None);
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

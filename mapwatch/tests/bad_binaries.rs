@@ -10,10 +10,7 @@ use mapwatch::{
 };
 use support::{fixture, fixtures_dir, mapwatch_command};
 
-const REQUEST: PlanRequest = PlanRequest {
-    slice_growth: true,
-    exact: true,
-};
+const REQUEST: PlanRequest = PlanRequest::ALL;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
@@ -153,4 +150,27 @@ fn inspect_refuses_bad_files_with_exit_code_2_and_one_line() {
         stderr.contains(&path.display().to_string()) && stderr.contains("is not an ELF"),
         "{stderr}"
     );
+}
+
+#[test]
+fn corrupt_pclntab_in_a_stripped_binary_means_no_probes_not_guesses() {
+    let Some(path) = fixture("go1.22.10", "slicegrow-stripped") else {
+        return;
+    };
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = {
+        use object::{Object as _, ObjectSection as _};
+        let elf = object::File::parse(&*bytes).unwrap();
+        let section = elf.section_by_name(".gopclntab").unwrap();
+        section.file_range().unwrap().0 as usize
+    };
+    assert_eq!(bytes[at..at + 4], 0xfffffff1u32.to_le_bytes());
+    // Function count far beyond the table: every lookup must fail cleanly.
+    bytes[at + 8..at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let error = analyse("bad-pclntab", bytes.clone()).unwrap();
+    assert!(error.contains("slice_growth"), "{error}");
+    // An unknown magic.
+    bytes[at..at + 4].copy_from_slice(&0x12345678u32.to_le_bytes());
+    let error = analyse("bad-magic", bytes).unwrap();
+    assert!(error.contains("slice_growth"), "{error}");
 }

@@ -1,5 +1,5 @@
 //! Prologue decoding checked against Go's own disassembler: for every fixture binary of
-//! every Go version, the probe offsets mapwatch computes for runtime.growslice (first
+//! every Go version, the probe offsets mapwatch computes for every probed function (first
 //! instruction after the stack-bound check, every RET) must equal what
 //! `go tool objdump` of the same toolchain shows. No root needed.
 mod support;
@@ -8,7 +8,10 @@ use std::{path::Path, process::Command};
 
 use mapwatch::{
     goelf::{GoBinary, decode},
-    plan::GROWSLICE,
+    plan::{
+        GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, HASH_GROW, MAKEMAP, MAKEMAP_SMALL, TABLE_GROW,
+        TABLE_SPLIT,
+    },
 };
 use support::{fixtures_dir, in_ci};
 
@@ -19,11 +22,19 @@ struct GoListing {
     lines: Vec<(u64, String)>,
 }
 
-/// Parses `go tool objdump -s '^runtime.growslice$'`: lines like
+/// Parses `go tool objdump -s '^SYMBOL$'`: lines like
 /// `  slice.go:157  0x44a3a0  493b6610  CMPQ SP, 0x10(R14)` (fields separated by tabs).
-fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
+fn objdump(go: &Path, binary: &Path, symbol: &str, start: u64) -> GoListing {
+    // objdump's -s is a regexp: quote the symbol's metacharacters ((*Map).grow…).
+    let quoted: String = symbol
+        .chars()
+        .flat_map(|c| {
+            let escape = "().*[]$^+?{}|\\".contains(c);
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect();
     let out = Command::new(go)
-        .args(["tool", "objdump", "-s", "^runtime.growslice$"])
+        .args(["tool", "objdump", "-s", &format!("^{quoted}$")])
         .arg(binary)
         .env("GOTOOLCHAIN", "local")
         .output()
@@ -51,7 +62,7 @@ fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
     let jbe = instructions
         .iter()
         .position(|(_, text)| text.starts_with("JBE"))
-        .expect("stack-bound check JBE in growslice");
+        .unwrap_or_else(|| panic!("stack-bound check JBE in {symbol}"));
     GoListing {
         after_check: instructions[jbe + 1].0 - start,
         rets: instructions
@@ -63,8 +74,20 @@ fn objdump(go: &Path, binary: &Path, start: u64) -> GoListing {
     }
 }
 
+/// Every function mapwatch may probe.
+const PROBED: [&str; 8] = [
+    GROWSLICE,
+    HASH_GROW,
+    GROW_TO_SMALL,
+    GROW_TO_TABLE,
+    TABLE_GROW,
+    TABLE_SPLIT,
+    MAKEMAP,
+    MAKEMAP_SMALL,
+];
+
 #[test]
-fn growslice_probe_offsets_match_go_objdump_in_every_fixture() {
+fn probe_offsets_match_go_objdump_in_every_fixture() {
     let cache = std::env::var_os("MAPWATCH_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -102,34 +125,47 @@ fn growslice_probe_offsets_match_go_objdump_in_every_fixture() {
             if !binary.has_symtab() {
                 continue; // go tool objdump needs symbols; stripped plans have their own test
             }
-            let function = binary.function(GROWSLICE).expect("growslice symbol");
-            let layout =
-                decode::analyze_function(binary.code(function).unwrap(), function.vaddr).unwrap();
-            let expected = objdump(&go, &path, function.vaddr);
-            let name = path.display();
-            assert_eq!(
-                layout.after_stack_check,
-                Some(expected.after_check),
-                "{name}: after-check offset"
-            );
-            assert_eq!(layout.rets, expected.rets, "{name}: RET offsets");
-            // file:line from the pclntab, as Go's own disassembler prints it.
-            let table = binary.pclntab().unwrap().expect("pclntab");
-            // Go 1.19's objdump prints ":0" (no line) for PIE binaries; nothing to compare.
-            for (address, go_line) in expected.lines.iter().filter(|(_, l)| l != ":0") {
-                let line = table.source_line(*address).unwrap().unwrap_or_else(|| {
-                    panic!("{name}: no source line for {address:#x} ({go_line})")
-                });
-                let base = line.file.rsplit('/').next().unwrap();
+            let mut seen = 0;
+            for symbol in PROBED {
+                let Some(function) = binary.function(symbol) else {
+                    continue; // e.g. hashGrow in a Swiss-map build
+                };
+                seen += 1;
+                let layout =
+                    decode::analyze_function(binary.code(function).unwrap(), function.vaddr)
+                        .unwrap();
+                let expected = objdump(&go, &path, symbol, function.vaddr);
+                let name = format!("{} {symbol}", path.display());
                 assert_eq!(
-                    format!("{base}:{}", line.line),
-                    *go_line,
-                    "{name}: line of {address:#x}"
+                    layout.after_stack_check,
+                    Some(expected.after_check),
+                    "{name}: after-check offset"
                 );
+                assert_eq!(layout.rets, expected.rets, "{name}: RET offsets");
+                // file:line from the pclntab, as Go's own disassembler prints it.
+                let table = binary.pclntab().unwrap().expect("pclntab");
+                // Go 1.19's objdump prints ":0" (no line) for PIE binaries; nothing to compare.
+                for (address, go_line) in expected.lines.iter().filter(|(_, l)| l != ":0") {
+                    let line = table.source_line(*address).unwrap().unwrap_or_else(|| {
+                        panic!("{name}: no source line for {address:#x} ({go_line})")
+                    });
+                    let base = line.file.rsplit('/').next().unwrap();
+                    assert_eq!(
+                        format!("{base}:{}", line.line),
+                        *go_line,
+                        "{name}: line of {address:#x}"
+                    );
+                }
             }
+            // growslice and some map functions in every build (which are linked varies).
+            assert!(
+                seen >= 4,
+                "{}: only {seen} probed functions found",
+                path.display()
+            );
             checked += 1;
         }
     }
     assert!(checked > 0 || !in_ci(), "no fixture binaries were checked");
-    eprintln!("checked growslice in {checked} fixture binaries");
+    eprintln!("checked the probed functions in {checked} fixture binaries");
 }

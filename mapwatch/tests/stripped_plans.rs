@@ -13,10 +13,7 @@ use mapwatch::{
 };
 use support::{fixtures_dir, in_ci};
 
-const REQUEST: PlanRequest = PlanRequest {
-    slice_growth: true,
-    exact: true,
-};
+const REQUEST: PlanRequest = PlanRequest::ALL;
 
 /// (probe name, file offset, instruction bytes) of each planned probe.
 type ProbeKey = (String, u64, Vec<u8>);

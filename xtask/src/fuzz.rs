@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use crate::util::{Cmd, path_with_cargo_bin, step, workspace_root};
 
 pub const DEFAULT_SECONDS: u64 = 15;
-const TARGETS: &[&str] = &["go_binary", "buildinfo", "decode", "procmaps"];
+const TARGETS: &[&str] = &["go_binary", "buildinfo", "pclntab", "decode", "procmaps"];
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     let fuzz_dir = workspace_root().join("fuzz");

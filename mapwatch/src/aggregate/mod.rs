@@ -114,7 +114,16 @@ impl Aggregator {
         match kind {
             ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload),
             ProbeKind::GrowsliceRet => self.on_growslice_ret(event),
-            ProbeKind::None => {}
+            // Map records are counted (received) but not yet interpreted: `attach` does
+            // not plan map probes until the signals issue lands.
+            ProbeKind::HashGrow
+            | ProbeKind::MapGrowToSmall
+            | ProbeKind::MapGrowToTable
+            | ProbeKind::MapTableGrow
+            | ProbeKind::MapTableSplit
+            | ProbeKind::MakeMap
+            | ProbeKind::MakeMapSmall
+            | ProbeKind::None => {}
         }
     }
 

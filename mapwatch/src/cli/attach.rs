@@ -49,6 +49,8 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         &binary,
         PlanRequest {
             slice_growth: true,
+            // The aggregator does not interpret map records yet (signals issue).
+            map_growth: false,
             exact: args.exact,
         },
     )

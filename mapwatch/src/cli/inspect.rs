@@ -15,14 +15,8 @@ const SCHEMA_VERSION: u32 = 1;
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let binary = GoBinary::open(&args.binary).map_err(|e| UsageError(e.to_string()))?;
     let info = binary.build_info().clone();
-    let plan = plan::plan_probes(
-        &binary,
-        PlanRequest {
-            slice_growth: true,
-            exact: true,
-        },
-    )
-    .map_err(|e| UsageError(e.to_string()))?;
+    let plan =
+        plan::plan_probes(&binary, PlanRequest::ALL).map_err(|e| UsageError(e.to_string()))?;
     let offsets: BTreeMap<Field, u32> = plan
         .offsets
         .as_ref()

@@ -170,6 +170,35 @@ mod tests {
         assert_eq!(info.setting("CGO_ENABLED"), Some("0"));
     }
 
+    /// Go 1.13–1.17 wrote pointers to string headers instead of inline strings.
+    #[test]
+    fn reads_the_older_pointer_format() {
+        let mut memory = vec![0u8; 0x200];
+        let put = |memory: &mut Vec<u8>, at: usize, value: u64| {
+            memory[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        // Version string header at 0x40 → bytes at 0x80; modinfo header at 0x50 → 0xa0.
+        put(&mut memory, 0x40, 0x80);
+        put(&mut memory, 0x48, 9);
+        memory[0x80..0x89].copy_from_slice(b"go1.17.13");
+        let modinfo = format!("{}path\tcmd\n{}", "0".repeat(16), "1".repeat(16));
+        put(&mut memory, 0x50, 0xa0);
+        put(&mut memory, 0x58, modinfo.len() as u64);
+        memory[0xa0..0xa0 + modinfo.len()].copy_from_slice(modinfo.as_bytes());
+        let mut blob = MAGIC.to_vec();
+        blob.extend([8, 0]);
+        blob.resize(HEADER_LEN, 0);
+        blob[16..24].copy_from_slice(&0x40u64.to_le_bytes());
+        blob[24..32].copy_from_slice(&0x50u64.to_le_bytes());
+        let read = |addr: u64, len: u64| memory.get(addr as usize..(addr + len) as usize);
+        let info = parse(&blob, read).unwrap();
+        assert_eq!(info.go_version, "go1.17.13");
+        assert_eq!(info.path, "cmd");
+        // A pointer outside the file is an error, not a panic.
+        blob[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        assert!(parse(&blob, read).is_err());
+    }
+
     #[test]
     fn truncation_is_an_error_not_a_panic() {
         let blob = inline_blob("go1.22.10", "path\tx\n");

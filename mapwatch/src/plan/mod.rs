@@ -1,7 +1,7 @@
 //! ProbePlan: from an analysed Go binary and the signals asked for, to the exact list of
 //! uprobes (function, file offset, entry or RET, what to read) — or the reason a signal
 //! cannot be served. Pure: no kernel, no process, testable without root.
-use mapwatch_common::{MemoryLoad, ProbeKind, ProbeSpec};
+use mapwatch_common::{MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec};
 use serde::Serialize;
 
 use crate::{
@@ -9,6 +9,7 @@ use crate::{
     goruntime::{
         self, GoVersion, MapImplementation, RuntimeFacts, UnsupportedGoVersion,
         offsets::{Field, StructOffsets, table_offsets},
+        versions::{RAX, RBX, RCX},
     },
 };
 
@@ -16,10 +17,21 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PlanRequest {
     pub slice_growth: bool,
+    /// Map growth (classic or Swiss, whichever the binary has) and map creation hints.
+    pub map_growth: bool,
     /// Also probe RET instructions to check derived values against the real results.
     /// Each RET probe is single-stepped by the kernel (~4× an entry probe): tests and
     /// short investigations only.
     pub exact: bool,
+}
+
+impl PlanRequest {
+    /// Everything: what `inspect` shows.
+    pub const ALL: PlanRequest = PlanRequest {
+        slice_growth: true,
+        map_growth: true,
+        exact: true,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,9 +97,29 @@ pub fn probe_name(kind: ProbeKind) -> &'static str {
     match kind {
         ProbeKind::GrowsliceEntry => "growslice",
         ProbeKind::GrowsliceRet => "growslice_ret",
+        ProbeKind::HashGrow => "hashgrow",
+        ProbeKind::MapGrowToSmall => "map_grow_to_small",
+        ProbeKind::MapGrowToTable => "map_grow_to_table",
+        ProbeKind::MapTableGrow => "map_table_grow",
+        ProbeKind::MapTableSplit => "map_table_split",
+        ProbeKind::MakeMap => "makemap",
+        ProbeKind::MakeMapSmall => "makemap_small",
         ProbeKind::None => "none",
     }
 }
+
+/// Classic map growth: `hashGrow(t *maptype, h *hmap)` (src/runtime/map.go ≤1.23,
+/// map_noswiss.go 1.24–1.25).
+pub const HASH_GROW: &str = "runtime.hashGrow";
+/// Swiss map growth (src/internal/runtime/maps/map.go, table.go; 1.24+). `rehash` only
+/// dispatches to grow or split, so it is not probed (it would double count).
+pub const GROW_TO_SMALL: &str = "internal/runtime/maps.(*Map).growToSmall";
+pub const GROW_TO_TABLE: &str = "internal/runtime/maps.(*Map).growToTable";
+pub const TABLE_GROW: &str = "internal/runtime/maps.(*table).grow";
+pub const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
+/// `makemap(t, hint int, h) ` and `makemap_small()` (src/runtime/map*.go): hint in RBX.
+pub const MAKEMAP: &str = "runtime.makemap";
+pub const MAKEMAP_SMALL: &str = "runtime.makemap_small";
 
 pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan, PlanError> {
     let info = binary.build_info();
@@ -115,14 +147,24 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
         offsets,
         facts,
     };
+    let offsets = plan.offsets.clone();
+    let mut add = |signal: &'static str, planned: Result<Vec<PlannedProbe>, String>| match planned {
+        Ok(probes) => plan.probes.extend(probes),
+        Err(reason) => plan.unavailable.push(Unavailable { signal, reason }),
+    };
     if request.slice_growth {
-        match plan_growslice(binary, &facts, plan.offsets.as_ref(), request.exact) {
-            Ok(probes) => plan.probes.extend(probes),
-            Err(reason) => plan.unavailable.push(Unavailable {
-                signal: "slice_growth",
-                reason,
-            }),
-        }
+        add(
+            "slice_growth",
+            plan_growslice(binary, &facts, offsets.as_ref(), request.exact),
+        );
+    }
+    if request.map_growth {
+        let growth = match maps {
+            MapImplementation::Classic => plan_hash_grow(binary, offsets.as_ref()),
+            MapImplementation::Swiss => plan_swiss_growth(binary, offsets.as_ref()),
+        };
+        add("map_growth", growth);
+        add("map_make", plan_makemap(binary));
     }
     Ok(plan)
 }
@@ -151,6 +193,114 @@ fn required(offsets: Option<&StructOffsets>, field: Field) -> Result<u32, String
     })
 }
 
+/// One load: `size` bytes at `regs[reg] + offset`.
+fn load(reg: u8, size: u8, offset: u32) -> MemoryLoad {
+    MemoryLoad {
+        reg,
+        size,
+        _pad: [0; 2],
+        offset,
+    }
+}
+
+fn spec(kind: ProbeKind, flags: u16, loads: &[MemoryLoad]) -> ProbeSpec {
+    let mut all = [MemoryLoad::disabled(); PROBE_LOADS];
+    all[..loads.len()].copy_from_slice(loads);
+    ProbeSpec {
+        kind: kind as u16,
+        flags,
+        _pad: 0,
+        loads: all,
+    }
+}
+
+/// A function's code, decoded, with the stack-bound check required: every function
+/// mapwatch probes has one (go-runtime.md §2). Without it the bytes are not the code
+/// we know (e.g. a wrong text base from a damaged pclntab): refuse rather than probe
+/// an arbitrary instruction.
+struct Decoded<'a> {
+    name: &'static str,
+    vaddr: u64,
+    code: &'a [u8],
+    layout: decode::FunctionLayout,
+}
+
+fn decode_function<'a>(binary: &'a GoBinary, name: &'static str) -> Result<Decoded<'a>, String> {
+    let function = binary.function(name).ok_or_else(|| {
+        if binary.has_symtab() {
+            format!("{name} is not in the symbol table")
+        } else {
+            format!("{name} is neither in the symbol table nor in the pclntab")
+        }
+    })?;
+    let code = binary
+        .code(function)
+        .ok_or_else(|| format!("{name}'s code is outside the file's segments"))?;
+    let layout =
+        decode::analyze_function(code, function.vaddr).map_err(|e| format!("{name}: {e}"))?;
+    if layout.after_stack_check.is_none() {
+        return Err(format!(
+            "{name} at {:#x} has no stack-bound check: not the code expected, not probing it",
+            function.vaddr
+        ));
+    }
+    Ok(Decoded {
+        name,
+        vaddr: function.vaddr,
+        code,
+        layout,
+    })
+}
+
+impl Decoded<'_> {
+    fn probe(
+        &self,
+        binary: &GoBinary,
+        site: Site,
+        offset: u64,
+        spec: ProbeSpec,
+    ) -> Result<PlannedProbe, String> {
+        let name = self.name;
+        let vaddr = self.vaddr + offset;
+        let file_offset = binary
+            .file_offset(vaddr)
+            .ok_or_else(|| format!("{name}+{offset:#x} is not backed by the file"))?;
+        let instruction_len = self
+            .layout
+            .boundaries
+            .iter()
+            .find(|&&b| b > offset)
+            .map_or(self.code.len() as u64 - offset, |next| next - offset);
+        let kind = ProbeKind::from_u16(spec.kind);
+        Ok(PlannedProbe {
+            probe: probe_name(kind),
+            kind,
+            function: name,
+            site,
+            vaddr,
+            file_offset,
+            expected_bytes: self.code[offset as usize..(offset + instruction_len) as usize]
+                .to_vec(),
+            spec,
+        })
+    }
+
+    fn entry(&self, binary: &GoBinary, spec: ProbeSpec) -> Result<PlannedProbe, String> {
+        self.probe(binary, Site::Entry, self.layout.entry_offset(), spec)
+    }
+
+    fn rets(&self, binary: &GoBinary, spec: ProbeSpec) -> Result<Vec<PlannedProbe>, String> {
+        if self.layout.rets.is_empty() {
+            return Err(format!("{} has no RET instruction to probe", self.name));
+        }
+        self.layout
+            .rets
+            .iter()
+            .map(|&ret| self.probe(binary, Site::Ret, ret, spec))
+            .collect()
+    }
+}
+
 fn plan_growslice(
     binary: &GoBinary,
     facts: &RuntimeFacts,
@@ -159,96 +309,92 @@ fn plan_growslice(
 ) -> Result<Vec<PlannedProbe>, String> {
     let type_size = required(offsets, Field::TypeSize)?;
     let type_ptr_bytes = required(offsets, Field::TypePtrBytes)?;
-    let function = binary.function(GROWSLICE).ok_or_else(|| {
-        if binary.has_symtab() {
-            format!("{GROWSLICE} is not in the symbol table")
-        } else {
-            format!("{GROWSLICE} is neither in the symbol table nor in the pclntab")
-        }
-    })?;
-    let code = binary
-        .code(function)
-        .ok_or_else(|| format!("{GROWSLICE}'s code is outside the file's segments"))?;
-    let layout =
-        decode::analyze_function(code, function.vaddr).map_err(|e| format!("{GROWSLICE}: {e}"))?;
-    // growslice always starts with the stack-bound check (go-runtime.md §2). Without
-    // it, the bytes are not the growslice we know (e.g. a wrong text base in a
-    // damaged pclntab): refuse rather than probe an arbitrary instruction.
-    if layout.after_stack_check.is_none() {
-        return Err(format!(
-            "{GROWSLICE} at {:#x} has no stack-bound check: not the code expected, not probing it",
-            function.vaddr
-        ));
-    }
-    let abi = facts.growslice;
-    let entry_spec = ProbeSpec {
-        kind: ProbeKind::GrowsliceEntry as u16,
-        flags: ProbeSpec::FLAG_CALLER_PC,
-        _pad: 0,
-        loads: [
-            MemoryLoad {
-                reg: abi.elem_type,
-                size: 8,
-                _pad: [0; 2],
-                offset: type_size,
-            },
-            MemoryLoad {
-                reg: abi.elem_type,
-                size: 8,
-                _pad: [0; 2],
-                offset: type_ptr_bytes,
-            },
-        ],
-    };
-    let ret_spec = ProbeSpec {
-        kind: ProbeKind::GrowsliceRet as u16,
-        flags: 0,
-        _pad: 0,
-        loads: [MemoryLoad::disabled(); 2],
-    };
-    let mut sites = vec![(
-        Site::Entry,
-        layout.entry_offset(),
+    let growslice = decode_function(binary, GROWSLICE)?;
+    let et = facts.growslice.elem_type;
+    let entry_spec = spec(
         ProbeKind::GrowsliceEntry,
-        entry_spec,
-    )];
+        ProbeSpec::FLAG_CALLER_PC,
+        &[load(et, 8, type_size), load(et, 8, type_ptr_bytes)],
+    );
+    let mut probes = vec![growslice.entry(binary, entry_spec)?];
     if exact {
-        if layout.rets.is_empty() {
-            return Err(format!(
-                "{GROWSLICE} has no RET instruction to probe in exact mode"
-            ));
-        }
-        sites.extend(
-            layout
-                .rets
-                .iter()
-                .map(|&ret| (Site::Ret, ret, ProbeKind::GrowsliceRet, ret_spec)),
-        );
+        probes.extend(growslice.rets(binary, spec(ProbeKind::GrowsliceRet, 0, &[]))?);
     }
-    sites
-        .into_iter()
-        .map(|(site, offset, kind, spec)| {
-            let vaddr = function.vaddr + offset;
-            let file_offset = binary
-                .file_offset(vaddr)
-                .ok_or_else(|| format!("{GROWSLICE}+{offset:#x} is not backed by the file"))?;
-            let instruction_len = layout
-                .boundaries
-                .iter()
-                .find(|&&b| b > offset)
-                .map_or(code.len() as u64 - offset, |next| next - offset);
-            let expected_bytes =
-                code[offset as usize..(offset + instruction_len) as usize].to_vec();
-            Ok(PlannedProbe {
-                probe: probe_name(kind),
-                kind,
-                function: GROWSLICE,
-                site,
-                vaddr,
-                file_offset,
-                expected_bytes,
-                spec,
-            })
-        })
-        .collect()
+    Ok(probes)
+}
+
+/// hashGrow(t, h): h in RBX. Reads count, B, noverflow and flags before the growth;
+/// same-size vs doubling follows from them (src/runtime/map.go `hashGrow`).
+fn plan_hash_grow(
+    binary: &GoBinary,
+    offsets: Option<&StructOffsets>,
+) -> Result<Vec<PlannedProbe>, String> {
+    let loads = [
+        load(RBX, 8, required(offsets, Field::HmapCount)?),
+        load(RBX, 1, required(offsets, Field::HmapB)?),
+        load(RBX, 2, required(offsets, Field::HmapNoverflow)?),
+        load(RBX, 1, required(offsets, Field::HmapFlags)?),
+    ];
+    let hash_grow = decode_function(binary, HASH_GROW)?;
+    Ok(vec![hash_grow.entry(
+        binary,
+        spec(ProbeKind::HashGrow, ProbeSpec::FLAG_CALLER_PC, &loads),
+    )?])
+}
+
+/// Swiss growth, one probe per growth kind. Receivers and arguments per
+/// go-runtime.md §3: growToSmall/growToTable(m=RAX), grow(t=RAX, typ, m=RCX,
+/// newCapacity=DI), split(t=RAX, typ, m=RCX).
+fn plan_swiss_growth(
+    binary: &GoBinary,
+    offsets: Option<&StructOffsets>,
+) -> Result<Vec<PlannedProbe>, String> {
+    let map_used = required(offsets, Field::SwissMapUsed)?;
+    let map_dir_len = required(offsets, Field::SwissMapDirLen)?;
+    let map_global_depth = required(offsets, Field::SwissMapGlobalDepth)?;
+    let table_used = required(offsets, Field::SwissTableUsed)?;
+    let table_capacity = required(offsets, Field::SwissTableCapacity)?;
+    let table_local_depth = required(offsets, Field::SwissTableLocalDepth)?;
+    let flags = ProbeSpec::FLAG_CALLER_PC;
+    let on_map = [load(RAX, 8, map_used), load(RAX, 8, map_dir_len)];
+    let on_table = [
+        load(RCX, 8, map_used),
+        load(RCX, 8, map_dir_len),
+        load(RAX, 2, table_capacity),
+        load(RAX, 2, table_used),
+    ];
+    let on_split = [
+        load(RCX, 8, map_used),
+        load(RCX, 8, map_dir_len),
+        load(RAX, 1, table_local_depth),
+        load(RCX, 1, map_global_depth),
+    ];
+    [
+        (
+            GROW_TO_SMALL,
+            spec(ProbeKind::MapGrowToSmall, flags, &on_map),
+        ),
+        (
+            GROW_TO_TABLE,
+            spec(ProbeKind::MapGrowToTable, flags, &on_map),
+        ),
+        (TABLE_GROW, spec(ProbeKind::MapTableGrow, flags, &on_table)),
+        (
+            TABLE_SPLIT,
+            spec(ProbeKind::MapTableSplit, flags, &on_split),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, spec)| decode_function(binary, name)?.entry(binary, spec))
+    .collect()
+}
+
+/// makemap(t, hint, h): hint in RBX (both map implementations); makemap_small(): none.
+fn plan_makemap(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
+    let flags = ProbeSpec::FLAG_CALLER_PC;
+    Ok(vec![
+        decode_function(binary, MAKEMAP)?.entry(binary, spec(ProbeKind::MakeMap, flags, &[]))?,
+        decode_function(binary, MAKEMAP_SMALL)?
+            .entry(binary, spec(ProbeKind::MakeMapSmall, flags, &[]))?,
+    ])
 }
