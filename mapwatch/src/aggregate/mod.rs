@@ -8,7 +8,11 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::{
-    goruntime::{RuntimeFacts, slice_growth::grown_capacity, versions::GROWSLICE_RESULT_CAP},
+    goruntime::{
+        RuntimeFacts,
+        slice_growth::grown_capacity,
+        versions::{GROWSLICE_RESULT_CAP, RBX, RDI},
+    },
     metrics::{Metrics, WorkloadLabels},
     plan::probe_name,
 };
@@ -114,16 +118,14 @@ impl Aggregator {
         match kind {
             ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload),
             ProbeKind::GrowsliceRet => self.on_growslice_ret(event),
-            // Map records are counted (received) but not yet interpreted: `attach` does
-            // not plan map probes until the signals issue lands.
-            ProbeKind::HashGrow
-            | ProbeKind::MapGrowToSmall
+            ProbeKind::HashGrow => self.on_hash_grow(event, &workload),
+            ProbeKind::MapGrowToSmall
             | ProbeKind::MapGrowToTable
             | ProbeKind::MapTableGrow
-            | ProbeKind::MapTableSplit
-            | ProbeKind::MakeMap
-            | ProbeKind::MakeMapSmall
-            | ProbeKind::None => {}
+            | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, &workload),
+            ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], &workload),
+            ProbeKind::MakeMapSmall => self.on_make_map(0, &workload),
+            ProbeKind::None => {}
         }
     }
 
@@ -170,6 +172,114 @@ impl Aggregator {
                 derived_cap: growth.new_cap,
             },
         );
+    }
+
+    /// hashGrow at entry: count, B, noverflow, flags (loads 0–3). It doubles when the
+    /// map is over its load factor, else grows in place (src/runtime/map.go hashGrow).
+    fn on_hash_grow(&mut self, event: &Event, workload: &Workload) {
+        let [count, b, noverflow, _flags] = event.loads;
+        let b = b as u8;
+        let doubles = workload.facts.classic_load_factor.over(count + 1, b);
+        let kind = if doubles { "double" } else { "same_size" };
+        self.count_map_growth(workload, kind);
+        if event.load_failed != 0 {
+            return self.incomplete(ProbeKind::HashGrow);
+        }
+        let labels = workload.labels.values();
+        let m = &self.metrics;
+        m.map_size_at_grow
+            .with_label_values(&labels)
+            .observe(count as f64);
+        m.map_buckets_log2
+            .with_label_values(&labels)
+            .observe(f64::from(b) + f64::from(u8::from(doubles)));
+        let slots = 8.0 * 2f64.powi(i32::from(b));
+        m.map_load_factor_at_grow
+            .with_label_values(&labels)
+            .observe(count as f64 / slots);
+        m.map_overflow_buckets_at_grow
+            .with_label_values(&labels)
+            .observe(noverflow as f64);
+    }
+
+    /// Swiss growth at entry. Loads per kind (see plan::plan_swiss_growth):
+    /// growToSmall/growToTable: m.used, m.dirLen; grow: m.used, m.dirLen, t.capacity,
+    /// t.used (+ newCapacity in RDI); split: m.used, m.dirLen, t.localDepth,
+    /// m.globalDepth.
+    fn on_swiss_growth(&mut self, kind: ProbeKind, event: &Event, workload: &Workload) {
+        let label = match kind {
+            ProbeKind::MapGrowToSmall => "to_small",
+            ProbeKind::MapGrowToTable => "to_table",
+            ProbeKind::MapTableGrow => "table_grow",
+            _ => "table_split",
+        };
+        self.count_map_growth(workload, label);
+        if event.load_failed != 0 {
+            return self.incomplete(kind);
+        }
+        let [used, dir_len, third, fourth] = event.loads;
+        let labels = workload.labels.values();
+        let m = &self.metrics;
+        m.map_size_at_grow
+            .with_label_values(&labels)
+            .observe(used as f64);
+        // Slots after growth / 8 (groups), as log2: a small map is one group; growToTable
+        // makes a 16-slot table (src/internal/runtime/maps/map.go); split makes two
+        // tables of maxTableCapacity = 1024.
+        let (log2_groups, load_factor) = match kind {
+            ProbeKind::MapGrowToSmall => (0.0, used as f64 / 8.0),
+            ProbeKind::MapGrowToTable => (1.0, used as f64 / 8.0),
+            ProbeKind::MapTableGrow => {
+                let new_capacity = event.regs[usize::from(RDI)] & 0xffff;
+                let (capacity, table_used) = (third.max(1), fourth);
+                (
+                    (new_capacity.max(8) as f64 / 8.0).log2(),
+                    table_used as f64 / capacity as f64,
+                )
+            }
+            _ => {
+                let (local_depth, global_depth) = (third, fourth);
+                let dir_after = if local_depth == global_depth {
+                    dir_len * 2
+                } else {
+                    dir_len
+                };
+                m.map_directory_len
+                    .with_label_values(&labels)
+                    .observe(dir_after as f64);
+                (8.0, 7.0 / 8.0)
+            }
+        };
+        m.map_buckets_log2
+            .with_label_values(&labels)
+            .observe(log2_groups);
+        m.map_load_factor_at_grow
+            .with_label_values(&labels)
+            .observe(load_factor);
+    }
+
+    fn count_map_growth(&self, workload: &Workload, kind: &str) {
+        let [namespace, pod, container, binary, go_version] = workload.labels.values();
+        self.metrics
+            .map_grow_total
+            .with_label_values(&[namespace, pod, container, binary, go_version, kind])
+            .inc();
+    }
+
+    fn on_make_map(&self, hint: u64, workload: &Workload) {
+        // The hint is an int; a negative one panics in makemap, record it as 0.
+        let hint = i64::try_from(hint).unwrap_or(0).max(0);
+        self.metrics
+            .map_make_hint
+            .with_label_values(&workload.labels.values())
+            .observe(hint as f64);
+    }
+
+    fn incomplete(&self, kind: ProbeKind) {
+        self.metrics
+            .events_incomplete_total
+            .with_label_values(&[probe_name(kind)])
+            .inc();
     }
 
     fn on_growslice_ret(&mut self, event: &Event) {

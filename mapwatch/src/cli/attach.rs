@@ -49,8 +49,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         &binary,
         PlanRequest {
             slice_growth: true,
-            // The aggregator does not interpret map records yet (signals issue).
-            map_growth: false,
+            map_growth: true,
             exact: args.exact,
         },
     )

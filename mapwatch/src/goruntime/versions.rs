@@ -107,11 +107,29 @@ pub struct GrowsliceAbi {
 /// 3-word result is register-assigned like arguments (abi-internal.md).
 pub const GROWSLICE_RESULT_CAP: AbiReg = RCX;
 
+/// Classic maps' load factor as the runtime computes it: a map grows (doubles) when
+/// `count > 8 && count > num * ((1 << B) / den)` (src/runtime/map.go `overLoadFactor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassicLoadFactor {
+    pub num: u64,
+    pub den: u64,
+}
+
+impl ClassicLoadFactor {
+    /// `overLoadFactor(count, B)`.
+    pub fn over(&self, count: u64, b: u8) -> bool {
+        const BUCKET_COUNT: u64 = 8;
+        let buckets = 1u64.checked_shl(u32::from(b)).unwrap_or(u64::MAX);
+        count > BUCKET_COUNT && count > self.num.saturating_mul(buckets / self.den)
+    }
+}
+
 /// The facts one Go version's runtime needs from us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeFacts {
     pub growslice: GrowsliceAbi,
     pub slice_growth: SliceGrowthRule,
+    pub classic_load_factor: ClassicLoadFactor,
 }
 
 /// Refusal to guess: the binary's Go version is outside the table.
@@ -152,8 +170,17 @@ pub fn facts_for(
             elem_type: RSI,
         }
     };
+    // loadFactorNum/loadFactorDen in src/runtime/map.go: 13/2 (6.5) in 1.19; 1.21 wrote
+    // (bucketCnt*13/16)*loadFactorDen = 12/2 (6.0, integer truncation); 1.22+
+    // loadFactorDen*bucketCnt*13/16 = 13/2 again (go-runtime.md §5).
+    let classic_load_factor = if version.minor == 21 {
+        ClassicLoadFactor { num: 12, den: 2 }
+    } else {
+        ClassicLoadFactor { num: 13, den: 2 }
+    };
     Ok(RuntimeFacts {
         growslice,
+        classic_load_factor,
         slice_growth: rule_for(version.minor, goexperiment).ok_or_else(unsupported)?,
     })
 }
@@ -199,6 +226,31 @@ mod tests {
             MapImplementation::of(&v("go1.26.6"), "noswissmap"),
             MapImplementation::Swiss
         );
+    }
+
+    #[test]
+    fn classic_maps_double_at_the_observed_inserts() {
+        // go-runtime.md §5: B increments at inserts #9, #13, #25, #49 on 1.21 and
+        // #9, #14, #27, #53, #105 on 1.22+ (count before the insert = insert - 1).
+        let growth_points = |lf: ClassicLoadFactor| -> Vec<u64> {
+            let mut b = 0u8;
+            let mut points = Vec::new();
+            for count in 0..120u64 {
+                if lf.over(count + 1, b) {
+                    b += 1;
+                    points.push(count + 1);
+                }
+            }
+            points
+        };
+        let v = |raw| {
+            facts_for(&GoVersion::parse(raw).unwrap(), "")
+                .unwrap()
+                .classic_load_factor
+        };
+        assert_eq!(growth_points(v("go1.21.13")), [9, 13, 25, 49, 97]);
+        assert_eq!(growth_points(v("go1.22.10")), [9, 14, 27, 53, 105]);
+        assert_eq!(growth_points(v("go1.19.8")), [9, 14, 27, 53, 105]);
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub slice_grow_total: IntCounterVec,
     pub slice_grow_bytes_total: IntCounterVec,
     pub slice_grow_new_cap: HistogramVec,
+    pub map_grow_total: IntCounterVec,
+    pub map_size_at_grow: HistogramVec,
+    pub map_buckets_log2: HistogramVec,
+    pub map_directory_len: HistogramVec,
+    pub map_load_factor_at_grow: HistogramVec,
+    pub map_overflow_buckets_at_grow: HistogramVec,
+    pub map_make_hint: HistogramVec,
     pub probe_hits_total: IntCounterVec,
     pub events_lost_total: IntCounterVec,
     pub events_received_total: IntCounterVec,
@@ -76,6 +83,59 @@ impl Metrics {
             &WORKLOAD_LABELS,
         )?;
         registry.register(Box::new(slice_grow_new_cap.clone()))?;
+        let histogram = |name: &str,
+                         help: &str,
+                         buckets: Vec<f64>|
+         -> Result<HistogramVec, prometheus::Error> {
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &WORKLOAD_LABELS,
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let mut grow_labels = WORKLOAD_LABELS.to_vec();
+        grow_labels.push("kind");
+        let map_grow_total = counter(
+            "map_grow_total",
+            "Map growth events. kind: double / same_size (classic maps: runtime.hashGrow), \
+             to_small / to_table / table_grow / table_split (Swiss maps).",
+            &grow_labels,
+        )?;
+        let map_size_at_grow = histogram(
+            "map_size_at_grow",
+            "Entries in the map when it grew.",
+            prometheus::exponential_buckets(1.0, 4.0, 12)?,
+        )?;
+        let map_buckets_log2 = histogram(
+            "map_buckets_log2",
+            "Size after growth as log2 of 8-slot buckets/groups: B for classic maps; for Swiss \
+             maps the table that grew (to_small 0, to_table 1, a split pair 8).",
+            prometheus::linear_buckets(0.0, 1.0, 25)?,
+        )?;
+        let map_directory_len = histogram(
+            "map_directory_len",
+            "Swiss maps: directory length after a table split.",
+            prometheus::exponential_buckets(1.0, 2.0, 16)?,
+        )?;
+        let map_load_factor_at_grow = histogram(
+            "map_load_factor_at_grow",
+            "Fraction of slots in use when the map (classic: count / (8 * 2^B)) or table \
+             (Swiss: used / capacity) grew.",
+            vec![0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0],
+        )?;
+        let map_overflow_buckets_at_grow = histogram(
+            "map_overflow_buckets_at_grow",
+            "Classic maps: overflow buckets (hmap.noverflow, approximate above 2^16 buckets) at growth.",
+            prometheus::exponential_buckets(1.0, 4.0, 10)?,
+        )?;
+        let mut hint_buckets = vec![0.0];
+        hint_buckets.extend(prometheus::exponential_buckets(1.0, 4.0, 12)?);
+        let map_make_hint = histogram(
+            "map_make_hint",
+            "Size hint given to make(map) (0 = none: runtime.makemap_small).",
+            hint_buckets,
+        )?;
         let probe_hits_total = counter(
             "probe_hits_total",
             "Times a uprobe fired, counted in the kernel per probe.",
@@ -130,6 +190,13 @@ impl Metrics {
             slice_grow_total,
             slice_grow_bytes_total,
             slice_grow_new_cap,
+            map_grow_total,
+            map_size_at_grow,
+            map_buckets_log2,
+            map_directory_len,
+            map_load_factor_at_grow,
+            map_overflow_buckets_at_grow,
+            map_make_hint,
             probe_hits_total,
             events_lost_total,
             events_received_total,

@@ -136,6 +136,22 @@ impl Fixture {
         }
     }
 
+    /// Sends `start` and returns every `key=value` of the `done …` line.
+    pub fn run_workload_fields(&mut self) -> std::collections::HashMap<String, u64> {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(b"start\n").expect("send start");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read done line");
+        assert!(line.starts_with("done"), "fixture said {line:?}");
+        line.split_whitespace()
+            .filter_map(|field| {
+                let (key, value) = field.split_once('=')?;
+                Some((key.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Closes stdin (the fixture exits) and returns its status.
     pub fn finish(mut self) -> ExitStatus {
         drop(self.stdin.take());
@@ -365,4 +381,24 @@ pub fn mapwatch_links() -> usize {
         })
         .count();
     programs.len() + links
+}
+
+/// Every fixture flavor (directory under target/fixtures: a Go toolchain, optionally
+/// with `-noswissmap`) that has fixture `name`; a failure in CI if there are none.
+pub fn flavors_with(name: &str) -> Vec<String> {
+    let mut flavors: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .map(|dirs| {
+            dirs.filter_map(Result::ok)
+                .filter(|d| d.path().join(name).is_file())
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    flavors.sort();
+    if flavors.is_empty() {
+        let message = format!("no `{name}` fixtures: run `cargo xtask test`");
+        assert!(!in_ci(), "{message}");
+        eprintln!("SKIP {message}");
+    }
+    flavors
 }
