@@ -45,10 +45,20 @@ pub enum ProbeKind {
     /// `runtime.makemap` (with a size hint) and `runtime.makemap_small` (without).
     MakeMap = 8,
     MakeMapSmall = 9,
+    /// `runtime.startTheWorldWithSema` entry (Go 1.22+: sees the `worldStop` with the
+    /// reason and when stopping started).
+    StartTheWorldEntry = 10,
+    /// A RET of `runtime.startTheWorldWithSema`: RAX is `now`, the end of the pause.
+    StartTheWorldRet = 11,
+    /// `runtime.stopTheWorldWithSema` entry (Go ≤1.21, where start does not get the
+    /// stop's details).
+    StopTheWorldEntry = 12,
+    /// `runtime.gcMarkTermination` entry: once per GC cycle.
+    GcMarkTermination = 13,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 9] = [
+    pub const ALL: [ProbeKind; 13] = [
         ProbeKind::GrowsliceEntry,
         ProbeKind::GrowsliceRet,
         ProbeKind::HashGrow,
@@ -58,6 +68,10 @@ impl ProbeKind {
         ProbeKind::MapTableSplit,
         ProbeKind::MakeMap,
         ProbeKind::MakeMapSmall,
+        ProbeKind::StartTheWorldEntry,
+        ProbeKind::StartTheWorldRet,
+        ProbeKind::StopTheWorldEntry,
+        ProbeKind::GcMarkTermination,
     ];
 
     pub const fn from_u16(value: u16) -> ProbeKind {
@@ -71,6 +85,10 @@ impl ProbeKind {
             7 => ProbeKind::MapTableSplit,
             8 => ProbeKind::MakeMap,
             9 => ProbeKind::MakeMapSmall,
+            10 => ProbeKind::StartTheWorldEntry,
+            11 => ProbeKind::StartTheWorldRet,
+            12 => ProbeKind::StopTheWorldEntry,
+            13 => ProbeKind::GcMarkTermination,
             _ => ProbeKind::None,
         }
     }

@@ -11,7 +11,7 @@ use crate::{
     goruntime::{
         RuntimeFacts,
         slice_growth::grown_capacity,
-        versions::{GROWSLICE_RESULT_CAP, RBX, RDI},
+        versions::{GROWSLICE_RESULT_CAP, RAX, RBX, RDI, StwAbi, stw_reason_name},
     },
     metrics::{Metrics, WorkloadLabels},
     plan::probe_name,
@@ -56,6 +56,46 @@ pub struct Aggregator {
     metrics: Arc<Metrics>,
     slots: HashMap<u32, Slot>,
     pending: HashMap<(u32, u64), PendingGrowth>,
+    /// Go 1.22+: (reason, stopping started) from startTheWorldWithSema's entry, until its
+    /// RET gives `now`; keyed by (tgid, goroutine).
+    pending_start: HashMap<(u32, u64), (u64, u64)>,
+    /// Go ≤1.21: (reason, ktime) of stopTheWorldWithSema's entry; one STW per process
+    /// at a time (the runtime holds worldsema), so keyed by tgid.
+    pending_stop: HashMap<u32, (u64, u64)>,
+    cycles: HashMap<WorkloadLabels, GcCycle>,
+}
+
+/// What happened in a workload since its last GC cycle, and the recent cycles.
+#[derive(Default)]
+struct GcCycle {
+    growth_bytes: u64,
+    stw_ns: u64,
+    /// (growth bytes, STW seconds) of the last cycles, oldest first.
+    history: std::collections::VecDeque<(f64, f64)>,
+}
+
+/// Cycles in the rolling correlation window.
+const CORRELATION_WINDOW: usize = 16;
+
+/// Pearson correlation of the pairs; 0 when undefined (fewer than 3, or no variance).
+pub fn pearson(pairs: &std::collections::VecDeque<(f64, f64)>) -> f64 {
+    let n = pairs.len() as f64;
+    if pairs.len() < 3 {
+        return 0.0;
+    }
+    let (mean_x, mean_y) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(x, y), (a, b)| (x + a / n, y + b / n));
+    let (mut cov, mut var_x, mut var_y) = (0.0, 0.0, 0.0);
+    for (x, y) in pairs {
+        cov += (x - mean_x) * (y - mean_y);
+        var_x += (x - mean_x).powi(2);
+        var_y += (y - mean_y).powi(2);
+    }
+    if var_x == 0.0 || var_y == 0.0 {
+        return 0.0;
+    }
+    cov / (var_x.sqrt() * var_y.sqrt())
 }
 
 /// Bound on entries waiting for a RET: a goroutine that panicked inside growslice
@@ -75,6 +115,9 @@ impl Aggregator {
             metrics,
             slots: HashMap::new(),
             pending: HashMap::new(),
+            pending_start: HashMap::new(),
+            pending_stop: HashMap::new(),
+            cycles: HashMap::new(),
         }
     }
 
@@ -125,6 +168,10 @@ impl Aggregator {
             | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, &workload),
             ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], &workload),
             ProbeKind::MakeMapSmall => self.on_make_map(0, &workload),
+            ProbeKind::StartTheWorldEntry => self.on_start_the_world_entry(event, &workload),
+            ProbeKind::StopTheWorldEntry => self.on_stop_the_world_entry(event, &workload),
+            ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, &workload),
+            ProbeKind::GcMarkTermination => self.on_gc_cycle(&workload),
             ProbeKind::None => {}
         }
     }
@@ -275,6 +322,81 @@ impl Aggregator {
             .observe(hint as f64);
     }
 
+    fn on_start_the_world_entry(&mut self, event: &Event, workload: &Workload) {
+        if let StwAbi::WorldStopArgument { reason, started } = workload.facts.stw {
+            let reg = |r: u8| event.regs[usize::from(r)];
+            // stwReason is a uint8 in the low byte of its register.
+            let entry = (reg(reason) & 0xff, reg(started));
+            self.pending_start
+                .insert((event.tgid, event.goroutine), entry);
+        }
+    }
+
+    fn on_stop_the_world_entry(&mut self, event: &Event, workload: &Workload) {
+        if let StwAbi::StopThenStart { reason } = workload.facts.stw {
+            let reason = reason.map_or(0, |r| event.regs[usize::from(r)] & 0xff);
+            // Go's nanotime and bpf_ktime_get_ns read the same CLOCK_MONOTONIC.
+            self.pending_stop
+                .insert(event.tgid, (reason, event.ktime_ns));
+        }
+    }
+
+    /// The RET of startTheWorldWithSema: RAX = `now`, the end of the pause.
+    fn on_start_the_world_ret(&mut self, event: &Event, workload: &Workload) {
+        let now = event.regs[usize::from(RAX)];
+        let begun = match workload.facts.stw {
+            StwAbi::WorldStopArgument { .. } => {
+                self.pending_start.remove(&(event.tgid, event.goroutine))
+            }
+            StwAbi::StopThenStart { .. } => self.pending_stop.remove(&event.tgid),
+        };
+        let Some((reason, started)) = begun else {
+            return; // attached mid-pause
+        };
+        let pause_ns = now.saturating_sub(started);
+        let [namespace, pod, container, binary, go_version] = workload.labels.values();
+        self.metrics
+            .stw_pause_seconds
+            .with_label_values(&[
+                namespace,
+                pod,
+                container,
+                binary,
+                go_version,
+                stw_reason_name(reason),
+            ])
+            .observe(pause_ns as f64 / 1e9);
+        self.cycles
+            .entry(workload.labels.clone())
+            .or_default()
+            .stw_ns += pause_ns;
+    }
+
+    fn on_gc_cycle(&mut self, workload: &Workload) {
+        let labels = workload.labels.values();
+        self.metrics
+            .gc_cycles_total
+            .with_label_values(&labels)
+            .inc();
+        let cycle = self.cycles.entry(workload.labels.clone()).or_default();
+        self.metrics
+            .growth_bytes_per_gc_cycle
+            .with_label_values(&labels)
+            .observe(cycle.growth_bytes as f64);
+        if cycle.history.len() == CORRELATION_WINDOW {
+            cycle.history.pop_front();
+        }
+        cycle
+            .history
+            .push_back((cycle.growth_bytes as f64, cycle.stw_ns as f64 / 1e9));
+        cycle.growth_bytes = 0;
+        cycle.stw_ns = 0;
+        self.metrics
+            .stw_growth_correlation
+            .with_label_values(&labels)
+            .set(pearson(&cycle.history));
+    }
+
     fn incomplete(&self, kind: ProbeKind) {
         self.metrics
             .events_incomplete_total
@@ -306,5 +428,26 @@ impl Aggregator {
             .exact_checks_total
             .with_label_values(&["slice_new_cap", result])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::pearson;
+
+    #[test]
+    fn pearson_correlation() {
+        let line: VecDeque<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 2.0 * f64::from(i) + 1.0))
+            .collect();
+        assert!((pearson(&line) - 1.0).abs() < 1e-12);
+        let inverse: VecDeque<(f64, f64)> =
+            (0..10).map(|i| (f64::from(i), -f64::from(i))).collect();
+        assert!((pearson(&inverse) + 1.0).abs() < 1e-12);
+        let flat: VecDeque<(f64, f64)> = (0..10).map(|i| (f64::from(i), 3.0)).collect();
+        assert_eq!(pearson(&flat), 0.0);
+        assert_eq!(pearson(&VecDeque::from([(1.0, 2.0), (2.0, 3.0)])), 0.0);
     }
 }

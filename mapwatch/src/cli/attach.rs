@@ -50,6 +50,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         PlanRequest {
             slice_growth: true,
             map_growth: true,
+            stw_gc: true,
             exact: args.exact,
         },
     )

@@ -124,12 +124,57 @@ impl ClassicLoadFactor {
     }
 }
 
+/// How a stop-the-world pause is observed (src/runtime/proc.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StwAbi {
+    /// Go 1.22+: `startTheWorldWithSema(now int64, w worldStop) int64`. `worldStop` is
+    /// register-assigned after `now`: reason in RBX, start (1.22) / startedStopping
+    /// (1.23+) in RCX. The pause ends at the `now` it returns (callers often pass 0).
+    WorldStopArgument { reason: AbiReg, started: AbiReg },
+    /// Go 1.19/1.21: `stopTheWorldWithSema([reason stwReason])` then
+    /// `startTheWorldWithSema(...) int64`; the pause runs from the stop's entry to the
+    /// `now` start returns. 1.19 passes no reason.
+    StopThenStart { reason: Option<AbiReg> },
+}
+
+/// `stwReasonStrings` (src/runtime/proc.go), identical in 1.21–1.27 (checked); the index
+/// is the `stwReason` value.
+const STW_REASONS: [&str; 17] = [
+    "unknown",
+    "GC mark termination",
+    "GC sweep termination",
+    "write heap dump",
+    "goroutine profile",
+    "goroutine profile cleanup",
+    "all goroutines stack trace",
+    "read mem stats",
+    "AllThreadsSyscall",
+    "GOMAXPROCS",
+    "start trace",
+    "stop trace",
+    "CountPagesInUse (test)",
+    "ReadMetricsSlow (test)",
+    "ReadMemStatsSlow (test)",
+    "PageCachePagesLeaked (test)",
+    "ResetDebugLog (test)",
+];
+
+/// The name of a `stwReason` value: a bounded label.
+pub fn stw_reason_name(reason: u64) -> &'static str {
+    usize::try_from(reason)
+        .ok()
+        .and_then(|i| STW_REASONS.get(i))
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// The facts one Go version's runtime needs from us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeFacts {
     pub growslice: GrowsliceAbi,
     pub slice_growth: SliceGrowthRule,
     pub classic_load_factor: ClassicLoadFactor,
+    pub stw: StwAbi,
 }
 
 /// Refusal to guess: the binary's Go version is outside the table.
@@ -178,9 +223,18 @@ pub fn facts_for(
     } else {
         ClassicLoadFactor { num: 13, den: 2 }
     };
+    let stw = match version.minor {
+        19 => StwAbi::StopThenStart { reason: None },
+        21 => StwAbi::StopThenStart { reason: Some(RAX) },
+        _ => StwAbi::WorldStopArgument {
+            reason: RBX,
+            started: RCX,
+        },
+    };
     Ok(RuntimeFacts {
         growslice,
         classic_load_factor,
+        stw,
         slice_growth: rule_for(version.minor, goexperiment).ok_or_else(unsupported)?,
     })
 }

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub map_load_factor_at_grow: HistogramVec,
     pub map_overflow_buckets_at_grow: HistogramVec,
     pub map_make_hint: HistogramVec,
+    pub gc_cycles_total: IntCounterVec,
+    pub stw_pause_seconds: HistogramVec,
+    pub growth_bytes_per_gc_cycle: HistogramVec,
+    pub stw_growth_correlation: prometheus::GaugeVec,
     pub probe_hits_total: IntCounterVec,
     pub events_lost_total: IntCounterVec,
     pub events_received_total: IntCounterVec,
@@ -136,6 +140,37 @@ impl Metrics {
             "Size hint given to make(map) (0 = none: runtime.makemap_small).",
             hint_buckets,
         )?;
+        let gc_cycles_total = counter(
+            "gc_cycles_total",
+            "GC cycles, counted at mark termination (runtime.gcMarkTermination).",
+            &WORKLOAD_LABELS,
+        )?;
+        let mut reason_labels = WORKLOAD_LABELS.to_vec();
+        reason_labels.push("reason");
+        let stw_pause_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "stw_pause_seconds",
+                "Stop-the-world pauses: from when stopping began to when the world restarted \
+                 (the runtime's own clock), by reason (src/runtime/proc.go stwReasonStrings).",
+            )
+            .buckets(prometheus::exponential_buckets(1e-5, 2.0, 16)?),
+            &reason_labels,
+        )?;
+        registry.register(Box::new(stw_pause_seconds.clone()))?;
+        let growth_bytes_per_gc_cycle = histogram(
+            "growth_bytes_per_gc_cycle",
+            "Bytes of new slice backing arrays allocated by growth between two GC mark terminations.",
+            prometheus::exponential_buckets(1024.0, 4.0, 12)?,
+        )?;
+        let stw_growth_correlation = prometheus::GaugeVec::new(
+            Opts::new(
+                "stw_growth_correlation",
+                "Pearson correlation, over the last 16 GC cycles, of each cycle's growth bytes \
+                 with its total stop-the-world time (NaN-free: 0 until 3 cycles or no variance).",
+            ),
+            &WORKLOAD_LABELS,
+        )?;
+        registry.register(Box::new(stw_growth_correlation.clone()))?;
         let probe_hits_total = counter(
             "probe_hits_total",
             "Times a uprobe fired, counted in the kernel per probe.",
@@ -197,6 +232,10 @@ impl Metrics {
             map_load_factor_at_grow,
             map_overflow_buckets_at_grow,
             map_make_hint,
+            gc_cycles_total,
+            stw_pause_seconds,
+            growth_bytes_per_gc_cycle,
+            stw_growth_correlation,
             probe_hits_total,
             events_lost_total,
             events_received_total,

@@ -19,6 +19,8 @@ pub struct PlanRequest {
     pub slice_growth: bool,
     /// Map growth (classic or Swiss, whichever the binary has) and map creation hints.
     pub map_growth: bool,
+    /// Stop-the-world pauses (with their reason) and GC cycles.
+    pub stw_gc: bool,
     /// Also probe RET instructions to check derived values against the real results.
     /// Each RET probe is single-stepped by the kernel (~4× an entry probe): tests and
     /// short investigations only.
@@ -30,6 +32,7 @@ impl PlanRequest {
     pub const ALL: PlanRequest = PlanRequest {
         slice_growth: true,
         map_growth: true,
+        stw_gc: true,
         exact: true,
     };
 }
@@ -104,6 +107,10 @@ pub fn probe_name(kind: ProbeKind) -> &'static str {
         ProbeKind::MapTableSplit => "map_table_split",
         ProbeKind::MakeMap => "makemap",
         ProbeKind::MakeMapSmall => "makemap_small",
+        ProbeKind::StartTheWorldEntry => "start_the_world",
+        ProbeKind::StartTheWorldRet => "start_the_world_ret",
+        ProbeKind::StopTheWorldEntry => "stop_the_world",
+        ProbeKind::GcMarkTermination => "gc_mark_termination",
         ProbeKind::None => "none",
     }
 }
@@ -120,6 +127,11 @@ pub const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
 /// `makemap(t, hint int, h) ` and `makemap_small()` (src/runtime/map*.go): hint in RBX.
 pub const MAKEMAP: &str = "runtime.makemap";
 pub const MAKEMAP_SMALL: &str = "runtime.makemap_small";
+/// Stop-the-world and GC (src/runtime/proc.go, mgc.go). GC cycles are counted at mark
+/// termination: `gcStart` returns early and is called by several goroutines per cycle.
+pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
+pub const GC_MARK_TERMINATION: &str = "runtime.gcMarkTermination";
 
 pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan, PlanError> {
     let info = binary.build_info();
@@ -165,6 +177,10 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
         };
         add("map_growth", growth);
         add("map_make", plan_makemap(binary));
+    }
+    if request.stw_gc {
+        add("stop_the_world", plan_stw(binary, &facts));
+        add("gc_cycles", plan_gc(binary));
     }
     Ok(plan)
 }
@@ -397,4 +413,31 @@ fn plan_makemap(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
         decode_function(binary, MAKEMAP_SMALL)?
             .entry(binary, spec(ProbeKind::MakeMapSmall, flags, &[]))?,
     ])
+}
+
+/// STW pauses: the start's RETs give `now` (RAX), the end of the pause; RET probes are
+/// single-stepped, which is fine for a few calls per GC cycle. The beginning comes from
+/// the start's `worldStop` argument (1.22+) or the stop's entry (≤1.21).
+fn plan_stw(binary: &GoBinary, facts: &RuntimeFacts) -> Result<Vec<PlannedProbe>, String> {
+    let flags = ProbeSpec::FLAG_CALLER_PC;
+    let start = decode_function(binary, START_THE_WORLD)?;
+    let mut probes = start.rets(binary, spec(ProbeKind::StartTheWorldRet, 0, &[]))?;
+    match facts.stw {
+        goruntime::versions::StwAbi::WorldStopArgument { .. } => {
+            probes.push(start.entry(binary, spec(ProbeKind::StartTheWorldEntry, flags, &[]))?);
+        }
+        goruntime::versions::StwAbi::StopThenStart { .. } => {
+            let stop = decode_function(binary, STOP_THE_WORLD)?;
+            probes.push(stop.entry(binary, spec(ProbeKind::StopTheWorldEntry, flags, &[]))?);
+        }
+    }
+    Ok(probes)
+}
+
+fn plan_gc(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
+    let mark_termination = decode_function(binary, GC_MARK_TERMINATION)?;
+    Ok(vec![mark_termination.entry(
+        binary,
+        spec(ProbeKind::GcMarkTermination, 0, &[]),
+    )?])
 }

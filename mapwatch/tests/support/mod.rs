@@ -322,6 +322,20 @@ impl Scrape {
             .sum()
     }
 
+    /// Like [`Self::sum`], without rounding (histogram sums in seconds).
+    pub fn sum_f64(&self, name: &str, selector: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && selector
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .sum()
+    }
+
     pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
         let mut values: Vec<String> = self
             .series
