@@ -18,7 +18,12 @@ const LISTEN: &str = "127.0.0.1:9433";
 const SHOWN: &[&str] = &[
     "mapwatch_slice_grow_total",
     "mapwatch_slice_grow_bytes_total",
-    "mapwatch_probe_hits_total",
+    "mapwatch_map_grow_total",
+    "mapwatch_map_buckets_log2_bucket",
+    "mapwatch_map_make_hint_count",
+    "mapwatch_gc_cycles_total",
+    "mapwatch_stw_pause_seconds_count",
+    "mapwatch_stw_pause_seconds_sum",
     "mapwatch_events_lost_total",
 ];
 
@@ -87,12 +92,21 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             "--- http://{LISTEN}/metrics, {:.0?} after setup ---",
             setup_done.elapsed()
         );
+        // Heatmap buckets are cumulative: print only those that add something.
+        let mut previous_bucket = None;
         for line in body
             .lines()
             .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
         {
-            println!("{line}");
             shown_growth |= line.starts_with("mapwatch_slice_grow_total") && !line.ends_with(" 0");
+            if line.contains("_bucket{") {
+                let value = line.rsplit(' ').next().map(str::to_string);
+                if value == previous_bucket {
+                    continue;
+                }
+                previous_bucket = value;
+            }
+            println!("{}", shorten(line));
         }
     };
     if !status.success() {
@@ -105,4 +119,28 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         "demo: done. Try it on your own program: sudo target/release/mapwatch attach --pid PID"
     );
     Ok(())
+}
+
+/// Drops empty labels and the repeated workload labels from a sample line.
+fn shorten(line: &str) -> String {
+    let Some((name, rest)) = line.split_once('{') else {
+        return line.to_string();
+    };
+    let Some((labels, value)) = rest.rsplit_once('}') else {
+        return line.to_string();
+    };
+    let kept: Vec<String> = labels
+        .split("\",")
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            let value = value.strip_suffix('"').unwrap_or(value);
+            let noise = value.is_empty() || key == "binary" || key == "go_version";
+            (!noise).then(|| format!("{key}=\"{value}\""))
+        })
+        .collect();
+    if kept.is_empty() {
+        format!("{name}{value}")
+    } else {
+        format!("{name}{{{}}}{value}", kept.join(","))
+    }
 }
