@@ -9,3 +9,4 @@ pub mod goelf;
 pub mod goruntime;
 pub mod metrics;
 pub mod plan;
+pub mod symbolize;

@@ -62,8 +62,17 @@ fn measure(
 /// Workload labels, never a pid.
 fn check_labels(scrape: &Scrape, go: &str, binary: &std::path::Path) {
     let series = scrape.series(GROW);
-    assert_eq!(series.len(), 1, "one workload, one series: {series:?}");
-    let labels = series[0];
+    assert!(!series.is_empty(), "no {GROW} series");
+    for labels in series {
+        check_workload_labels(labels, go, binary);
+    }
+}
+
+fn check_workload_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    go: &str,
+    binary: &std::path::Path,
+) {
     // The directory is named after the toolchain (plus a GOEXPERIMENT suffix).
     let version = go.split('-').next().unwrap();
     assert_eq!(labels.get("go_version").map(String::as_str), Some(version));
@@ -74,7 +83,14 @@ fn check_labels(scrape: &Scrape, go: &str, binary: &std::path::Path) {
     let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["binary", "container", "go_version", "namespace", "pod"]
+        [
+            "binary",
+            "container",
+            "elem_type",
+            "go_version",
+            "namespace",
+            "pod"
+        ]
     );
 }
 
@@ -169,6 +185,73 @@ fn growslice_counts_are_exact_in_stripped_pie_and_cgo_builds() {
                 deltas.checks_other, 0,
                 "{go} {name}: mismatched or unpaired RET checks"
             );
+        }
+    }
+}
+
+/// Lines of the fixture's source marked `// site: NAME`.
+fn marked_lines(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains("// site: "))
+        .map(|(i, _)| (i + 1).to_string())
+        .collect()
+}
+
+/// Element type names and append call sites: for the types the fixture counts itself,
+/// its counts; every growth at a line its source marks as an append site.
+#[test]
+fn growth_by_element_type_and_call_site_equals_the_fixtures_own() {
+    let Some(_kernel) = privileged("growth_by_element_type_and_call_site_equals_the_fixtures_own")
+    else {
+        return;
+    };
+    let source_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/slicegrow/main.go");
+    let lines = marked_lines(&std::fs::read_to_string(&source_path).unwrap());
+    assert_eq!(lines.len(), 4, "four marked append sites");
+    for go in EXACT_GO_VERSIONS {
+        for name in ["slicegrow", "slicegrow-pie"] {
+            let Some(binary) = fixture(go, name) else {
+                continue;
+            };
+            let mut fixture = Fixture::start(&binary, &[]);
+            let mapwatch = Mapwatch::attach(fixture.pid, &[]);
+            let before = mapwatch.scrape_drained();
+            let reported = fixture.run_workload_fields();
+            let after = mapwatch.scrape_drained();
+            let delta = |metric: &str, sel: &[(&str, &str)]| {
+                after.sum(metric, sel) - before.sum(metric, sel)
+            };
+            for (type_name, count) in reported
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "grows" | "bytes"))
+            {
+                assert_eq!(
+                    delta(GROW, &[("elem_type", type_name)]),
+                    *count,
+                    "{go} {name}: elem_type {type_name}"
+                );
+            }
+            let sites = "mapwatch_site_grow_total";
+            for labels in after.series(sites) {
+                assert!(
+                    labels["file"].ends_with("fixtures/slicegrow/main.go")
+                        && lines.contains(&labels["line"]),
+                    "{go} {name}: unexpected call site {labels:?}"
+                );
+            }
+            let at_marked: u64 = lines
+                .iter()
+                .map(|line| delta(sites, &[("line", line)]))
+                .sum();
+            assert_eq!(
+                at_marked, reported["grows"],
+                "{go} {name}: growths at the marked append sites"
+            );
+            assert!(mapwatch.stop().success());
+            assert!(fixture.finish().success());
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     },
     metrics::{Metrics, WorkloadLabels},
     plan::probe_name,
+    symbolize::{LabelCap, OTHER, Symbolizer},
 };
 
 /// What a probe slot belongs to; registered before the slot's probe is attached.
@@ -36,10 +37,22 @@ pub struct Workload {
 
 /// Messages to the aggregator, in order: registrations always precede the records of
 /// the slots they describe because they are sent before the probe is attached.
-#[derive(Debug)]
 pub enum Input {
+    /// Names for a workload's addresses; sent before its slots are registered.
+    Symbolizer(WorkloadLabels, Box<Symbolizer>),
     Register(Vec<SlotRegistration>),
     Events(Vec<Event>),
+}
+
+/// Cardinality caps per workload (DESIGN.md: top-K + `other`).
+const ELEM_TYPES_PER_WORKLOAD: usize = 20;
+const SITES_PER_WORKLOAD: usize = 50;
+
+/// A workload's symbolizer and the caps on the labels it produces.
+struct Names {
+    symbolizer: Box<Symbolizer>,
+    elem_types: LabelCap,
+    sites: LabelCap,
 }
 
 struct Slot {
@@ -63,6 +76,7 @@ pub struct Aggregator {
     /// at a time (the runtime holds worldsema), so keyed by tgid.
     pending_stop: HashMap<u32, (u64, u64)>,
     cycles: HashMap<WorkloadLabels, GcCycle>,
+    names: HashMap<WorkloadLabels, Names>,
 }
 
 /// What happened in a workload since its last GC cycle, and the recent cycles.
@@ -118,6 +132,7 @@ impl Aggregator {
             pending_start: HashMap::new(),
             pending_stop: HashMap::new(),
             cycles: HashMap::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -131,6 +146,16 @@ impl Aggregator {
 
     pub fn apply(&mut self, input: Input) {
         match input {
+            Input::Symbolizer(labels, symbolizer) => {
+                self.names.insert(
+                    labels,
+                    Names {
+                        symbolizer,
+                        elem_types: LabelCap::new(ELEM_TYPES_PER_WORKLOAD),
+                        sites: LabelCap::new(SITES_PER_WORKLOAD),
+                    },
+                );
+            }
             Input::Register(registrations) => {
                 for r in registrations {
                     self.slots.insert(
@@ -178,10 +203,8 @@ impl Aggregator {
 
     fn on_growslice(&mut self, event: &Event, workload: &Workload) {
         let labels = workload.labels.values();
-        self.metrics
-            .slice_grow_total
-            .with_label_values(&labels)
-            .inc();
+        let abi = workload.facts.growslice;
+        self.name_growth(event, workload, event.regs[usize::from(abi.elem_type)]);
         if event.load_failed != 0 {
             self.metrics
                 .events_incomplete_total
@@ -189,7 +212,6 @@ impl Aggregator {
                 .inc();
             return;
         }
-        let abi = workload.facts.growslice;
         let reg = |r: u8| event.regs[usize::from(r)];
         let (elem_size, ptr_bytes) = (event.loads[0], event.loads[1]);
         let growth = grown_capacity(
@@ -401,6 +423,40 @@ impl Aggregator {
         self.metrics
             .events_incomplete_total
             .with_label_values(&[probe_name(kind)])
+            .inc();
+    }
+
+    /// Counts one slice growth under its element type and call site (capped labels).
+    fn name_growth(&mut self, event: &Event, workload: &Workload, elem_type_address: u64) {
+        let [namespace, pod, container, binary, go_version] = workload.labels.values();
+        let Some(names) = self.names.get_mut(&workload.labels) else {
+            self.metrics
+                .slice_grow_total
+                .with_label_values(&[namespace, pod, container, binary, go_version, "unknown"])
+                .inc();
+            return;
+        };
+        let name = names.symbolizer.type_name(elem_type_address);
+        let elem_type = names.elem_types.admit(&name);
+        self.metrics
+            .slice_grow_total
+            .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
+            .inc();
+        let Some(site) = names.symbolizer.call_site(event.caller_pc) else {
+            return;
+        };
+        let key = format!("{}\u{0}{}\u{0}{}", site.function, site.file, site.line);
+        let line = site.line.to_string();
+        let (function, file, line) = if names.sites.admit(&key) == OTHER {
+            (OTHER, OTHER, "0")
+        } else {
+            (site.function.as_str(), site.file.as_str(), line.as_str())
+        };
+        self.metrics
+            .site_grow_total
+            .with_label_values(&[
+                namespace, pod, container, binary, go_version, function, file, line,
+            ])
             .inc();
     }
 

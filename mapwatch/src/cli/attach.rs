@@ -21,6 +21,7 @@ use crate::{
     goelf::{GoBinary, GoElfError},
     metrics::{Metrics, WorkloadLabels, http},
     plan::{self, PlanRequest},
+    symbolize::Symbolizer,
 };
 
 /// How often the reader drains the ring buffer when no wake-up came.
@@ -72,7 +73,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         go_version: plan.go_version.clone(),
         ..Default::default()
     };
-    drop(binary);
+    // Names for what the probes see: type pointers and return addresses are run-time
+    // addresses, shifted by the load bias in PIE binaries.
+    let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let bias = binary.load_bias(&proc_maps, identity.ino).unwrap_or(0);
+    let symbolizer = Box::new(Symbolizer::new(binary, bias, plan.offsets.as_ref()));
 
     let mut probes = Probes::load().map_err(|e| match e {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
@@ -121,6 +126,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             })
             .collect();
         // Registered before the reader starts: no record can precede its slot's metadata.
+        to_aggregator
+            .send(Input::Symbolizer(workload.labels.clone(), symbolizer))
+            .await
+            .context("aggregator stopped")?;
         to_aggregator
             .send(Input::Register(registrations))
             .await

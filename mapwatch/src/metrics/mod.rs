@@ -36,6 +36,7 @@ impl WorkloadLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub slice_grow_total: IntCounterVec,
+    pub site_grow_total: IntCounterVec,
     pub slice_grow_bytes_total: IntCounterVec,
     pub slice_grow_new_cap: HistogramVec,
     pub map_grow_total: IntCounterVec,
@@ -68,10 +69,21 @@ impl Metrics {
                 registry.register(Box::new(metric.clone()))?;
                 Ok(metric)
             };
+        let mut elem_labels = WORKLOAD_LABELS.to_vec();
+        elem_labels.push("elem_type");
         let slice_grow_total = counter(
             "slice_grow_total",
-            "Heap growths of slices: calls of runtime.growslice (an append past capacity).",
-            &WORKLOAD_LABELS,
+            "Heap growths of slices: calls of runtime.growslice (an append past capacity), by \
+             element type (the first 20 types of a workload; later ones as `other`).",
+            &elem_labels,
+        )?;
+        let mut site_labels = WORKLOAD_LABELS.to_vec();
+        site_labels.extend(["function", "file", "line"]);
+        let site_grow_total = counter(
+            "site_grow_total",
+            "Slice growths per append call site (the caller of runtime.growslice; the first 50 \
+             sites of a workload, later ones as `other`).",
+            &site_labels,
         )?;
         let slice_grow_bytes_total = counter(
             "slice_grow_bytes_total",
@@ -223,6 +235,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             slice_grow_total,
+            site_grow_total,
             slice_grow_bytes_total,
             slice_grow_new_cap,
             map_grow_total,

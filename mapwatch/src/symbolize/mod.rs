@@ -1,0 +1,135 @@
+//! Run-time addresses → names, per profiled binary: element type pointers → Go type
+//! names, caller PCs → function, file:line. Caches what it resolved; bounded by the
+//! caller's cardinality caps.
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    goelf::{GoBinary, types::TypeLayout},
+    goruntime::offsets::{Field, StructOffsets},
+};
+
+/// A call site, as `site_grow_total` labels it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallSite {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+pub struct Symbolizer {
+    binary: GoBinary,
+    /// Run-time address − link-time address (non-zero for PIE).
+    bias: u64,
+    types: Option<(u64, TypeLayout)>,
+    type_names: HashMap<u64, String>,
+    sites: HashMap<u64, Option<CallSite>>,
+}
+
+/// Bound on cached addresses: beyond it, lookups are still answered but not cached.
+const CACHE_LIMIT: usize = 65536;
+
+impl Symbolizer {
+    /// `bias` from the process's /proc/PID/maps (see `GoBinary::load_bias`).
+    pub fn new(binary: GoBinary, bias: u64, offsets: Option<&StructOffsets>) -> Symbolizer {
+        let types = offsets.and_then(|o| {
+            let layout = TypeLayout {
+                tflag: o.get(Field::TypeTFlag)?,
+                str: o.get(Field::TypeStr)?,
+            };
+            Some((binary.types_base(o.get(Field::ModuledataTypes))?, layout))
+        });
+        Symbolizer {
+            binary,
+            bias,
+            types,
+            type_names: HashMap::new(),
+            sites: HashMap::new(),
+        }
+    }
+
+    /// The Go name of the type descriptor at run-time address `address`, or "unknown".
+    pub fn type_name(&mut self, address: u64) -> String {
+        if let Some(name) = self.type_names.get(&address) {
+            return name.clone();
+        }
+        let name = self
+            .types
+            .and_then(|(base, layout)| {
+                self.binary
+                    .type_name(base, address.wrapping_sub(self.bias), layout)
+                    .ok()
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        if self.type_names.len() < CACHE_LIMIT {
+            self.type_names.insert(address, name.clone());
+        }
+        name
+    }
+
+    /// The call site whose CALL returns to run-time address `return_pc`.
+    pub fn call_site(&mut self, return_pc: u64) -> Option<CallSite> {
+        if let Some(site) = self.sites.get(&return_pc) {
+            return site.clone();
+        }
+        // The return address is one past the CALL; its last byte is in the call's line.
+        let pc = return_pc.wrapping_sub(self.bias).wrapping_sub(1);
+        let site = self.binary.pclntab().ok().flatten().and_then(|table| {
+            let line = table.source_line(pc).ok()??;
+            Some(CallSite {
+                function: line.function.to_string(),
+                file: line.file.to_string(),
+                line: line.line,
+            })
+        });
+        if self.sites.len() < CACHE_LIMIT {
+            self.sites.insert(return_pc, site.clone());
+        }
+        site
+    }
+}
+
+/// Sticky cardinality cap: the first `limit` distinct values keep their own label; later
+/// ones become `other`. Sticky so a series, once exported, never stops counting (a
+/// counter that moved to `other` would look like it went backwards).
+#[derive(Debug, Default)]
+pub struct LabelCap {
+    limit: usize,
+    admitted: HashSet<String>,
+}
+
+pub const OTHER: &str = "other";
+
+impl LabelCap {
+    pub fn new(limit: usize) -> LabelCap {
+        LabelCap {
+            limit,
+            admitted: HashSet::new(),
+        }
+    }
+
+    pub fn admit<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.admitted.contains(value) {
+            return value;
+        }
+        if self.admitted.len() < self.limit {
+            self.admitted.insert(value.to_string());
+            return value;
+        }
+        OTHER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_is_sticky_and_bounded() {
+        let mut cap = LabelCap::new(2);
+        assert_eq!(cap.admit("a"), "a");
+        assert_eq!(cap.admit("b"), "b");
+        assert_eq!(cap.admit("c"), OTHER);
+        assert_eq!(cap.admit("a"), "a");
+        assert_eq!(cap.admit("c"), OTHER);
+    }
+}
