@@ -3,7 +3,7 @@
 //! implementation (classic and Swiss). Root only (loads BPF).
 mod support;
 
-use support::{Fixture, Mapwatch, fixture, flavors_with, mapwatch_links, privileged};
+use support::{Measured, fixture, flavors_with, privileged};
 
 const KINDS: [&str; 6] = [
     "double",
@@ -22,15 +22,10 @@ fn map_growth_by_kind_and_make_hints_equal_the_fixtures_own_counts() {
         return;
     };
     for flavor in flavors_with("mapgrow") {
-        let binary = fixture(&flavor, "mapgrow").unwrap();
-        let mut fixture = Fixture::start(&binary, &[]);
-        let mapwatch = Mapwatch::attach(fixture.pid, &[]);
-        let before = mapwatch.scrape_drained();
-        let reported = fixture.run_workload_fields();
-        let after = mapwatch.scrape_drained();
-        let delta = |name: &str, sel: &[(&str, &str)]| after.sum(name, sel) - before.sum(name, sel);
+        let run = Measured::run(&fixture(&flavor, "mapgrow").unwrap(), &[]);
+        let reported = &run.reported;
         assert_eq!(
-            delta("mapwatch_events_lost_total", &[]),
+            run.delta("mapwatch_events_lost_total", &[]),
             0,
             "{flavor}: records lost"
         );
@@ -38,37 +33,29 @@ fn map_growth_by_kind_and_make_hints_equal_the_fixtures_own_counts() {
         assert!(total > 0, "{flavor}: the fixture saw no growth");
         for kind in KINDS {
             assert_eq!(
-                delta("mapwatch_map_grow_total", &[("kind", kind)]),
+                run.delta("mapwatch_map_grow_total", &[("kind", kind)]),
                 reported[kind],
                 "{flavor}: map growth of kind {kind}"
             );
         }
         // Every growth is observed in the size histogram too.
         assert_eq!(
-            delta("mapwatch_map_size_at_grow_count", &[]),
+            run.delta("mapwatch_map_size_at_grow_count", &[]),
             total,
             "{flavor}: sizes"
         );
+        let makes = reported["hinted"] + reported["unhinted"];
         assert_eq!(
-            delta("mapwatch_map_make_hint_count", &[]),
-            reported["hinted"] + reported["unhinted"],
+            run.delta("mapwatch_map_make_hint_count", &[]),
+            makes,
             "{flavor}: make(map) calls"
         );
         assert_eq!(
-            delta("mapwatch_map_make_hint_sum", &[]),
+            run.delta("mapwatch_map_make_hint_sum", &[]),
             reported["hint_sum"],
             "{flavor}: hints"
         );
-        eprintln!(
-            "{flavor}: {total} growths by kind and {} make(map) calls match",
-            reported["hinted"] + reported["unhinted"]
-        );
-        let status = mapwatch.stop();
-        assert!(status.success(), "{flavor}: mapwatch exit status {status}");
-        assert!(
-            fixture.finish().success(),
-            "{flavor}: the profiled fixture failed"
-        );
-        assert_eq!(mapwatch_links(), 0, "{flavor}: BPF links left behind");
+        eprintln!("{flavor}: {total} growths by kind and {makes} make(map) calls match");
+        run.finish(&flavor);
     }
 }

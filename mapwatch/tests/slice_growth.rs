@@ -2,9 +2,7 @@
 //! Root only (loads BPF); see support::privileged.
 mod support;
 
-use support::{
-    EXACT_GO_VERSIONS, Fixture, Mapwatch, Reported, Scrape, fixture, mapwatch_links, privileged,
-};
+use support::{EXACT_GO_VERSIONS, Measured, Reported, Scrape, fixture, privileged};
 
 const GROW: &str = "mapwatch_slice_grow_total";
 const GROW_BYTES: &str = "mapwatch_slice_grow_bytes_total";
@@ -22,40 +20,24 @@ struct Deltas {
 
 /// Runs one fixture under `mapwatch attach`, returns what the fixture reported and what
 /// /metrics says changed while the workload ran (the fixture is idle before and after).
-fn measure(
-    go: &str,
-    name: &str,
-    fixture_args: &[&str],
-    mapwatch_args: &[&str],
-) -> Option<(Reported, Deltas)> {
+fn measure(go: &str, name: &str, mapwatch_args: &[&str]) -> Option<(Reported, Deltas)> {
     let binary = fixture(go, name)?;
-    let mut fixture = Fixture::start(&binary, fixture_args);
-    let mapwatch = Mapwatch::attach(fixture.pid, mapwatch_args);
-    let before = mapwatch.scrape_drained();
-    let reported = fixture.run_workload();
-    let after = mapwatch.scrape_drained();
-    let delta = |name: &str, sel: &[(&str, &str)]| after.sum(name, sel) - before.sum(name, sel);
+    let run = Measured::run(&binary, mapwatch_args);
     let deltas = Deltas {
-        grows: delta(GROW, &[]),
-        bytes: delta(GROW_BYTES, &[]),
-        new_cap_observations: delta(NEW_CAP_COUNT, &[]),
-        lost: delta("mapwatch_events_lost_total", &[]),
-        checks_match: delta(CHECKS, &[("result", "match")]),
-        checks_other: delta(CHECKS, &[("result", "mismatch")])
-            + delta(CHECKS, &[("result", "unpaired")]),
+        grows: run.delta(GROW, &[]),
+        bytes: run.delta(GROW_BYTES, &[]),
+        new_cap_observations: run.delta(NEW_CAP_COUNT, &[]),
+        lost: run.delta("mapwatch_events_lost_total", &[]),
+        checks_match: run.delta(CHECKS, &[("result", "match")]),
+        checks_other: run.delta(CHECKS, &[("result", "mismatch")])
+            + run.delta(CHECKS, &[("result", "unpaired")]),
     };
-    check_labels(&after, go, &binary);
-    let status = mapwatch.stop();
-    assert!(
-        status.success(),
-        "mapwatch exit status after SIGTERM: {status}"
-    );
-    assert!(fixture.finish().success(), "the profiled fixture failed");
-    assert_eq!(
-        mapwatch_links(),
-        0,
-        "mapwatch left BPF links attached after exiting"
-    );
+    check_labels(&run.after, go, &binary);
+    let reported = Reported {
+        grows: run.reported["grows"],
+        bytes: run.reported["bytes"],
+    };
+    run.finish(&format!("{go} {name}"));
     Some((reported, deltas))
 }
 
@@ -114,7 +96,7 @@ fn growslice_counts_and_bytes_equal_the_fixtures_own() {
         return;
     };
     for go in EXACT_GO_VERSIONS {
-        let Some((reported, deltas)) = measure(go, "slicegrow", &[], &[]) else {
+        let Some((reported, deltas)) = measure(go, "slicegrow", &[]) else {
             continue;
         };
         assert_exact(go, "slicegrow", reported, &deltas);
@@ -134,7 +116,7 @@ fn growslice_counts_stay_exact_when_stacks_grow() {
         return;
     };
     for go in EXACT_GO_VERSIONS {
-        let Some((reported, deltas)) = measure(go, "deepstack", &[], &[]) else {
+        let Some((reported, deltas)) = measure(go, "deepstack", &[]) else {
             continue;
         };
         assert_exact(go, "deepstack", reported, &deltas);
@@ -150,7 +132,7 @@ fn derived_capacities_equal_growslice_results() {
     };
     for go in EXACT_GO_VERSIONS {
         for name in ["slicegrow", "deepstack"] {
-            let Some((reported, deltas)) = measure(go, name, &[], &["--exact"]) else {
+            let Some((reported, deltas)) = measure(go, name, &["--exact"]) else {
                 continue;
             };
             assert_exact(go, name, reported, &deltas);
@@ -177,7 +159,7 @@ fn growslice_counts_are_exact_in_stripped_pie_and_cgo_builds() {
     };
     for go in ["go1.19.8", "go1.22.10", "go1.24.11"] {
         for name in ["slicegrow-stripped", "slicegrow-pie", "slicegrow-cgo"] {
-            let Some((reported, deltas)) = measure(go, name, &[], &["--exact"]) else {
+            let Some((reported, deltas)) = measure(go, name, &["--exact"]) else {
                 continue;
             };
             assert_exact(go, name, reported, &deltas);
@@ -216,26 +198,20 @@ fn growth_by_element_type_and_call_site_equals_the_fixtures_own() {
             let Some(binary) = fixture(go, name) else {
                 continue;
             };
-            let mut fixture = Fixture::start(&binary, &[]);
-            let mapwatch = Mapwatch::attach(fixture.pid, &[]);
-            let before = mapwatch.scrape_drained();
-            let reported = fixture.run_workload_fields();
-            let after = mapwatch.scrape_drained();
-            let delta = |metric: &str, sel: &[(&str, &str)]| {
-                after.sum(metric, sel) - before.sum(metric, sel)
-            };
+            let run = Measured::run(&binary, &[]);
+            let reported = &run.reported;
             for (type_name, count) in reported
                 .iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "grows" | "bytes"))
             {
                 assert_eq!(
-                    delta(GROW, &[("elem_type", type_name)]),
+                    run.delta(GROW, &[("elem_type", type_name)]),
                     *count,
                     "{go} {name}: elem_type {type_name}"
                 );
             }
             let sites = "mapwatch_site_grow_total";
-            for labels in after.series(sites) {
+            for labels in run.after.series(sites) {
                 assert!(
                     labels["file"].ends_with("fixtures/slicegrow/main.go")
                         && lines.contains(&labels["line"]),
@@ -244,14 +220,13 @@ fn growth_by_element_type_and_call_site_equals_the_fixtures_own() {
             }
             let at_marked: u64 = lines
                 .iter()
-                .map(|line| delta(sites, &[("line", line)]))
+                .map(|line| run.delta(sites, &[("line", line)]))
                 .sum();
             assert_eq!(
                 at_marked, reported["grows"],
                 "{go} {name}: growths at the marked append sites"
             );
-            assert!(mapwatch.stop().success());
-            assert!(fixture.finish().success());
+            run.finish(&format!("{go} {name}"));
         }
     }
 }

@@ -39,18 +39,7 @@ pub fn read_structs(
     if elf.section_by_name(".debug_info").is_none() {
         return Ok(None);
     }
-    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, DwarfError> {
-        match elf.section_by_name(id.name()) {
-            Some(section) => section
-                .uncompressed_data()
-                .map_err(|e| DwarfError::Section {
-                    section: id.name(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(Cow::Borrowed(&[])),
-        }
-    };
-    let sections = gimli::DwarfSections::load(load)?;
+    let sections = load_sections(elf)?;
     let dwarf = sections.borrow(|section| EndianSlice::new(section, LittleEndian));
 
     let mut found: HashMap<String, StructLayout> = HashMap::new();
@@ -131,18 +120,7 @@ const DW_AT_GO_RUNTIME_TYPE: constants::DwAt = constants::DwAt(0x2904);
 /// Every named DWARF type with its runtime type descriptor address: (name, address).
 /// An independent source of truth for [`super::types`] (used by tests).
 pub fn runtime_type_addresses(elf: &object::File<'_>) -> Result<Vec<(String, u64)>, DwarfError> {
-    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, DwarfError> {
-        match elf.section_by_name(id.name()) {
-            Some(section) => section
-                .uncompressed_data()
-                .map_err(|e| DwarfError::Section {
-                    section: id.name(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(Cow::Borrowed(&[])),
-        }
-    };
-    let sections = gimli::DwarfSections::load(load)?;
+    let sections = load_sections(elf)?;
     let dwarf = sections.borrow(|section| EndianSlice::new(section, LittleEndian));
     let mut found = Vec::new();
     let mut units = dwarf.units();
@@ -163,6 +141,23 @@ pub fn runtime_type_addresses(elf: &object::File<'_>) -> Result<Vec<(String, u64
 }
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
+
+/// The DWARF sections, decompressed (Go writes them SHF_COMPRESSED); missing ones empty.
+fn load_sections<'a>(
+    elf: &object::File<'a>,
+) -> Result<gimli::DwarfSections<Cow<'a, [u8]>>, DwarfError> {
+    gimli::DwarfSections::load(
+        |id: gimli::SectionId| match elf.section_by_name(id.name()) {
+            Some(section) => section
+                .uncompressed_data()
+                .map_err(|e| DwarfError::Section {
+                    section: id.name(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(Cow::Borrowed(&[][..])),
+        },
+    )
+}
 
 fn name_of(
     dwarf: &gimli::Dwarf<Reader<'_>>,

@@ -416,3 +416,59 @@ pub fn flavors_with(name: &str) -> Vec<String> {
     }
     flavors
 }
+
+/// One measured run: a fixture under `mapwatch attach`, with /metrics scraped (drained)
+/// before `start` and after the fixture reported `done`, the fixture idle in between.
+pub struct Measured {
+    pub fixture: Fixture,
+    pub mapwatch: Mapwatch,
+    pub before: Scrape,
+    pub after: Scrape,
+    /// The fixture's `done key=value …` report.
+    pub reported: std::collections::HashMap<String, u64>,
+}
+
+impl Measured {
+    pub fn run(binary: &PathBuf, mapwatch_args: &[&str]) -> Measured {
+        let mut fixture = Fixture::start(binary, &[]);
+        let mapwatch = Mapwatch::attach(fixture.pid, mapwatch_args);
+        let before = mapwatch.scrape_drained();
+        let reported = fixture.run_workload_fields();
+        let after = mapwatch.scrape_drained();
+        Measured {
+            fixture,
+            mapwatch,
+            before,
+            after,
+            reported,
+        }
+    }
+
+    /// How much `name` (summed over series matching `selector`) grew during the run.
+    pub fn delta(&self, name: &str, selector: &[(&str, &str)]) -> u64 {
+        self.after.sum(name, selector) - self.before.sum(name, selector)
+    }
+
+    pub fn delta_f64(&self, name: &str, selector: &[(&str, &str)]) -> f64 {
+        self.after.sum_f64(name, selector) - self.before.sum_f64(name, selector)
+    }
+
+    /// SIGTERM to mapwatch: it must exit 0 and leave no BPF behind; the profiled
+    /// program must have run undisturbed.
+    pub fn finish(self, what: &str) {
+        let status = self.mapwatch.stop();
+        assert!(
+            status.success(),
+            "{what}: mapwatch exit status after SIGTERM: {status}"
+        );
+        assert!(
+            self.fixture.finish().success(),
+            "{what}: the profiled fixture failed"
+        );
+        assert_eq!(
+            mapwatch_links(),
+            0,
+            "{what}: mapwatch left BPF programs or links behind"
+        );
+    }
+}
