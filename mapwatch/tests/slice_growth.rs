@@ -230,3 +230,25 @@ fn growth_by_element_type_and_call_site_equals_the_fixtures_own() {
         }
     }
 }
+
+/// Slices of elements larger than the compiler's 32-byte stack buffer call growslice
+/// for every capacity change on every Go version, 1.25–1.27 included.
+#[test]
+fn growslice_counts_are_exact_on_every_go_version_for_big_elements() {
+    let Some(_kernel) =
+        privileged("growslice_counts_are_exact_on_every_go_version_for_big_elements")
+    else {
+        return;
+    };
+    for flavor in support::flavors_with("slicebig") {
+        let Some((reported, deltas)) = measure(&flavor, "slicebig", &["--exact"]) else {
+            continue;
+        };
+        assert_exact(&flavor, "slicebig", reported, &deltas);
+        assert_eq!(
+            deltas.checks_other, 0,
+            "{flavor}: mismatched or unpaired RET checks"
+        );
+        assert_eq!(deltas.checks_match, reported.grows, "{flavor}: RET checks");
+    }
+}
