@@ -65,10 +65,15 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         None => println!("  struct offsets: unknown (no DWARF, version not in the table)"),
     }
     println!("  probes:");
+    let width = plan.probes.iter().map(|p| p.probe.len()).max().unwrap_or(0);
     for p in &plan.probes {
+        let site = match p.site {
+            plan::Site::Entry => "entry",
+            plan::Site::Ret => "ret  ",
+        };
         println!(
-            "    {:<14} {} {:?} vaddr {:#x} file offset {:#x}",
-            p.probe, p.function, p.site, p.vaddr, p.file_offset
+            "    {:<width$}  {site}  file offset {:#8x}  {}",
+            p.probe, p.file_offset, p.function
         );
     }
     for u in &plan.unavailable {
