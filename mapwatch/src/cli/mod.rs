@@ -17,9 +17,10 @@ pub struct UsageError(pub String);
     name = "mapwatch",
     version,
     about = "Watch maps and slices grow in running Go programs (eBPF uprobes, no restart).",
-    long_about = "mapwatch attaches uprobes to the Go runtime's growth functions \
-(runtime.growslice today) in a running Go program, and serves what it sees as \
-Prometheus metrics. No recompile, no restart, no change to the program.\n\n\
+    long_about = "mapwatch attaches uprobes to the Go runtime in a running Go program — \
+slice growth (runtime.growslice), map growth (hashGrow, or the Swiss tables' grow and \
+split), make(map) hints, stop-the-world pauses and GC cycles — and serves what it sees \
+as Prometheus metrics. No recompile, no restart, no change to the program.\n\n\
 Example:\n  sudo mapwatch attach --pid $(pidof myservice) --listen 127.0.0.1:9433\n  \
 curl -s 127.0.0.1:9433/metrics | grep mapwatch_slice_grow"
 )]
