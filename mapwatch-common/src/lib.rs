@@ -55,10 +55,13 @@ pub enum ProbeKind {
     StopTheWorldEntry = 12,
     /// `runtime.gcMarkTermination` entry: once per GC cycle.
     GcMarkTermination = 13,
+    /// `runtime.growsliceBuf` entry (Go 1.26+): not a growth by itself (it may return
+    /// its stack buffer); its caller is the append site of the growslice it may call.
+    GrowsliceBufEntry = 14,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 13] = [
+    pub const ALL: [ProbeKind; 14] = [
         ProbeKind::GrowsliceEntry,
         ProbeKind::GrowsliceRet,
         ProbeKind::HashGrow,
@@ -72,6 +75,7 @@ impl ProbeKind {
         ProbeKind::StartTheWorldRet,
         ProbeKind::StopTheWorldEntry,
         ProbeKind::GcMarkTermination,
+        ProbeKind::GrowsliceBufEntry,
     ];
 
     pub const fn from_u16(value: u16) -> ProbeKind {
@@ -89,6 +93,7 @@ impl ProbeKind {
             11 => ProbeKind::StartTheWorldRet,
             12 => ProbeKind::StopTheWorldEntry,
             13 => ProbeKind::GcMarkTermination,
+            14 => ProbeKind::GrowsliceBufEntry,
             _ => ProbeKind::None,
         }
     }

@@ -9,8 +9,8 @@ use std::{path::Path, process::Command};
 use mapwatch::{
     goelf::{GoBinary, decode},
     plan::{
-        GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, HASH_GROW, MAKEMAP, MAKEMAP_SMALL, TABLE_GROW,
-        TABLE_SPLIT,
+        GC_MARK_TERMINATION, GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, GROWSLICE_BUF, HASH_GROW,
+        MAKEMAP, MAKEMAP_SMALL, START_THE_WORLD, STOP_THE_WORLD, TABLE_GROW, TABLE_SPLIT,
     },
 };
 use support::{fixtures_dir, in_ci};
@@ -75,8 +75,12 @@ fn objdump(go: &Path, binary: &Path, symbol: &str, start: u64) -> GoListing {
 }
 
 /// Every function mapwatch may probe.
-const PROBED: [&str; 8] = [
+const PROBED: [&str; 12] = [
     GROWSLICE,
+    GROWSLICE_BUF,
+    START_THE_WORLD,
+    STOP_THE_WORLD,
+    GC_MARK_TERMINATION,
     HASH_GROW,
     GROW_TO_SMALL,
     GROW_TO_TABLE,

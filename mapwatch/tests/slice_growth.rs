@@ -252,3 +252,35 @@ fn growslice_counts_are_exact_on_every_go_version_for_big_elements() {
         assert_eq!(deltas.checks_match, reported.grows, "{flavor}: RET checks");
     }
 }
+
+/// Go 1.26+ appends through growsliceBuf: growslice's caller is then the runtime, but
+/// every growth must still be attributed to the append line in the fixture.
+#[test]
+fn growslice_buf_growths_are_attributed_to_the_append_site() {
+    let Some(_kernel) = privileged("growslice_buf_growths_are_attributed_to_the_append_site")
+    else {
+        return;
+    };
+    let source_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/slicebuf/main.go");
+    let lines = marked_lines(&std::fs::read_to_string(&source_path).unwrap());
+    for flavor in support::flavors_with("slicebuf") {
+        let run = Measured::run(&fixture(&flavor, "slicebuf").unwrap(), &[]);
+        let grows = run.delta(GROW, &[]);
+        assert!(grows > 0, "{flavor}: no growth seen");
+        let sites = "mapwatch_site_grow_total";
+        for labels in run.after.series(sites) {
+            assert!(
+                labels["file"].ends_with("fixtures/slicebuf/main.go")
+                    && lines.contains(&labels["line"]),
+                "{flavor}: growth attributed to {labels:?}"
+            );
+        }
+        assert_eq!(
+            run.delta(sites, &[]),
+            grows,
+            "{flavor}: every growth has its site"
+        );
+        run.finish(&flavor);
+    }
+}

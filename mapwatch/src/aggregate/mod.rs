@@ -14,7 +14,7 @@ use crate::{
         versions::{GROWSLICE_RESULT_CAP, RAX, RBX, RDI, StwAbi, stw_reason_name},
     },
     metrics::{Metrics, WorkloadLabels},
-    plan::probe_name,
+    plan::{GROWSLICE_BUF, probe_name},
     symbolize::{LabelCap, OTHER, Symbolizer},
 };
 
@@ -77,6 +77,9 @@ pub struct Aggregator {
     pending_stop: HashMap<u32, (u64, u64)>,
     cycles: HashMap<WorkloadLabels, GcCycle>,
     names: HashMap<WorkloadLabels, Names>,
+    /// Go 1.26+: the append site of the latest growsliceBuf call per (tgid, goroutine),
+    /// for the growslice it calls (whose own caller is growsliceBuf).
+    buf_callers: HashMap<(u32, u64), u64>,
 }
 
 /// What happened in a workload since its last GC cycle, and the recent cycles.
@@ -133,6 +136,7 @@ impl Aggregator {
             pending_stop: HashMap::new(),
             cycles: HashMap::new(),
             names: HashMap::new(),
+            buf_callers: HashMap::new(),
         }
     }
 
@@ -197,6 +201,13 @@ impl Aggregator {
             ProbeKind::StopTheWorldEntry => self.on_stop_the_world_entry(event, &workload),
             ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, &workload),
             ProbeKind::GcMarkTermination => self.on_gc_cycle(&workload),
+            ProbeKind::GrowsliceBufEntry => {
+                if self.buf_callers.len() >= MAX_PENDING {
+                    self.buf_callers.clear();
+                }
+                self.buf_callers
+                    .insert((event.tgid, event.goroutine), event.caller_pc);
+            }
             ProbeKind::None => {}
         }
     }
@@ -442,9 +453,15 @@ impl Aggregator {
             .slice_grow_total
             .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
             .inc();
-        let Some(site) = names.symbolizer.call_site(event.caller_pc) else {
+        let Some(mut site) = names.symbolizer.call_site(event.caller_pc) else {
             return;
         };
+        if site.function == GROWSLICE_BUF
+            && let Some(pc) = self.buf_callers.remove(&(event.tgid, event.goroutine))
+            && let Some(outer) = names.symbolizer.call_site(pc)
+        {
+            site = outer;
+        }
         let key = format!("{}\u{0}{}\u{0}{}", site.function, site.file, site.line);
         let line = site.line.to_string();
         let (function, file, line) = if names.sites.admit(&key) == OTHER {

@@ -9,9 +9,12 @@
 //! the argument registers untouched (only R12 may have been written).
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
-/// Offset of `g.stackguard0` in `runtime.g`: the check compares against 0x10(R14) in
-/// every Go version with the register ABI (src/runtime/runtime2.go: stack, stackguard0).
-const STACKGUARD0_OFFSET: u64 = 0x10;
+/// Offsets of `g.stackguard0` and `g.stackguard1` in `runtime.g` (src/runtime/runtime2.go:
+/// stack, stackguard0, stackguard1), the same in every Go version with the register ABI.
+/// Most functions compare SP with stackguard0; functions that run on the system stack
+/// (`//go:systemstack`, e.g. stopTheWorldWithSema) with stackguard1
+/// (src/cmd/internal/obj/x86/obj6.go `stacksplit`).
+const STACKGUARD_OFFSETS: [u64; 2] = [0x10, 0x18];
 
 /// Where, relative to the function's start, probes can be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +86,7 @@ pub fn analyze_function(code: &[u8], vaddr: u64) -> Result<FunctionLayout, Decod
     })
 }
 
-/// Returns the address after `CMP <reg>, [R14+0x10]` + `JBE`.
+/// Returns the address after `CMP <reg>, [R14+0x10 or 0x18]` + `JBE`.
 fn find_stack_check_end(prologue: &[Instruction]) -> Option<u64> {
     prologue.windows(2).find_map(|pair| {
         let (cmp, jump) = (&pair[0], &pair[1]);
@@ -92,7 +95,7 @@ fn find_stack_check_end(prologue: &[Instruction]) -> Option<u64> {
                 cmp.op_kind(i) == OpKind::Memory
                     && cmp.memory_base() == Register::R14
                     && cmp.memory_index() == Register::None
-                    && cmp.memory_displacement64() == STACKGUARD0_OFFSET
+                    && STACKGUARD_OFFSETS.contains(&cmp.memory_displacement64())
             });
         (compares_stackguard && jump.mnemonic() == Mnemonic::Jbe).then(|| jump.next_ip())
     })
@@ -135,6 +138,20 @@ mod tests {
         let layout = analyze_function(&code, 0x1000).unwrap();
         assert_eq!(layout.after_stack_check, Some(0xb));
         assert_eq!(layout.rets, vec![0xc]);
+    }
+
+    #[test]
+    fn finds_end_of_system_stack_check_against_stackguard1() {
+        // stopTheWorldWithSema (go1.25): LEAQ -0x28(SP),R12; CMPQ R12,0x18(R14); JBE.
+        let code = [
+            0x4c, 0x8d, 0x64, 0x24, 0xd8, // lea r12,[rsp-0x28]
+            0x4d, 0x3b, 0x66, 0x18, // cmp r12,[r14+0x18]
+            0x0f, 0x86, 0x08, 0x05, 0x00, 0x00, // jbe
+            0x55, // push rbp
+            0xc3, // ret
+        ];
+        let layout = analyze_function(&code, 0x1000).unwrap();
+        assert_eq!(layout.after_stack_check, Some(0xf));
     }
 
     #[test]

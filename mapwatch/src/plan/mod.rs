@@ -94,6 +94,9 @@ pub enum PlanError {
 }
 
 pub const GROWSLICE: &str = "runtime.growslice";
+/// Go 1.26+ (src/runtime/slice.go): appends that start in a stack buffer; linked only
+/// when the compiler emitted a call to it.
+pub const GROWSLICE_BUF: &str = "runtime.growsliceBuf";
 
 /// Probe names as exported in `probe` labels. Bounded: one per probe site kind.
 pub fn probe_name(kind: ProbeKind) -> &'static str {
@@ -111,6 +114,7 @@ pub fn probe_name(kind: ProbeKind) -> &'static str {
         ProbeKind::StartTheWorldRet => "start_the_world_ret",
         ProbeKind::StopTheWorldEntry => "stop_the_world",
         ProbeKind::GcMarkTermination => "gc_mark_termination",
+        ProbeKind::GrowsliceBufEntry => "growslice_buf",
         ProbeKind::None => "none",
     }
 }
@@ -333,6 +337,15 @@ fn plan_growslice(
         &[load(et, 8, type_size), load(et, 8, type_ptr_bytes)],
     );
     let mut probes = vec![growslice.entry(binary, entry_spec)?];
+    // Counting stays with growslice (heap growth); this probe only names the append
+    // site of the growslice calls growsliceBuf makes (go-runtime.md §8).
+    if binary.function(GROWSLICE_BUF).is_some() {
+        let buf = decode_function(binary, GROWSLICE_BUF)?;
+        probes.push(buf.entry(
+            binary,
+            spec(ProbeKind::GrowsliceBufEntry, ProbeSpec::FLAG_CALLER_PC, &[]),
+        )?);
+    }
     if exact {
         probes.extend(growslice.rets(binary, spec(ProbeKind::GrowsliceRet, 0, &[]))?);
     }
