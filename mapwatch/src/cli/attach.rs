@@ -151,14 +151,25 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         let why = wait_for_stop(pid, start_time, args.duration).await?;
         info!(%why, "stopping");
         let started = std::time::Instant::now();
-        probes.detach_all();
+        // Off the async workers: closing links blocks (see Probes::detach).
+        let count = new_probes.len();
+        let probes = tokio::task::spawn_blocking(move || {
+            let mut probes = probes;
+            probes.detach_all();
+            probes
+        })
+        .await
+        .context("detaching")?;
+        let detached = started.elapsed();
         metrics.attached_processes.set(0);
         let _ = stop_reader.send(true);
         reader.await.context("reader task")?.context("reading the ring buffer")?;
         aggregator.await.context("aggregator task")?;
+        drop(probes);
         eprintln!(
-            "mapwatch: {why}; detached in {} ms. {}",
-            started.elapsed().as_millis(),
+            "mapwatch: {why}; detached {count} probes in {} ms, drained in {} ms. {}",
+            detached.as_millis(),
+            (started.elapsed() - detached).as_millis(),
             summary(&metrics)
         );
         server.abort();
