@@ -172,6 +172,31 @@ pub fn build_one_for(env: &Env, name: &str, go_prefix: &str) -> anyhow::Result<P
     Ok(out.join(&go.name).join(name))
 }
 
+/// What every fixture is also built from: fixtures/go.mod and the shared package(s)
+/// under fixtures/internal/ (the harness protocol).
+fn shared_sources() -> anyhow::Result<Vec<Vec<u8>>> {
+    let root = workspace_root().join("fixtures");
+    let mut files = vec![root.join("go.mod")];
+    let mut dirs = vec![root.join("internal")];
+    while let Some(dir) = dirs.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+        .collect()
+}
+
 fn fixture_sources() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let dir = workspace_root().join("fixtures");
     let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
@@ -204,6 +229,7 @@ fn build_one(
     let code = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     code.hash(&mut hasher);
+    shared_sources()?.hash(&mut hasher);
     go.name.hash(&mut hasher);
     flavor.goexperiment.hash(&mut hasher);
     variant.args.hash(&mut hasher);
