@@ -58,10 +58,23 @@ pub enum ProbeKind {
     /// `runtime.growsliceBuf` entry (Go 1.26+): not a growth by itself (it may return
     /// its stack buffer); its caller is the append site of the growslice it may call.
     GrowsliceBufEntry = 14,
+    /// `runtime.mapassign_fast64` entry (opt-in hot probe): the kernel saves the map
+    /// pointer and the bucket/group size per goroutine for the RET.
+    MapAssignEntry = 15,
+    /// The instruction after mapassign_fast64's hash call: the key's hash is in RAX.
+    MapAssignHash = 16,
+    /// A RET of mapassign_fast64: the kernel re-reads the map header and reports where
+    /// the returned slot lies (see [`MapAssignLayout`]).
+    MapAssignRet = 17,
+    /// `runtime.mallocgc` entry (opt-in hot probe): size in RAX.
+    Mallocgc = 18,
+    /// Go 1.27+ size-specialised `runtime.mallocgc*SC*` entry: called by mallocgc and,
+    /// for small `new(T)`, directly by compiled code.
+    MallocgcSpecialized = 19,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 14] = [
+    pub const ALL: [ProbeKind; 19] = [
         ProbeKind::GrowsliceEntry,
         ProbeKind::GrowsliceRet,
         ProbeKind::HashGrow,
@@ -76,6 +89,11 @@ impl ProbeKind {
         ProbeKind::StopTheWorldEntry,
         ProbeKind::GcMarkTermination,
         ProbeKind::GrowsliceBufEntry,
+        ProbeKind::MapAssignEntry,
+        ProbeKind::MapAssignHash,
+        ProbeKind::MapAssignRet,
+        ProbeKind::Mallocgc,
+        ProbeKind::MallocgcSpecialized,
     ];
 
     pub const fn from_u16(value: u16) -> ProbeKind {
@@ -94,6 +112,11 @@ impl ProbeKind {
             12 => ProbeKind::StopTheWorldEntry,
             13 => ProbeKind::GcMarkTermination,
             14 => ProbeKind::GrowsliceBufEntry,
+            15 => ProbeKind::MapAssignEntry,
+            16 => ProbeKind::MapAssignHash,
+            17 => ProbeKind::MapAssignRet,
+            18 => ProbeKind::Mallocgc,
+            19 => ProbeKind::MallocgcSpecialized,
             _ => ProbeKind::None,
         }
     }
@@ -141,6 +164,80 @@ impl ProbeSpec {
     pub const FLAG_CALLER_PC: u16 = 1;
 }
 
+/// How the kernel finds the slot a `mapassign_fast64` returned, per probe slot (the
+/// entry, hash and RET slots of one binary carry the same layout). Offsets are from
+/// DWARF or the generated table; the kernel only follows them.
+///
+/// At RET the kernel writes into [`Event::loads`]:
+/// `[bucket or group index, buckets or groups in the table, overflow depth (classic)
+/// or hash (Swiss), MAP_SLOT_* tag]`; bits of [`Event::load_failed`] say why not
+/// (`ASSIGN_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapAssignLayout {
+    /// [`MapAssignLayout::CLASSIC`] or [`MapAssignLayout::SWISS`]; 0 = unused slot.
+    pub implementation: u8,
+    /// Index into [`Event::regs`] of the map pointer at entry.
+    pub map_reg: u8,
+    /// … of the hash at the hash site.
+    pub hash_reg: u8,
+    /// … of the returned element pointer at RET.
+    pub elem_reg: u8,
+    /// Classic `runtime.hmap.B` (u8) and `.buckets`.
+    pub hmap_b: u32,
+    pub hmap_buckets: u32,
+    /// Swiss `internal/runtime/maps.Map.dirPtr`, `.dirLen`, `.globalShift` (u8).
+    pub map_dir_ptr: u32,
+    pub map_dir_len: u32,
+    pub map_global_shift: u32,
+    /// Swiss `table.groups.data` and `table.groups.lengthMask`, from the table's start.
+    pub table_groups_data: u32,
+    pub table_groups_length_mask: u32,
+}
+
+impl MapAssignLayout {
+    pub const CLASSIC: u8 = 1;
+    pub const SWISS: u8 = 2;
+    /// Overflow buckets the kernel follows before giving up (ASSIGN_NOT_FOUND).
+    pub const MAX_OVERFLOW_WALK: u32 = 32;
+}
+
+/// `Event::loads[3]` of a mapassign RET record: what kind of slot the first three are.
+pub const MAP_SLOT_CLASSIC: u64 = 0;
+pub const MAP_SLOT_SWISS_TABLE: u64 = 1;
+/// A Swiss map with one group and no table (dirLen == 0).
+pub const MAP_SLOT_SWISS_SMALL: u64 = 2;
+
+/// `Event::load_failed` bits of a mapassign RET record.
+pub const ASSIGN_NO_ENTRY: u16 = 1;
+pub const ASSIGN_NO_HASH: u16 = 2;
+pub const ASSIGN_READ_FAILED: u16 = 4;
+pub const ASSIGN_NOT_FOUND: u16 = 8;
+
+/// Kernel state between a mapassign_fast64 entry and its RET, keyed by
+/// [`GoroutineKey`]: goroutines migrate between threads, and a panic leaves no RET
+/// (the map is an LRU, so leftovers age out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssignState {
+    pub map: u64,
+    /// Classic `maptype.BucketSize` or Swiss `MapType.GroupSize`, read at entry.
+    pub stride: u64,
+    pub hash: u64,
+    pub has_hash: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub goroutine: u64,
+}
+
+/// Entries of the kernel's entry→RET state: goroutines inside mapassign at once.
+pub const ASSIGN_STATE_ENTRIES: u32 = 16384;
+
 /// One record in the ring buffer: what the probe saw, uninterpreted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +261,9 @@ pub struct Event {
 const _: () = assert!(core::mem::size_of::<MemoryLoad>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeSpec>() == 8 + 8 * PROBE_LOADS);
 const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<MapAssignLayout>() == 32);
+const _: () = assert!(core::mem::size_of::<AssignState>() == 32);
+const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
 
 #[cfg(test)]
 mod tests {
@@ -183,4 +283,29 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers with explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::ProbeSpec {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::MapAssignLayout {}
 }
+
+/// Bytes of the ring buffer that carries process exec/exit notices to the daemon.
+pub const PROCESS_RING_BYTES: u32 = 256 << 10;
+
+/// A process exec'd (`sched_process_exec`) or its last thread exited
+/// (`sched_process_exit` of the thread group leader): the daemon's cue to attach or
+/// detach without waiting for its next /proc scan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessNotice {
+    pub tgid: u32,
+    pub kind: u32,
+}
+
+impl ProcessNotice {
+    pub const EXEC: u32 = 1;
+    pub const EXIT: u32 = 2;
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessNotice>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: two u32s, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for ProcessNotice {}

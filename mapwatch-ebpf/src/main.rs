@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod process_notices;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
@@ -15,12 +17,14 @@ use aya_ebpf::{
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
 use mapwatch_common::{
-    EVENT_REGS, Event, MAX_PROBE_SLOTS, MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec,
-    RING_BUF_BYTES, RING_WAKEUP_BYTES,
+    ASSIGN_NO_ENTRY, ASSIGN_NO_HASH, ASSIGN_NOT_FOUND, ASSIGN_READ_FAILED, ASSIGN_STATE_ENTRIES,
+    AssignState, EVENT_REGS, Event, GoroutineKey, MAP_SLOT_CLASSIC, MAP_SLOT_SWISS_SMALL,
+    MAP_SLOT_SWISS_TABLE, MAX_PROBE_SLOTS, MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind,
+    ProbeSpec, RING_BUF_BYTES, RING_WAKEUP_BYTES,
 };
 
 #[map]
@@ -37,6 +41,18 @@ static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBE_SL
 /// Records that did not fit in the ring buffer, per slot: nothing is dropped silently.
 #[map]
 static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBE_SLOTS, 0);
+
+/// Per slot: how to find a mapassign_fast64's slot (only the mapassign slots use it).
+#[map]
+static MAP_ASSIGN_LAYOUTS: Array<MapAssignLayout> = Array::with_max_entries(MAX_PROBE_SLOTS, 0);
+
+/// mapassign_fast64 entry → RET, per goroutine. Paired here, not in userspace, because
+/// the slot must be located while the map is as the RET left it: the header is
+/// re-read at RET, so a growth inside the assign (hashGrow, growToTable, rehash) is
+/// seen, and the overflow chain or directory is followed in the target's memory.
+#[map]
+static ASSIGN_STATE: LruHashMap<GoroutineKey, AssignState> =
+    LruHashMap::with_max_entries(ASSIGN_STATE_ENTRIES, 0);
 
 /// Entry of any probed Go function, or a RET inside it: which one is in the slot's spec.
 #[uprobe]
@@ -68,10 +84,6 @@ fn record(ctx: &ProbeContext) {
     }
     bump(&PROBE_HITS, slot);
 
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump(&EVENTS_LOST, slot);
-        return;
-    };
     // SAFETY: ctx.regs points at the trapped task's saved registers for this call.
     let regs: &pt_regs = unsafe { &*ctx.regs };
     let args: [u64; EVENT_REGS] = [regs.rax, regs.rbx, regs.rcx, regs.rdi, regs.rsi, regs.r8];
@@ -90,6 +102,20 @@ fn record(ctx: &ProbeContext) {
         i += 1;
     }
 
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let kind = spec.kind;
+    if kind == ProbeKind::MapAssignEntry as u16
+        || kind == ProbeKind::MapAssignHash as u16
+        || kind == ProbeKind::MapAssignRet as u16
+    {
+        let key = GoroutineKey {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            goroutine: regs.r14,
+        };
+        map_assign(kind, slot, &key, &args, &mut loads, &mut load_failed);
+    }
+
     let caller_pc = if spec.flags & ProbeSpec::FLAG_CALLER_PC != 0 {
         // SAFETY: bpf_probe_read_user validates the user address.
         unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0)
@@ -97,7 +123,12 @@ fn record(ctx: &ProbeContext) {
         0
     };
 
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // Reserved after the mapassign bookkeeping: an entry whose record is lost must
+    // still be paired with its RET.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(&EVENTS_LOST, slot);
+        return;
+    };
     entry.write(Event {
         // SAFETY: no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -120,6 +151,160 @@ fn record(ctx: &ProbeContext) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+}
+
+#[inline(always)]
+fn arg(args: &[u64; EVENT_REGS], index: u8) -> u64 {
+    let index = index as usize;
+    if index < EVENT_REGS { args[index] } else { 0 }
+}
+
+#[inline(always)]
+fn read_u64(address: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user validates the user address.
+    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u8(address: u64) -> Option<u8> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(address as *const u8) }.ok()
+}
+
+/// mapassign_fast64: entry saves the map and the bucket/group size (loads[0]); the hash
+/// site adds the hash; a RET locates the returned slot and overwrites `loads` with it.
+#[inline(always)]
+fn map_assign(
+    kind: u16,
+    slot: u32,
+    key: &GoroutineKey,
+    args: &[u64; EVENT_REGS],
+    loads: &mut [u64; PROBE_LOADS],
+    load_failed: &mut u16,
+) {
+    let Some(layout) = MAP_ASSIGN_LAYOUTS.get(slot) else {
+        return;
+    };
+    if kind == ProbeKind::MapAssignEntry as u16 {
+        let state = AssignState {
+            map: arg(args, layout.map_reg),
+            stride: loads[0],
+            hash: 0,
+            has_hash: 0,
+        };
+        let _ = ASSIGN_STATE.insert(key, &state, 0);
+        return;
+    }
+    if kind == ProbeKind::MapAssignHash as u16 {
+        if let Some(state) = ASSIGN_STATE.get_ptr_mut(key) {
+            // SAFETY: a value of this map, written only by this goroutine's probes.
+            unsafe {
+                (*state).hash = arg(args, layout.hash_reg);
+                (*state).has_hash = 1;
+            }
+        }
+        return;
+    }
+    // SAFETY: copied out before the entry is removed.
+    let Some(state) = (unsafe { ASSIGN_STATE.get(key) }).copied() else {
+        *load_failed = ASSIGN_NO_ENTRY;
+        return;
+    };
+    let _ = ASSIGN_STATE.remove(key);
+    if state.has_hash == 0 {
+        *load_failed = ASSIGN_NO_HASH;
+        return;
+    }
+    let elem = arg(args, layout.elem_reg);
+    let found = if layout.implementation == MapAssignLayout::CLASSIC {
+        classic_slot(layout, &state, elem)
+    } else {
+        swiss_slot(layout, &state, elem)
+    };
+    match found {
+        Ok(slot_loads) => *loads = slot_loads,
+        Err(reason) => *load_failed = reason,
+    }
+}
+
+/// Classic map: the home bucket is hash & (2^B − 1) of the header as it is now; the
+/// slot is in that bucket or in one of its overflow buckets (the pointer in each
+/// bucket's last word, src/runtime/map.go `bmap.overflow`).
+#[inline(always)]
+fn classic_slot(
+    layout: &MapAssignLayout,
+    state: &AssignState,
+    elem: u64,
+) -> Result<[u64; PROBE_LOADS], u16> {
+    let b = read_u8(state.map + layout.hmap_b as u64).ok_or(ASSIGN_READ_FAILED)?;
+    let buckets = read_u64(state.map + layout.hmap_buckets as u64).ok_or(ASSIGN_READ_FAILED)?;
+    let stride = state.stride;
+    if b >= 64 || stride < 16 {
+        return Err(ASSIGN_READ_FAILED);
+    }
+    let count = 1u64 << b;
+    let index = state.hash & (count - 1);
+    let mut bucket = buckets + index * stride;
+    let mut depth = 0u64;
+    let mut i = 0;
+    while i <= MapAssignLayout::MAX_OVERFLOW_WALK {
+        if elem >= bucket && elem - bucket < stride {
+            return Ok([index, count, depth, MAP_SLOT_CLASSIC]);
+        }
+        bucket = read_u64(bucket + stride - 8).ok_or(ASSIGN_READ_FAILED)?;
+        if bucket == 0 {
+            break;
+        }
+        depth += 1;
+        i += 1;
+    }
+    Err(ASSIGN_NOT_FOUND)
+}
+
+/// Swiss map: dirLen 0 is a small map (dirPtr is its one group); otherwise the table is
+/// directory[hash >> globalShift] (directory[0] when dirLen is 1) and the slot's group
+/// is (elem − groups.data) / groupSize (src/internal/runtime/maps/map.go
+/// `directoryIndex`, table.go `groupsReference.group`).
+#[inline(always)]
+fn swiss_slot(
+    layout: &MapAssignLayout,
+    state: &AssignState,
+    elem: u64,
+) -> Result<[u64; PROBE_LOADS], u16> {
+    let dir_len = read_u64(state.map + layout.map_dir_len as u64).ok_or(ASSIGN_READ_FAILED)?;
+    let dir_ptr = read_u64(state.map + layout.map_dir_ptr as u64).ok_or(ASSIGN_READ_FAILED)?;
+    let stride = state.stride;
+    if stride == 0 {
+        return Err(ASSIGN_READ_FAILED);
+    }
+    if dir_len == 0 {
+        if elem >= dir_ptr && elem - dir_ptr < stride {
+            return Ok([0, 1, state.hash, MAP_SLOT_SWISS_SMALL]);
+        }
+        return Err(ASSIGN_NOT_FOUND);
+    }
+    let index = if dir_len == 1 {
+        0
+    } else {
+        let shift =
+            read_u8(state.map + layout.map_global_shift as u64).ok_or(ASSIGN_READ_FAILED)?;
+        state.hash >> (shift & 63)
+    };
+    if index >= dir_len {
+        return Err(ASSIGN_NOT_FOUND);
+    }
+    let table = read_u64(dir_ptr + index * 8).ok_or(ASSIGN_READ_FAILED)?;
+    let data = read_u64(table + layout.table_groups_data as u64).ok_or(ASSIGN_READ_FAILED)?;
+    let mask =
+        read_u64(table + layout.table_groups_length_mask as u64).ok_or(ASSIGN_READ_FAILED)?;
+    if elem < data {
+        return Err(ASSIGN_NOT_FOUND);
+    }
+    let group = (elem - data) / stride;
+    if group > mask {
+        return Err(ASSIGN_NOT_FOUND);
+    }
+    Ok([group, mask + 1, state.hash, MAP_SLOT_SWISS_TABLE])
 }
 
 #[inline(always)]

@@ -5,6 +5,8 @@
 pub mod aggregate;
 pub mod attach;
 pub mod cli;
+pub mod config;
+pub mod discover;
 pub mod goelf;
 pub mod goruntime;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! the project itself on a fresh machine (Debian 12, root), idempotently.
 mod bench;
 mod demo;
+mod deploy;
 mod fixtures;
 mod fuzz;
 mod offsets;
@@ -47,6 +48,13 @@ enum Task {
         #[arg(long, default_value = "20")]
         seconds: u64,
     },
+    /// Check deploy/ offline: kustomize, Kubernetes and CRD schemas, promtool, hadolint,
+    /// dashboards, and a smoke test of the image's root filesystem.
+    DeployCheck {
+        /// Regenerate deploy/overlays/operator/prometheusrule.yaml from rules.yml.
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +72,14 @@ fn main() -> anyhow::Result<()> {
             fuzz::run(seconds)
         }
         Task::Demo { seconds } => demo::run(seconds),
+        Task::DeployCheck { write } => {
+            let env = setup::run()?;
+            let fixtures_dir = fixtures::build_all(&env)?;
+            deploy::run(&deploy::Options {
+                write,
+                fixtures_dir: &fixtures_dir,
+            })
+        }
     }
 }
 
@@ -86,6 +102,10 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
             .run()
     })?;
     fuzz::run(fuzz::DEFAULT_SECONDS)?;
+    deploy::run(&deploy::Options {
+        write: false,
+        fixtures_dir: &fixtures_dir,
+    })?;
     println!("xtask test: all passed in {:.0?}", started.elapsed());
     Ok(())
 }

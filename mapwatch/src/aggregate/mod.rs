@@ -1,6 +1,8 @@
 //! The one task that owns all aggregation state: records in, metric updates out.
 //! No locks on the hot path: only this task touches the state below; the registry's
 //! metric handles are atomics that scrapes read.
+pub mod map_assign;
+
 use std::{collections::HashMap, sync::Arc};
 
 use mapwatch_common::{Event, ProbeKind};
@@ -14,7 +16,7 @@ use crate::{
         versions::{GROWSLICE_RESULT_CAP, RAX, RBX, RDI, StwAbi, stw_reason_name},
     },
     metrics::{Metrics, WorkloadLabels},
-    plan::{GROWSLICE_BUF, probe_name},
+    plan::{GROWSLICE_BUF, MALLOCGC, probe_name},
     symbolize::{LabelCap, OTHER, Symbolizer},
 };
 
@@ -22,8 +24,32 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SlotRegistration {
     pub slot: u32,
+    /// The process the probe is attached to: records from another process carry a
+    /// reused slot's number (written before its old probe was detached) and are dropped.
+    pub pid: u32,
     pub kind: ProbeKind,
     pub workload: Arc<Workload>,
+}
+
+impl SlotRegistration {
+    /// Registrations for the probes of `plan`, attached to `pid` at `slots` (in order).
+    pub fn for_plan(
+        pid: u32,
+        plan: &crate::plan::ProbePlan,
+        slots: &[u32],
+        workload: &Arc<Workload>,
+    ) -> Vec<SlotRegistration> {
+        plan.probes
+            .iter()
+            .zip(slots)
+            .map(|(probe, &slot)| SlotRegistration {
+                slot,
+                pid,
+                kind: probe.kind,
+                workload: Arc::clone(workload),
+            })
+            .collect()
+    }
 }
 
 /// One profiled program (all processes running the same binary share the labels).
@@ -38,24 +64,38 @@ pub struct Workload {
 /// Messages to the aggregator, in order: registrations always precede the records of
 /// the slots they describe because they are sent before the probe is attached.
 pub enum Input {
-    /// Names for a workload's addresses; sent before its slots are registered.
-    Symbolizer(WorkloadLabels, Box<Symbolizer>),
+    /// Names for a process's addresses; sent before its slots are registered.
+    Symbolizer(u32, Box<Symbolizer>),
     Register(Vec<SlotRegistration>),
+    /// The process exited or exec'd and its probes are detached: forget its state.
+    ProcessGone(u32),
     Events(Vec<Event>),
 }
 
 /// Cardinality caps per workload (DESIGN.md: top-K + `other`).
-const ELEM_TYPES_PER_WORKLOAD: usize = 20;
-const SITES_PER_WORKLOAD: usize = 50;
+#[derive(Debug, Clone, Copy)]
+pub struct LabelLimits {
+    pub elem_types: usize,
+    pub sites: usize,
+}
 
-/// A workload's symbolizer and the caps on the labels it produces.
+impl Default for LabelLimits {
+    fn default() -> LabelLimits {
+        LabelLimits {
+            elem_types: 20,
+            sites: 50,
+        }
+    }
+}
+
+/// The caps on the labels a workload produces.
 struct Names {
-    symbolizer: Box<Symbolizer>,
     elem_types: LabelCap,
     sites: LabelCap,
 }
 
 struct Slot {
+    pid: u32,
     kind: ProbeKind,
     workload: Arc<Workload>,
 }
@@ -77,6 +117,8 @@ pub struct Aggregator {
     pending_stop: HashMap<u32, (u64, u64)>,
     cycles: HashMap<WorkloadLabels, GcCycle>,
     names: HashMap<WorkloadLabels, Names>,
+    limits: LabelLimits,
+    symbolizers: HashMap<u32, Box<Symbolizer>>,
     /// Go 1.26+: the append site of the latest growsliceBuf call per (tgid, goroutine),
     /// for the growslice it calls (whose own caller is growsliceBuf).
     buf_callers: HashMap<(u32, u64), u64>,
@@ -128,7 +170,13 @@ enum CheckResult {
 
 impl Aggregator {
     pub fn new(metrics: Arc<Metrics>) -> Aggregator {
+        Aggregator::with_limits(metrics, LabelLimits::default())
+    }
+
+    pub fn with_limits(metrics: Arc<Metrics>, limits: LabelLimits) -> Aggregator {
         Aggregator {
+            limits,
+            symbolizers: HashMap::new(),
             metrics,
             slots: HashMap::new(),
             pending: HashMap::new(),
@@ -150,34 +198,39 @@ impl Aggregator {
 
     pub fn apply(&mut self, input: Input) {
         match input {
-            Input::Symbolizer(labels, symbolizer) => {
-                self.names.insert(
-                    labels,
-                    Names {
-                        symbolizer,
-                        elem_types: LabelCap::new(ELEM_TYPES_PER_WORKLOAD),
-                        sites: LabelCap::new(SITES_PER_WORKLOAD),
-                    },
-                );
+            Input::Symbolizer(pid, symbolizer) => {
+                self.symbolizers.insert(pid, symbolizer);
             }
             Input::Register(registrations) => {
                 for r in registrations {
                     self.slots.insert(
                         r.slot,
                         Slot {
+                            pid: r.pid,
                             kind: r.kind,
                             workload: r.workload,
                         },
                     );
                 }
             }
+            Input::ProcessGone(pid) => {
+                self.symbolizers.remove(&pid);
+                self.slots.retain(|_, slot| slot.pid != pid);
+                self.pending.retain(|(tgid, _), _| *tgid != pid);
+                self.pending_start.retain(|(tgid, _), _| *tgid != pid);
+                self.pending_stop.remove(&pid);
+                self.buf_callers.retain(|(tgid, _), _| *tgid != pid);
+            }
             Input::Events(events) => events.iter().for_each(|e| self.on_event(e)),
         }
     }
 
     fn on_event(&mut self, event: &Event) {
-        let Some(slot) = self.slots.get(&event.slot) else {
-            debug!(slot = event.slot, "record for an unregistered slot");
+        let Some(slot) = self.slots.get(&event.slot).filter(|s| s.pid == event.tgid) else {
+            // Written by a probe detached since (its process exited); the slot number
+            // may already belong to another process.
+            debug!(slot = event.slot, tgid = event.tgid, "record of a detached probe");
+            self.metrics.events_orphaned_total.inc();
             return;
         };
         let kind = slot.kind;
@@ -208,8 +261,57 @@ impl Aggregator {
                 self.buf_callers
                     .insert((event.tgid, event.goroutine), event.caller_pc);
             }
+            // Bookkeeping for the RET, done in the kernel (mapwatch-ebpf `map_assign`).
+            ProbeKind::MapAssignEntry | ProbeKind::MapAssignHash => {}
+            ProbeKind::MapAssignRet => self.on_map_assign(event, &workload),
+            ProbeKind::Mallocgc => self.on_malloc(event, &workload),
+            ProbeKind::MallocgcSpecialized => {
+                // Called by mallocgc too (Go 1.27): count only direct calls.
+                let via_mallocgc = self.symbolizers.get_mut(&event.tgid).is_some_and(|names| {
+                    names
+                        .call_site(event.caller_pc)
+                        .is_some_and(|site| site.function == MALLOCGC)
+                });
+                if !via_mallocgc {
+                    self.on_malloc(event, &workload);
+                }
+            }
             ProbeKind::None => {}
         }
+    }
+
+    /// A mapassign_fast64 RET: the kernel located the slot (or says why not).
+    fn on_map_assign(&mut self, event: &Event, workload: &Workload) {
+        let slot = (event.load_failed == 0)
+            .then(|| map_assign::assigned_slot(event.loads))
+            .flatten();
+        let Some(slot) = slot else {
+            debug!(
+                failed = event.load_failed,
+                loads = ?event.loads,
+                "mapassign_fast64 slot not located"
+            );
+            return self.incomplete(ProbeKind::MapAssignRet);
+        };
+        let labels = workload.labels.values();
+        self.metrics
+            .map_assign_bucket_position
+            .with_label_values(&labels)
+            .observe(slot.position);
+        self.metrics
+            .map_probe_length
+            .with_label_values(&labels)
+            .observe(slot.probe_length as f64);
+    }
+
+    /// mallocgc(size, typ, needzero): size in RAX (src/runtime/malloc.go).
+    fn on_malloc(&mut self, event: &Event, workload: &Workload) {
+        let labels = workload.labels.values();
+        self.metrics.malloc_total.with_label_values(&labels).inc();
+        self.metrics
+            .malloc_bytes_total
+            .with_label_values(&labels)
+            .inc_by(event.regs[usize::from(RAX)]);
     }
 
     fn on_growslice(&mut self, event: &Event, workload: &Workload) {
@@ -440,25 +542,33 @@ impl Aggregator {
     /// Counts one slice growth under its element type and call site (capped labels).
     fn name_growth(&mut self, event: &Event, workload: &Workload, elem_type_address: u64) {
         let [namespace, pod, container, binary, go_version] = workload.labels.values();
-        let Some(names) = self.names.get_mut(&workload.labels) else {
+        let Some(symbolizer) = self.symbolizers.get_mut(&event.tgid) else {
             self.metrics
                 .slice_grow_total
                 .with_label_values(&[namespace, pod, container, binary, go_version, "unknown"])
                 .inc();
             return;
         };
-        let name = names.symbolizer.type_name(elem_type_address);
+        let limits = self.limits;
+        let names = self
+            .names
+            .entry(workload.labels.clone())
+            .or_insert_with(|| Names {
+                elem_types: LabelCap::new(limits.elem_types),
+                sites: LabelCap::new(limits.sites),
+            });
+        let name = symbolizer.type_name(elem_type_address);
         let elem_type = names.elem_types.admit(&name);
         self.metrics
             .slice_grow_total
             .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
             .inc();
-        let Some(mut site) = names.symbolizer.call_site(event.caller_pc) else {
+        let Some(mut site) = symbolizer.call_site(event.caller_pc) else {
             return;
         };
         if site.function == GROWSLICE_BUF
             && let Some(pc) = self.buf_callers.remove(&(event.tgid, event.goroutine))
-            && let Some(outer) = names.symbolizer.call_site(pc)
+            && let Some(outer) = symbolizer.call_site(pc)
         {
             site = outer;
         }

@@ -1,8 +1,10 @@
 //! Load the BPF object, attach a ProbePlan to a process, detach cleanly.
+pub mod notices;
 pub mod privileges;
 pub mod reader;
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     num::NonZeroU32,
     os::unix::fs::{FileExt as _, MetadataExt as _},
@@ -12,13 +14,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use mapwatch_common::{MAX_PROBE_SLOTS, ProbeKind, ProbeSpec};
+use mapwatch_common::{MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
 use tracing::{debug, info, warn};
 
 use crate::plan::{PlannedProbe, ProbePlan};
@@ -55,6 +57,10 @@ pub enum AttachError {
     },
     #[error("all {MAX_PROBE_SLOTS} probe slots are in use")]
     SlotsExhausted,
+    #[error(
+        "following process exec/exit needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {0}"
+    )]
+    Btf(String),
 }
 
 impl AttachError {
@@ -69,12 +75,13 @@ impl AttachError {
             AttachError::BinaryChanged { .. } => "binary_changed",
             AttachError::BytesMismatch { .. } => "bytes_mismatch",
             AttachError::SlotsExhausted => "slots_exhausted",
+            AttachError::Btf(_) => "btf",
         }
     }
 }
 
 /// The identity of an executable file: a process that exec'd has another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     pub dev: u64,
     pub ino: u64,
@@ -92,9 +99,7 @@ impl FileIdentity {
 
 /// Path through which a process's executable is attached: /proc/PID/exe names the
 /// exact inode, even if the file was deleted or lives in another mount namespace.
-pub fn exe_path(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/exe"))
-}
+pub use crate::discover::procs::exe_path;
 
 /// One attached uprobe.
 #[derive(Debug, Clone)]
@@ -105,10 +110,16 @@ pub struct AttachedProbe {
     pub probe: &'static str,
 }
 
-/// Kernel-side per-slot counters, read at scrape time (never copied on a timer).
+/// Kernel-side per-slot counters, read at scrape time (never copied on a timer), and
+/// the totals of probes already detached, so that per-probe totals never go backwards
+/// when a process exits and its slots are reused.
 pub struct KernelCounters {
     hits: PerCpuArray<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
+    /// Attached slots and the probe each belongs to.
+    live: BTreeMap<u32, &'static str>,
+    retired: BTreeMap<&'static str, SlotCounts>,
+    cpus: usize,
 }
 
 /// Totals of one slot.
@@ -128,13 +139,58 @@ impl KernelCounters {
             lost: sum(&self.lost)?,
         })
     }
+
+    /// Hits and lost records per probe name, over everything ever attached.
+    pub fn totals(&self) -> BTreeMap<&'static str, SlotCounts> {
+        let mut totals = self.retired.clone();
+        for (&slot, &probe) in &self.live {
+            match self.read(slot) {
+                Ok(counts) => {
+                    let total = totals.entry(probe).or_default();
+                    total.hits += counts.hits;
+                    total.lost += counts.lost;
+                }
+                Err(e) => warn!(slot, "reading kernel counters: {e}"),
+            }
+        }
+        totals
+    }
+
+    /// Starts counting `slot` for `probe` from zero (a reused slot keeps its old counts
+    /// in the kernel until reset).
+    fn track(&mut self, slot: u32, probe: &'static str) -> Result<(), aya::maps::MapError> {
+        let zeros = || PerCpuValues::try_from(vec![0u64; self.cpus]);
+        for map in [&mut self.hits, &mut self.lost] {
+            map.set(slot, zeros().map_err(aya::maps::MapError::IoError)?, 0)?;
+        }
+        self.live.insert(slot, probe);
+        Ok(())
+    }
+
+    /// Moves a detached slot's final counts into the per-probe totals.
+    fn retire(&mut self, slot: u32) {
+        let Some(probe) = self.live.remove(&slot) else {
+            return;
+        };
+        match self.read(slot) {
+            Ok(counts) => {
+                let total = self.retired.entry(probe).or_default();
+                total.hits += counts.hits;
+                total.lost += counts.lost;
+            }
+            Err(e) => warn!(slot, "reading kernel counters of a detached probe: {e}"),
+        }
+    }
 }
 
 /// The loaded BPF object and everything attached from it.
 pub struct Probes {
     ebpf: Ebpf,
     specs: Array<MapData, ProbeSpec>,
+    map_assign_layouts: Array<MapData, MapAssignLayout>,
     next_slot: u32,
+    /// Slots of detached probes, reused before new ones are taken.
+    free_slots: Vec<u32>,
     attached: Vec<(AttachedProbe, UProbeLinkId)>,
     counters: Arc<Mutex<KernelCounters>>,
     ring: Option<RingBuf<MapData>>,
@@ -169,6 +225,10 @@ impl Probes {
             ebpf.take_map("PROBE_SPECS")
                 .ok_or(AttachError::Missing("PROBE_SPECS map"))?,
         )?;
+        let map_assign_layouts = Array::try_from(
+            ebpf.take_map("MAP_ASSIGN_LAYOUTS")
+                .ok_or(AttachError::Missing("MAP_ASSIGN_LAYOUTS map"))?,
+        )?;
         let hits = PerCpuArray::try_from(
             ebpf.take_map("PROBE_HITS")
                 .ok_or(AttachError::Missing("PROBE_HITS map"))?,
@@ -184,9 +244,17 @@ impl Probes {
         Ok(Probes {
             ebpf,
             specs,
+            map_assign_layouts,
             next_slot: 0,
+            free_slots: Vec::new(),
             attached: Vec::new(),
-            counters: Arc::new(Mutex::new(KernelCounters { hits, lost })),
+            counters: Arc::new(Mutex::new(KernelCounters {
+                hits,
+                lost,
+                live: BTreeMap::new(),
+                retired: BTreeMap::new(),
+                cpus: aya::util::nr_cpus().map_err(|(_, e)| aya::maps::MapError::IoError(e))?,
+            })),
             ring: Some(ring),
             logger,
         })
@@ -202,6 +270,11 @@ impl Probes {
         self.logger.take()
     }
 
+    /// Starts the exec/exit notices the daemon follows processes with.
+    pub fn follow_processes(&mut self) -> Result<notices::ProcessNotices, AttachError> {
+        notices::ProcessNotices::start(&mut self.ebpf)
+    }
+
     pub fn counters(&self) -> Arc<Mutex<KernelCounters>> {
         Arc::clone(&self.counters)
     }
@@ -210,15 +283,50 @@ impl Probes {
         self.attached.iter().map(|(probe, _)| probe)
     }
 
+    /// Slots for the probes of `plan`, one each, in order. Reserving them before
+    /// attaching lets the caller tell the aggregator what each slot is before any record
+    /// can carry it; slots not used by [`Probes::attach_process`] go back with
+    /// [`Probes::release_slots`].
+    pub fn reserve_slots(&mut self, plan: &ProbePlan) -> Result<Vec<u32>, AttachError> {
+        let mut slots = Vec::with_capacity(plan.probes.len());
+        for _ in &plan.probes {
+            let slot = match self.free_slots.pop() {
+                Some(slot) => slot,
+                None if self.next_slot < MAX_PROBE_SLOTS => {
+                    self.next_slot += 1;
+                    self.next_slot - 1
+                }
+                None => {
+                    self.free_slots.extend(slots);
+                    return Err(AttachError::SlotsExhausted);
+                }
+            };
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Returns reserved slots that were not attached.
+    pub fn release_slots(&mut self, slots: impl IntoIterator<Item = u32>) {
+        self.free_slots.extend(slots);
+    }
+
     /// Attaches every probe of `plan` to process `pid`, whose executable had identity
-    /// `analysed` when the plan was made. All or nothing: on error, what was attached
-    /// for this process is detached again.
+    /// `analysed` when the plan was made, to the slots reserved for it. All or nothing:
+    /// on error, what was attached for this process is detached again (the slots stay
+    /// reserved: release them).
     pub fn attach_process(
         &mut self,
         pid: u32,
         analysed: FileIdentity,
         plan: &ProbePlan,
+        slots: &[u32],
     ) -> Result<Vec<AttachedProbe>, AttachError> {
+        assert_eq!(
+            slots.len(),
+            plan.probes.len(),
+            "one reserved slot per probe"
+        );
         let exe = exe_path(pid);
         let current = FileIdentity::of(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
         if current != analysed {
@@ -232,10 +340,11 @@ impl Probes {
         let result = plan
             .probes
             .iter()
-            .try_for_each(|probe| self.attach_one(pid, &exe, probe));
+            .zip(slots)
+            .try_for_each(|(probe, &slot)| self.attach_one(pid, &exe, probe, slot));
         if let Err(e) = result {
             let added: Vec<_> = self.attached.drain(before..).collect();
-            self.detach(added);
+            self.detach(added, false);
             return Err(e);
         }
         info!(pid, probes = plan.probes.len(), "attached");
@@ -250,13 +359,16 @@ impl Probes {
         pid: u32,
         exe: &std::path::Path,
         probe: &PlannedProbe,
+        slot: u32,
     ) -> Result<(), AttachError> {
-        if self.next_slot >= MAX_PROBE_SLOTS {
-            return Err(AttachError::SlotsExhausted);
-        }
-        let slot = self.next_slot;
-        self.next_slot += 1;
         self.specs.set(slot, probe.spec, 0)?;
+        self.counters
+            .lock()
+            .expect("kernel counters")
+            .track(slot, probe.probe)?;
+        if let Some(layout) = probe.map_assign {
+            self.map_assign_layouts.set(slot, layout, 0)?;
+        }
         let program: &mut UProbe = self
             .ebpf
             .program_mut(PROGRAM)
@@ -285,8 +397,10 @@ impl Probes {
         Ok(())
     }
 
-    /// Detaches the given probes; their slots stop recording at once.
-    fn detach(&mut self, probes: Vec<(AttachedProbe, UProbeLinkId)>) {
+    /// Detaches the given probes; their slots stop recording at once. Their counts go
+    /// into the per-probe totals; `free` returns their slots for reuse (attach failures
+    /// keep them reserved for the caller to release).
+    fn detach(&mut self, probes: Vec<(AttachedProbe, UProbeLinkId)>, free: bool) {
         let Some(program) = self.ebpf.program_mut(PROGRAM) else {
             return;
         };
@@ -297,13 +411,31 @@ impl Probes {
             if let Err(e) = program.detach(link) {
                 warn!(slot = probe.slot, "detach failed: {e}");
             }
+            self.counters
+                .lock()
+                .expect("kernel counters")
+                .retire(probe.slot);
+            if free {
+                self.free_slots.push(probe.slot);
+            }
         }
+    }
+
+    /// Detaches the probes of one process (it exited or exec'd); returns how many.
+    pub fn detach_process(&mut self, pid: u32) -> usize {
+        let (mine, others) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(probe, _)| probe.pid == pid);
+        self.attached = others;
+        let count = mine.len();
+        self.detach(mine, true);
+        count
     }
 
     /// Detaches everything attached so far.
     pub fn detach_all(&mut self) {
         let all = std::mem::take(&mut self.attached);
-        self.detach(all);
+        self.detach(all, true);
     }
 }
 
@@ -324,4 +456,19 @@ fn verify_bytes(
         });
     }
     Ok(())
+}
+
+/// Copies the kernel's per-probe counts into the registry right before each scrape.
+pub fn scrape_hook(counters: Arc<Mutex<KernelCounters>>) -> crate::metrics::http::ScrapeHook {
+    Arc::new(move |metrics: &crate::metrics::Metrics| {
+        let totals = counters.lock().expect("kernel counters").totals();
+        for (probe, counts) in totals {
+            crate::metrics::Metrics::sync_counter(&metrics.probe_hits_total, &[probe], counts.hits);
+            crate::metrics::Metrics::sync_counter(
+                &metrics.events_lost_total,
+                &[probe],
+                counts.lost,
+            );
+        }
+    })
 }

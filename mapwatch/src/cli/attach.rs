@@ -1,7 +1,7 @@
 //! `mapwatch attach --pid P`: profile one process until stopped.
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -12,12 +12,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{AttachArgs, UsageError};
 use crate::{
     aggregate::{Aggregator, Input, SlotRegistration, Workload},
-    attach::{self, AttachError, AttachedProbe, FileIdentity, KernelCounters, Probes},
+    attach::{self, AttachError, FileIdentity, Probes},
+    discover::procs::{binary_label, command_name, process_start_time},
     goelf::{GoBinary, GoElfError},
     metrics::{Metrics, WorkloadLabels, http},
     plan::{self, PlanRequest},
@@ -53,9 +54,16 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             map_growth: true,
             stw_gc: true,
             exact: args.exact,
+            hot: super::HotProbe::request(&args.hot_probes),
         },
     )
     .map_err(|e| UsageError(format!("process {pid}: {e}")))?;
+    for unavailable in &plan.unavailable {
+        eprintln!(
+            "mapwatch: {} unavailable: {}",
+            unavailable.signal, unavailable.reason
+        );
+    }
     if plan.probes.is_empty() {
         let reasons: Vec<String> = plan
             .unavailable
@@ -77,7 +85,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     // addresses, shifted by the load bias in PIE binaries.
     let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let bias = binary.load_bias(&proc_maps, identity.ino).unwrap_or(0);
-    let symbolizer = Box::new(Symbolizer::new(binary, bias, plan.offsets.as_ref()));
+    let symbolizer = Box::new(Symbolizer::new(
+        Arc::new(binary),
+        bias,
+        plan.offsets.as_ref(),
+    ));
 
     let mut probes = Probes::load().map_err(|e| match e {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
@@ -92,8 +104,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let ready = Arc::new(AtomicBool::new(false));
-        let attached: Arc<Mutex<Vec<AttachedProbe>>> = Arc::default();
-        let hook = scrape_hook(probes.counters(), Arc::clone(&attached));
+        let hook = attach::scrape_hook(probes.counters());
         let (addr, server) = http::bind(args.listen, Arc::clone(&metrics), Arc::clone(&ready), hook)
             .await
             .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -105,36 +116,28 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
         let aggregator = tokio::spawn(Aggregator::new(Arc::clone(&metrics)).run(from_probes));
 
-        let new_probes = match probes.attach_process(pid, identity, &plan) {
+        let workload = Arc::new(Workload {
+            labels,
+            facts: plan.facts,
+            exact: args.exact,
+        });
+        let slots = probes.reserve_slots(&plan)?;
+        // Registered before attaching: no record can precede its slot's metadata.
+        to_aggregator
+            .send(Input::Symbolizer(pid, symbolizer))
+            .await
+            .context("aggregator stopped")?;
+        to_aggregator
+            .send(Input::Register(SlotRegistration::for_plan(pid, &plan, &slots, &workload)))
+            .await
+            .context("aggregator stopped")?;
+        let new_probes = match probes.attach_process(pid, identity, &plan, &slots) {
             Ok(new_probes) => new_probes,
             Err(e) => {
                 metrics.attach_errors_total.with_label_values(&[e.reason()]).inc();
                 return Err(anyhow::Error::from(e).context(format!("attaching to process {pid}")));
             }
         };
-        let workload = Arc::new(Workload {
-            labels,
-            facts: plan.facts,
-            exact: args.exact,
-        });
-        let registrations = new_probes
-            .iter()
-            .map(|p| SlotRegistration {
-                slot: p.slot,
-                kind: p.kind,
-                workload: Arc::clone(&workload),
-            })
-            .collect();
-        // Registered before the reader starts: no record can precede its slot's metadata.
-        to_aggregator
-            .send(Input::Symbolizer(workload.labels.clone(), symbolizer))
-            .await
-            .context("aggregator stopped")?;
-        to_aggregator
-            .send(Input::Register(registrations))
-            .await
-            .context("aggregator stopped")?;
-        attached.lock().expect("attached list").extend(new_probes.iter().cloned());
         metrics.attached_processes.set(1);
 
         let ring = probes.take_ring_buf().context("ring buffer already taken")?;
@@ -190,31 +193,6 @@ fn exe_error(pid: u32, error: &std::io::Error) -> UsageError {
     }
 }
 
-/// Field 22 of /proc/PID/stat: distinguishes a pid from a later reuse of it.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// The executable's file name: a bounded label, unlike its full path or the pid.
-fn binary_label(pid: u32) -> String {
-    std::fs::read_link(attach::exe_path(pid))
-        .ok()
-        .and_then(|p| {
-            let name = p.file_name()?.to_string_lossy().into_owned();
-            Some(name.trim_end_matches(" (deleted)").to_string())
-        })
-        .unwrap_or_else(|| command_name(pid))
-}
-
 async fn wait_for_stop(
     pid: u32,
     start_time: u64,
@@ -241,31 +219,6 @@ async fn wait_for_stop(
         _ = sigint.recv() => "interrupted".to_string(),
         _ = deadline => "duration elapsed".to_string(),
         _ = exited => format!("process {pid} exited"),
-    })
-}
-
-fn scrape_hook(
-    counters: Arc<Mutex<KernelCounters>>,
-    attached: Arc<Mutex<Vec<AttachedProbe>>>,
-) -> http::ScrapeHook {
-    Arc::new(move |metrics: &Metrics| {
-        let counters = counters.lock().expect("kernel counters");
-        let attached = attached.lock().expect("attached list");
-        let mut totals: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-        for probe in attached.iter() {
-            match counters.read(probe.slot) {
-                Ok(counts) => {
-                    let total = totals.entry(probe.probe).or_default();
-                    total.0 += counts.hits;
-                    total.1 += counts.lost;
-                }
-                Err(e) => warn!(slot = probe.slot, "reading kernel counters: {e}"),
-            }
-        }
-        for (probe, (hits, lost)) in totals {
-            Metrics::sync_counter(&metrics.probe_hits_total, &[probe], hits);
-            Metrics::sync_counter(&metrics.events_lost_total, &[probe], lost);
-        }
     })
 }
 

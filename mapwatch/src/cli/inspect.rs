@@ -70,6 +70,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         let site = match p.site {
             plan::Site::Entry => "entry",
             plan::Site::Ret => "ret  ",
+            plan::Site::AfterCall => "call ",
         };
         println!(
             "    {:<width$}  {site}  file offset {:#8x}  {}",

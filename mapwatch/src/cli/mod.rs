@@ -1,6 +1,8 @@
 //! The command line: clap definitions here, one file per command.
 mod attach;
 mod inspect;
+mod run;
+pub mod run_flags;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -31,6 +33,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The node daemon: profile every Go process on this machine (and in its
+    /// containers), following new ones as they start, and serve their metrics.
+    Run(Box<run_flags::RunFlags>),
     /// Profile one running Go process and serve its metrics.
     Attach(AttachArgs),
     /// Show what mapwatch can probe in a Go binary (no root needed).
@@ -54,6 +59,37 @@ pub struct AttachArgs {
     /// about 4x the cost of an entry probe: for tests and short investigations.
     #[arg(long)]
     pub exact: bool,
+    /// Opt-in probes on hot runtime functions, comma-separated (default: none).
+    /// `mapassign_fast64`: where int64-keyed map assigns land in their tables
+    /// (mapwatch_map_assign_bucket_position, mapwatch_map_probe_length); three probes
+    /// per assign, two of them single-stepped: an assign took ~11 us instead of ~20 ns
+    /// on a test VM. `mallocgc`: every heap allocation (mapwatch_malloc_total,
+    /// _bytes_total), ~1.4-2 us each. Hot code calls these millions of times a
+    /// second: for short investigations.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub hot_probes: Vec<HotProbe>,
+}
+
+/// Values of `--hot-probes` (and `hot_probes` in the run config file).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HotProbe {
+    #[value(name = "mapassign_fast64")]
+    MapassignFast64,
+    #[value(name = "mallocgc")]
+    Mallocgc,
+}
+
+impl HotProbe {
+    /// The plan request's hot-probe switches for a `--hot-probes` list.
+    pub fn request(list: &[HotProbe]) -> crate::plan::HotProbes {
+        crate::plan::HotProbes {
+            map_assign: list.contains(&HotProbe::MapassignFast64),
+            malloc: list.contains(&HotProbe::Mallocgc),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +104,7 @@ pub struct InspectArgs {
 /// Runs the parsed command. Errors that are the user's to fix are [`UsageError`]s.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(flags) => run::run(*flags),
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
     }

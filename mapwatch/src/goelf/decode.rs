@@ -86,6 +86,43 @@ pub fn analyze_function(code: &[u8], vaddr: u64) -> Result<FunctionLayout, Decod
     })
 }
 
+/// A CALL inside a function: where it returns to, and whom it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallReturn {
+    /// Offset of the instruction after the CALL, from the function's start: where the
+    /// callee's results are in registers (Go ABI: first result in RAX).
+    pub return_offset: u64,
+    /// Absolute target of a direct CALL; None for an indirect one (a func value).
+    pub target: Option<u64>,
+}
+
+/// Every CALL in `code` (a whole function at `vaddr`), in address order.
+pub fn call_returns(code: &[u8], vaddr: u64) -> Result<Vec<CallReturn>, DecodeError> {
+    if code.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut calls = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.code() == Code::INVALID {
+            return Err(DecodeError::Invalid {
+                offset: instruction.ip() - vaddr,
+            });
+        }
+        if instruction.mnemonic() == Mnemonic::Call {
+            let target = (instruction.op0_kind() == OpKind::NearBranch64)
+                .then(|| instruction.near_branch_target());
+            calls.push(CallReturn {
+                return_offset: instruction.next_ip() - vaddr,
+                target,
+            });
+        }
+    }
+    Ok(calls)
+}
+
 /// Returns the address after `CMP <reg>, [R14+0x10 or 0x18]` + `JBE`.
 fn find_stack_check_end(prologue: &[Instruction]) -> Option<u64> {
     prologue.windows(2).find_map(|pair| {
@@ -160,6 +197,30 @@ mod tests {
         let layout = analyze_function(&code, 0x1000).unwrap();
         assert_eq!(layout.after_stack_check, None);
         assert_eq!(layout.entry_offset(), 0);
+    }
+
+    #[test]
+    fn finds_direct_and_indirect_calls_with_their_return_offsets() {
+        let code = [
+            0xe8, 0x10, 0x00, 0x00, 0x00, // call +0x10 (direct, target 0x1015)
+            0xff, 0xd1, // call rcx (indirect: a func value)
+            0x48, 0x89, 0x44, 0x24, 0x30, // mov [rsp+0x30],rax
+            0xc3, // ret
+        ];
+        let calls = call_returns(&code, 0x1000).unwrap();
+        assert_eq!(
+            calls,
+            vec![
+                CallReturn {
+                    return_offset: 5,
+                    target: Some(0x1015)
+                },
+                CallReturn {
+                    return_offset: 7,
+                    target: None
+                },
+            ]
+        );
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct GoBinary {
     runtime_types: Option<u64>,
     /// (address, size) of sections used to find moduledata in stripped binaries.
     sections: HashMap<&'static str, (u64, u64)>,
+    /// The Go build ID (`.note.go.buildid`), when the linker wrote one.
+    go_build_id: Option<String>,
 }
 
 /// Sections whose addresses are needed later.
@@ -176,6 +178,10 @@ impl GoBinary {
                 Some((name, (section.address(), section.size())))
             })
             .collect();
+        let go_build_id = elf
+            .section_by_name(".note.go.buildid")
+            .and_then(|section| section.data().ok())
+            .and_then(go_build_id_from_note);
         let mut functions = HashMap::new();
         let mut has_symtab = false;
         let mut runtime_types = None;
@@ -207,7 +213,14 @@ impl GoBinary {
             has_symtab,
             runtime_types,
             sections,
+            go_build_id,
         })
+    }
+
+    /// The Go build ID: with device and inode, what tells one build of a binary from
+    /// another when a file is replaced in place.
+    pub fn go_build_id(&self) -> Option<&str> {
+        self.go_build_id.as_deref()
     }
 
     pub fn path(&self) -> &Path {
@@ -398,6 +411,22 @@ fn read_at_vaddr<'a>(
     map.get(start..end)
 }
 
+/// The descriptor of the ELF note cmd/link writes as `.note.go.buildid`
+/// (src/cmd/link/internal/ld/elf.go `addgonote`: name "Go", type 4, the build ID).
+fn go_build_id_from_note(note: &[u8]) -> Option<String> {
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(note.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let (name_len, desc_len, kind) = (word(0)?, word(4)?, word(8)?);
+    const GO_BUILD_ID_TAG: usize = 4;
+    if kind != GO_BUILD_ID_TAG || note.get(12..14)? != b"Go" {
+        return None;
+    }
+    let desc_start = 12usize.checked_add(name_len.checked_add(3)? & !3)?;
+    let desc = note.get(desc_start..desc_start.checked_add(desc_len)?)?;
+    String::from_utf8(desc.to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +455,20 @@ mod tests {
             read_at_vaddr(&bytes, &segments, 0x402000, 4),
             Some(&bytes[0x1000..0x1004])
         );
+    }
+
+    #[test]
+    fn reads_the_go_build_id_note() {
+        let id = b"abc/def";
+        let mut note = Vec::new();
+        for word in [3u32, id.len() as u32, 4] {
+            note.extend(word.to_le_bytes());
+        }
+        note.extend(b"Go\0\0");
+        note.extend(id);
+        assert_eq!(go_build_id_from_note(&note).as_deref(), Some("abc/def"));
+        note[8] = 1; // another note type
+        assert_eq!(go_build_id_from_note(&note), None);
+        assert_eq!(go_build_id_from_note(&note[..10]), None);
     }
 }

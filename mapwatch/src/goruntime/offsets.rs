@@ -40,6 +40,21 @@ pub enum Field {
     SwissTableCapacity,
     SwissTableGrowthLeft,
     SwissTableLocalDepth,
+    /// Classic map type's bucket size in bytes (u16): `abi.MapType.BucketSize`
+    /// (src/internal/abi/map.go ≤1.23), `abi.OldMapType.BucketSize` (map_noswiss.go,
+    /// 1.24–1.25 noswissmap), `runtime.maptype.bucketsize` (src/runtime/type.go 1.19).
+    MapTypeBucketSize,
+    /// Swiss map type's group size in bytes (u64): `abi.SwissMapType.GroupSize`
+    /// (src/internal/abi/map_swiss.go 1.24–1.25), `abi.MapType.GroupSize` (map.go 1.26+).
+    SwissMapTypeGroupSize,
+    /// `maps.Map.globalShift` (u8): the directory index is hash >> globalShift.
+    SwissMapGlobalShift,
+    /// `maps.table.groups`, a `groupsReference` (src/internal/runtime/maps/table.go).
+    SwissTableGroups,
+    /// `maps.groupsReference.data` and `.lengthMask` (groups − 1)
+    /// (src/internal/runtime/maps/group.go).
+    SwissGroupsData,
+    SwissGroupsLengthMask,
     /// `runtime.worldStop` (src/runtime/proc.go, 1.22+): the STW reason and start time
     /// (`start` in 1.22, `startedStopping` from 1.23).
     WorldStopReason,
@@ -47,7 +62,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 27] = [
         Field::TypeSize,
         Field::TypePtrBytes,
         Field::TypeTFlag,
@@ -69,6 +84,12 @@ impl Field {
         Field::SwissTableLocalDepth,
         Field::WorldStopReason,
         Field::WorldStopStart,
+        Field::MapTypeBucketSize,
+        Field::SwissMapTypeGroupSize,
+        Field::SwissMapGlobalShift,
+        Field::SwissTableGroups,
+        Field::SwissGroupsData,
+        Field::SwissGroupsLengthMask,
     ];
 
     /// (DWARF struct names, field names) — the first match wins.
@@ -98,6 +119,24 @@ impl Field {
             Field::SwissTableCapacity => (SWISS_TABLE, &["capacity"]),
             Field::SwissTableGrowthLeft => (SWISS_TABLE, &["growthLeft"]),
             Field::SwissTableLocalDepth => (SWISS_TABLE, &["localDepth"]),
+            Field::MapTypeBucketSize => (
+                &[
+                    "internal/abi.OldMapType",
+                    "internal/abi.MapType",
+                    "runtime.maptype",
+                ],
+                &["BucketSize", "bucketsize"],
+            ),
+            Field::SwissMapTypeGroupSize => (
+                &["internal/abi.SwissMapType", "internal/abi.MapType"],
+                &["GroupSize"],
+            ),
+            Field::SwissMapGlobalShift => (SWISS_MAP, &["globalShift"]),
+            Field::SwissTableGroups => (SWISS_TABLE, &["groups"]),
+            Field::SwissGroupsData => (&["internal/runtime/maps.groupsReference"], &["data"]),
+            Field::SwissGroupsLengthMask => {
+                (&["internal/runtime/maps.groupsReference"], &["lengthMask"])
+            }
             Field::WorldStopReason => (WORLD_STOP, &["reason"]),
             Field::WorldStopStart => (WORLD_STOP, &["startedStopping", "start"]),
         }

@@ -30,7 +30,37 @@ pub async fn bind(
     ready: Arc<AtomicBool>,
     before_scrape: ScrapeHook,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    let listener = TcpListener::bind(addr).await?;
+    serve(
+        TcpListener::bind(addr).await?,
+        metrics,
+        ready,
+        before_scrape,
+    )
+}
+
+/// Like [`bind`], on a socket bound earlier (before privileges were used, so a taken
+/// port is reported before anything is loaded into the kernel).
+pub fn serve_bound(
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    before_scrape: ScrapeHook,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    listener.set_nonblocking(true)?;
+    serve(
+        TcpListener::from_std(listener)?,
+        metrics,
+        ready,
+        before_scrape,
+    )
+}
+
+fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    before_scrape: ScrapeHook,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let local = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))

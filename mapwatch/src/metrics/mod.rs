@@ -4,7 +4,7 @@
 pub mod http;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Labels of every per-workload metric. `namespace`, `pod` and `container` are empty
@@ -46,6 +46,10 @@ pub struct Metrics {
     pub map_load_factor_at_grow: HistogramVec,
     pub map_overflow_buckets_at_grow: HistogramVec,
     pub map_make_hint: HistogramVec,
+    pub map_assign_bucket_position: HistogramVec,
+    pub map_probe_length: HistogramVec,
+    pub malloc_total: IntCounterVec,
+    pub malloc_bytes_total: IntCounterVec,
     pub gc_cycles_total: IntCounterVec,
     pub stw_pause_seconds: HistogramVec,
     pub growth_bytes_per_gc_cycle: HistogramVec,
@@ -54,6 +58,7 @@ pub struct Metrics {
     pub events_lost_total: IntCounterVec,
     pub events_received_total: IntCounterVec,
     pub events_incomplete_total: IntCounterVec,
+    pub events_orphaned_total: IntCounter,
     pub exact_checks_total: IntCounterVec,
     pub attached_processes: IntGauge,
     pub attach_errors_total: IntCounterVec,
@@ -152,6 +157,35 @@ impl Metrics {
             "Size hint given to make(map) (0 = none: runtime.makemap_small).",
             hint_buckets,
         )?;
+        let map_assign_bucket_position = histogram(
+            "map_assign_bucket_position",
+            "Opt-in (--hot-probes mapassign_fast64; int64-keyed maps only): where each \
+             assigned slot lies in its table, 0..1. Classic maps: home bucket index / 2^B \
+             (a slot in an overflow bucket counts at its home bucket); Swiss maps: the slot's \
+             group index / groups of its table (a small map's single group is 0).",
+            prometheus::linear_buckets(1.0 / 16.0, 1.0 / 16.0, 16)?,
+        )?;
+        let map_probe_length = histogram(
+            "map_probe_length",
+            "Opt-in (--hot-probes mapassign_fast64): buckets or groups visited to reach each \
+             assigned slot, 1 = its home bucket or first group. Classic: 1 + overflow buckets \
+             from the home bucket to the slot's (the chain length for insert-only maps). \
+             Swiss: the place of the slot's group in the table's probe sequence; after deletes \
+             the runtime may have probed further before reusing an earlier deleted slot.",
+            vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0, 128.0],
+        )?;
+        let malloc_total = counter(
+            "malloc_total",
+            "Opt-in (--hot-probes mallocgc): heap allocations, calls of runtime.mallocgc plus, \
+             on Go 1.27, direct calls of its size-specialised mallocgc*SC* variants.",
+            &WORKLOAD_LABELS,
+        )?;
+        let malloc_bytes_total = counter(
+            "malloc_bytes_total",
+            "Opt-in (--hot-probes mallocgc): bytes requested from the heap allocator (the size \
+             argument, before rounding up to a size class).",
+            &WORKLOAD_LABELS,
+        )?;
         let gc_cycles_total = counter(
             "gc_cycles_total",
             "GC cycles, counted at mark termination (runtime.gcMarkTermination).",
@@ -199,6 +233,12 @@ impl Metrics {
              Drained when probe_hits_total == events_received_total + events_lost_total.",
             &["probe"],
         )?;
+        let events_orphaned_total = IntCounter::new(
+            "events_orphaned_total",
+            "Records read after their probe was detached (the process exited or exec'd in \
+             the meantime): not attributed to any workload.",
+        )?;
+        registry.register(Box::new(events_orphaned_total.clone()))?;
         let events_incomplete_total = counter(
             "events_incomplete_total",
             "Records whose struct reads failed in the kernel (counted, but without sizes).",
@@ -245,6 +285,10 @@ impl Metrics {
             map_load_factor_at_grow,
             map_overflow_buckets_at_grow,
             map_make_hint,
+            map_assign_bucket_position,
+            map_probe_length,
+            malloc_total,
+            malloc_bytes_total,
             gc_cycles_total,
             stw_pause_seconds,
             growth_bytes_per_gc_cycle,
@@ -253,6 +297,7 @@ impl Metrics {
             events_lost_total,
             events_received_total,
             events_incomplete_total,
+            events_orphaned_total,
             exact_checks_total,
             attached_processes,
             attach_errors_total,

@@ -1,7 +1,7 @@
 //! ProbePlan: from an analysed Go binary and the signals asked for, to the exact list of
 //! uprobes (function, file offset, entry or RET, what to read) — or the reason a signal
 //! cannot be served. Pure: no kernel, no process, testable without root.
-use mapwatch_common::{MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec};
+use mapwatch_common::{MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec};
 use serde::Serialize;
 
 use crate::{
@@ -25,6 +25,8 @@ pub struct PlanRequest {
     /// Each RET probe is single-stepped by the kernel (~4× an entry probe): tests and
     /// short investigations only.
     pub exact: bool,
+    /// Opt-in probes on functions called millions of times a second.
+    pub hot: HotProbes,
 }
 
 impl PlanRequest {
@@ -34,7 +36,23 @@ impl PlanRequest {
         map_growth: true,
         stw_gc: true,
         exact: true,
+        hot: HotProbes {
+            map_assign: true,
+            malloc: true,
+        },
     };
+}
+
+/// The opt-in hot probes (DESIGN.md: tens of millions of calls per second in hot
+/// code; `--hot-probes`). Off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HotProbes {
+    /// `runtime.mapassign_fast64`: entry, hash site and RETs — where each assigned
+    /// slot lies in its table (the bucket heatmap) and how far it was probed.
+    pub map_assign: bool,
+    /// `runtime.mallocgc` (and Go 1.27's size-specialised `mallocgc*SC*`): every heap
+    /// allocation's size.
+    pub malloc: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,6 +62,8 @@ pub enum Site {
     Entry,
     /// A RET instruction.
     Ret,
+    /// The instruction a CALL returns to (the callee's results are in registers).
+    AfterCall,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +80,9 @@ pub struct PlannedProbe {
     pub expected_bytes: Vec<u8>,
     #[serde(skip)]
     pub spec: ProbeSpec,
+    /// mapassign_fast64 probes: how the kernel locates the assigned slot.
+    #[serde(skip)]
+    pub map_assign: Option<MapAssignLayout>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +138,11 @@ pub fn probe_name(kind: ProbeKind) -> &'static str {
         ProbeKind::StopTheWorldEntry => "stop_the_world",
         ProbeKind::GcMarkTermination => "gc_mark_termination",
         ProbeKind::GrowsliceBufEntry => "growslice_buf",
+        ProbeKind::MapAssignEntry => "mapassign_fast64",
+        ProbeKind::MapAssignHash => "mapassign_fast64_hash",
+        ProbeKind::MapAssignRet => "mapassign_fast64_ret",
+        ProbeKind::Mallocgc => "mallocgc",
+        ProbeKind::MallocgcSpecialized => "mallocgc_specialized",
         ProbeKind::None => "none",
     }
 }
@@ -136,6 +164,40 @@ pub const MAKEMAP_SMALL: &str = "runtime.makemap_small";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const GC_MARK_TERMINATION: &str = "runtime.gcMarkTermination";
+/// `mapassign_fast64(t, h/m, key uint64) unsafe.Pointer` (src/runtime/map_fast64.go;
+/// Swiss: src/internal/runtime/maps/runtime_fast64*.go, linknamed to this name).
+pub const MAPASSIGN_FAST64: &str = "runtime.mapassign_fast64";
+/// Go 1.27 hashes int64 keys with direct calls to these (runtime_fast64.go:
+/// `memHash64AES` when the CPU has AES, else `memHash64Fallback`); earlier versions
+/// call the map type's Hasher, a func value (the function's first indirect CALL).
+pub const MEMHASH64: [&str; 2] = [
+    "internal/runtime/maps.memHash64AES",
+    "internal/runtime/maps.memHash64Fallback",
+];
+/// `mallocgc(size uintptr, typ *_type, needzero bool)` (src/runtime/malloc.go): size
+/// in RAX in every version.
+pub const MALLOCGC: &str = "runtime.mallocgc";
+/// Go 1.27 (src/runtime/malloc_generated.go, GOEXPERIMENT SizeSpecializedMalloc, on by
+/// default): compiled code calls these directly for `new(T)` of at most 80 bytes,
+/// bypassing mallocgc; mallocgc also calls them (those calls are not counted twice:
+/// the aggregator skips hits whose caller is mallocgc). Same signature as mallocgc.
+/// Only the size classes ≤ 80 bytes exist (SC1–SC7; tiny: SC2 only).
+pub const MALLOCGC_SPECIALIZED: [&str; 14] = [
+    "runtime.mallocgcTinySC2",
+    "runtime.mallocgcSmallNoScanSC2",
+    "runtime.mallocgcSmallNoScanSC3",
+    "runtime.mallocgcSmallNoScanSC4",
+    "runtime.mallocgcSmallNoScanSC5",
+    "runtime.mallocgcSmallNoScanSC6",
+    "runtime.mallocgcSmallNoScanSC7",
+    "runtime.mallocgcSmallScanNoHeaderSC1",
+    "runtime.mallocgcSmallScanNoHeaderSC2",
+    "runtime.mallocgcSmallScanNoHeaderSC3",
+    "runtime.mallocgcSmallScanNoHeaderSC4",
+    "runtime.mallocgcSmallScanNoHeaderSC5",
+    "runtime.mallocgcSmallScanNoHeaderSC6",
+    "runtime.mallocgcSmallScanNoHeaderSC7",
+];
 
 pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan, PlanError> {
     let info = binary.build_info();
@@ -185,6 +247,15 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
     if request.stw_gc {
         add("stop_the_world", plan_stw(binary, &facts));
         add("gc_cycles", plan_gc(binary));
+    }
+    if request.hot.map_assign {
+        add(
+            "map_assign",
+            plan_map_assign(binary, maps, offsets.as_ref()),
+        );
+    }
+    if request.hot.malloc {
+        add("malloc", plan_malloc(binary));
     }
     Ok(plan)
 }
@@ -302,6 +373,7 @@ impl Decoded<'_> {
             expected_bytes: self.code[offset as usize..(offset + instruction_len) as usize]
                 .to_vec(),
             spec,
+            map_assign: None,
         })
     }
 
@@ -453,4 +525,119 @@ fn plan_gc(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
         binary,
         spec(ProbeKind::GcMarkTermination, 0, &[]),
     )?])
+}
+
+/// mapassign_fast64 (opt-in): an entry probe (map pointer in RBX, the type's bucket or
+/// group size read through RAX — go-runtime.md §3), a probe where the hash call
+/// returns (hash in RAX), and one per RET (element pointer in RAX). The kernel pairs
+/// them per goroutine and locates the slot at RET (mapwatch-ebpf `map_assign`).
+fn plan_map_assign(
+    binary: &GoBinary,
+    maps: MapImplementation,
+    offsets: Option<&StructOffsets>,
+) -> Result<Vec<PlannedProbe>, String> {
+    let base = MapAssignLayout {
+        map_reg: RBX,
+        hash_reg: RAX,
+        elem_reg: RAX,
+        ..MapAssignLayout::default()
+    };
+    let (stride, layout) = match maps {
+        MapImplementation::Classic => (
+            load(RAX, 2, required(offsets, Field::MapTypeBucketSize)?),
+            MapAssignLayout {
+                implementation: MapAssignLayout::CLASSIC,
+                hmap_b: required(offsets, Field::HmapB)?,
+                hmap_buckets: required(offsets, Field::HmapBuckets)?,
+                ..base
+            },
+        ),
+        MapImplementation::Swiss => {
+            let groups = required(offsets, Field::SwissTableGroups)?;
+            (
+                load(RAX, 8, required(offsets, Field::SwissMapTypeGroupSize)?),
+                MapAssignLayout {
+                    implementation: MapAssignLayout::SWISS,
+                    map_dir_ptr: required(offsets, Field::SwissMapDirPtr)?,
+                    map_dir_len: required(offsets, Field::SwissMapDirLen)?,
+                    map_global_shift: required(offsets, Field::SwissMapGlobalShift)?,
+                    table_groups_data: groups + required(offsets, Field::SwissGroupsData)?,
+                    table_groups_length_mask: groups
+                        + required(offsets, Field::SwissGroupsLengthMask)?,
+                    ..base
+                },
+            )
+        }
+    };
+    // The linker keeps mapassign_fast64 only if the program assigns to a map with
+    // 8-byte keys: without it the heatmap is empty, not unavailable (as growsliceBuf).
+    if binary.function(MAPASSIGN_FAST64).is_none() {
+        return Ok(Vec::new());
+    }
+    let assign = decode_function(binary, MAPASSIGN_FAST64)?;
+    let with_layout = |mut probe: PlannedProbe| {
+        probe.map_assign = Some(layout);
+        probe
+    };
+    let mut probes = vec![with_layout(
+        assign.entry(binary, spec(ProbeKind::MapAssignEntry, 0, &[stride]))?,
+    )];
+    for offset in hash_sites(binary, &assign)? {
+        probes.push(with_layout(assign.probe(
+            binary,
+            Site::AfterCall,
+            offset,
+            spec(ProbeKind::MapAssignHash, 0, &[]),
+        )?));
+    }
+    probes.extend(
+        assign
+            .rets(binary, spec(ProbeKind::MapAssignRet, 0, &[]))?
+            .into_iter()
+            .map(with_layout),
+    );
+    Ok(probes)
+}
+
+/// Where the key's hash is in RAX: after the calls to [`MEMHASH64`] (Go 1.27), else
+/// after the first indirect CALL (`t.Hasher(&key, seed)`, the first call the function
+/// makes outside race builds: map_fast64.go, runtime_fast64*.go).
+fn hash_sites(binary: &GoBinary, assign: &Decoded<'_>) -> Result<Vec<u64>, String> {
+    let calls = decode::call_returns(assign.code, assign.vaddr)
+        .map_err(|e| format!("{}: {e}", assign.name))?;
+    let hashers: Vec<u64> = MEMHASH64
+        .iter()
+        .filter_map(|name| binary.function(name).map(|f| f.vaddr))
+        .collect();
+    let direct: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.target.is_some_and(|t| hashers.contains(&t)))
+        .map(|c| c.return_offset)
+        .collect();
+    if !direct.is_empty() {
+        return Ok(direct);
+    }
+    calls
+        .iter()
+        .find(|c| c.target.is_none())
+        .map(|c| vec![c.return_offset])
+        .ok_or_else(|| format!("{}: no hash call found", assign.name))
+}
+
+/// mallocgc (opt-in): entry with the caller, and Go 1.27's size-specialised functions
+/// that compiled code calls directly (the signal would be partial without them).
+fn plan_malloc(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
+    let flags = ProbeSpec::FLAG_CALLER_PC;
+    let mut probes = vec![
+        decode_function(binary, MALLOCGC)?.entry(binary, spec(ProbeKind::Mallocgc, flags, &[]))?,
+    ];
+    for name in MALLOCGC_SPECIALIZED {
+        if binary.function(name).is_some() {
+            probes.push(
+                decode_function(binary, name)?
+                    .entry(binary, spec(ProbeKind::MallocgcSpecialized, flags, &[]))?,
+            );
+        }
+    }
+    Ok(probes)
 }

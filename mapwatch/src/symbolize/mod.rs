@@ -1,7 +1,10 @@
 //! Run-time addresses → names, per profiled binary: element type pointers → Go type
 //! names, caller PCs → function, file:line. Caches what it resolved; bounded by the
 //! caller's cardinality caps.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
     goelf::{GoBinary, types::TypeLayout},
@@ -16,8 +19,10 @@ pub struct CallSite {
     pub line: u32,
 }
 
+/// One process's symbolizer: processes of one binary share the parsed binary, but each
+/// has its own load bias (PIE binaries are mapped at a different address in each).
 pub struct Symbolizer {
-    binary: GoBinary,
+    binary: Arc<GoBinary>,
     /// Run-time address − link-time address (non-zero for PIE).
     bias: u64,
     types: Option<(u64, TypeLayout)>,
@@ -30,7 +35,7 @@ const CACHE_LIMIT: usize = 65536;
 
 impl Symbolizer {
     /// `bias` from the process's /proc/PID/maps (see `GoBinary::load_bias`).
-    pub fn new(binary: GoBinary, bias: u64, offsets: Option<&StructOffsets>) -> Symbolizer {
+    pub fn new(binary: Arc<GoBinary>, bias: u64, offsets: Option<&StructOffsets>) -> Symbolizer {
         let types = offsets.and_then(|o| {
             let layout = TypeLayout {
                 tflag: o.get(Field::TypeTFlag)?,

@@ -170,7 +170,7 @@ pub fn mapwatch_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mapwatch"))
 }
 
-/// A running `mapwatch attach`.
+/// A running `mapwatch attach` or `mapwatch run`.
 pub struct Mapwatch {
     child: Child,
     pub addr: String,
@@ -179,14 +179,27 @@ pub struct Mapwatch {
 
 impl Mapwatch {
     pub fn attach(pid: u32, extra: &[&str]) -> Mapwatch {
-        let mut child = mapwatch_command()
-            .args([
+        Self::spawn(
+            &[
                 "attach",
                 "--pid",
                 &pid.to_string(),
                 "--listen",
                 "127.0.0.1:0",
-            ])
+            ],
+            extra,
+        )
+    }
+
+    /// The node daemon, serving on a free loopback port; returns once its first /proc
+    /// scan is done (it prints its address then).
+    pub fn run(extra: &[&str]) -> Mapwatch {
+        Self::spawn(&["run", "--listen", "127.0.0.1:0"], extra)
+    }
+
+    fn spawn(args: &[&str], extra: &[&str]) -> Mapwatch {
+        let mut child = mapwatch_command()
+            .args(args)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -209,7 +222,15 @@ impl Mapwatch {
             lines.push(line);
         };
         // Keep draining stderr so mapwatch never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        // MAPWATCH_TEST_LOG=1 shows it (with MAPWATCH_LOG=info for its logs).
+        let show = std::env::var_os("MAPWATCH_TEST_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if show {
+                    eprintln!("[mapwatch] {line}");
+                }
+            }
+        });
         Mapwatch {
             child,
             addr,
@@ -249,6 +270,27 @@ impl Mapwatch {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Scrapes until `done` says the scrape shows what the test waits for.
+    pub fn scrape_until(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let scrape = self.scrape();
+            if done(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 30 s for {what}:\n{scrape:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id of mapwatch itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then the exit status.
@@ -369,7 +411,31 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
 
 /// mapwatch's BPF programs and their links still in the kernel (`bpftool`): zero
 /// once every mapwatch has exited cleanly.
+/// The kernel frees closed links and programs asynchronously (RCU, workqueues), so
+/// this waits up to 5 s for the count to reach zero and returns the last count.
 pub fn mapwatch_links() -> usize {
+    settled(|| bpf_links(&["go_probe", "process_exec", "process_exit"], true))
+}
+
+/// Links of mapwatch's uprobe program alone: probes attached to Go processes (waits
+/// for zero like [`mapwatch_links`]).
+pub fn uprobe_links() -> usize {
+    settled(|| bpf_links(&["go_probe"], false))
+}
+
+fn settled(count: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = count();
+        if now == 0 || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Links of the BPF programs named `names` (plus the programs, if `with_programs`).
+fn bpf_links(names: &[&str], with_programs: bool) -> usize {
     let bpftool = |what: &str| -> String {
         let out = Command::new("bpftool")
             .args([what, "list"])
@@ -381,7 +447,11 @@ pub fn mapwatch_links() -> usize {
     // "109: kprobe  name go_probe  tag …"
     let programs: Vec<String> = bpftool("prog")
         .lines()
-        .filter(|l| l.contains(" name go_probe "))
+        .filter(|l| {
+            names
+                .iter()
+                .any(|name| l.contains(&format!(" name {name} ")))
+        })
         .filter_map(|l| l.split(':').next().map(str::to_string))
         .collect();
     // "92: perf_event  prog 109"
@@ -394,7 +464,11 @@ pub fn mapwatch_links() -> usize {
                 .is_some_and(|id| programs.iter().any(|p| p == id))
         })
         .count();
-    programs.len() + links
+    if with_programs {
+        programs.len() + links
+    } else {
+        links
+    }
 }
 
 /// Every fixture flavor (directory under target/fixtures: a Go toolchain, optionally

@@ -1,0 +1,646 @@
+//! The `mapwatch run` configuration: defaults, then an optional TOML file, then the
+//! command-line flags — a flag that is given wins over the file's key of the same name
+//! (`--overhead-budget` ↔ `overhead_budget`; a list flag replaces the file's list).
+//!
+//! ```toml
+//! listen = "0.0.0.0:9433"
+//! overhead_budget = "1%"
+//! hot_probes = ["mapassign_fast64"]
+//! kubernetes = "auto"
+//!
+//! [include]
+//! namespace = ["shop", "payments-*"]
+//!
+//! [exclude]
+//! binary = ["*-debug"]
+//! ```
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cli::{HotProbe, run_flags::RunFlags},
+    discover::WorkloadIdentity,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A syntax error, a wrong type, an invalid value or an unknown key, at its place
+    /// in the file.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    InvalidFile { path: PathBuf, message: String },
+    #[error("printing the configuration as TOML: {0}")]
+    Print(#[from] toml::ser::Error),
+}
+
+/// Whether workloads are named by their Kubernetes pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    /// Resolve pods when running in a pod with a service account; else skip quietly.
+    #[default]
+    Auto,
+    /// Resolve pods; refuse to start outside Kubernetes.
+    On,
+    /// Never ask the Kubernetes API (labels: binary and go_version only).
+    Off,
+}
+
+/// A CPU share written as a percentage, like `1%` or `0.5%`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(f64);
+
+impl Percent {
+    pub fn from_percent(percent: f64) -> Result<Percent, String> {
+        if percent.is_finite() && percent > 0.0 && percent <= 100.0 {
+            Ok(Percent(percent))
+        } else {
+            Err(format!(
+                "{percent}% is out of range: a budget is above 0% and at most 100%"
+            ))
+        }
+    }
+
+    /// The share as a fraction (1% → 0.01).
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+
+    pub fn percent(self) -> f64 {
+        self.0
+    }
+}
+
+impl FromStr for Percent {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Percent, String> {
+        // The '%' is required: "0.01" could be meant as a fraction or as a percent.
+        let number = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .ok_or_else(|| {
+                format!("{text:?} is not a percentage: write it like \"1%\" or \"0.5%\"")
+            })?;
+        Percent::from_percent(number)
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Percent, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A shell-style name pattern (`*`, `?`, `[a-z]`), matched against a whole name.
+#[derive(Debug, Clone)]
+pub struct NamePattern {
+    text: String,
+    pattern: glob::Pattern,
+}
+
+impl NamePattern {
+    pub fn matches(&self, name: &str) -> bool {
+        self.pattern.matches(name)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for NamePattern {
+    fn eq(&self, other: &NamePattern) -> bool {
+        self.text == other.text
+    }
+}
+
+impl FromStr for NamePattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<NamePattern, String> {
+        let pattern = glob::Pattern::new(text)
+            .map_err(|e| format!("{text:?} is not a valid name pattern: {e}"))?;
+        Ok(NamePattern {
+            text: text.to_string(),
+            pattern,
+        })
+    }
+}
+
+impl Serialize for NamePattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for NamePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NamePattern, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Name patterns per dimension of a workload's identity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterRules {
+    /// The executable's file name (`/proc/PID/exe`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub binary: Vec<NamePattern>,
+    /// The Kubernetes namespace; empty outside Kubernetes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespace: Vec<NamePattern>,
+    /// The container's name in its pod; empty outside Kubernetes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container: Vec<NamePattern>,
+}
+
+impl FilterRules {
+    fn dimensions<'a>(
+        &'a self,
+        workload: &'a WorkloadIdentity,
+    ) -> [(&'a [NamePattern], &'a str); 3] {
+        [
+            (&self.binary, &workload.binary),
+            (&self.namespace, &workload.namespace),
+            (&self.container, &workload.container),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.binary.is_empty() && self.namespace.is_empty() && self.container.is_empty()
+    }
+}
+
+/// Which workloads are profiled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    pub include: FilterRules,
+    pub exclude: FilterRules,
+}
+
+impl Filters {
+    /// A workload is admitted when, in every dimension that has include patterns, it
+    /// matches one of them, and it matches no exclude pattern at all. So
+    /// `include.namespace = ["shop"]` admits only pods of `shop` — and no process
+    /// outside Kubernetes, whose namespace is empty (`""` as a pattern admits those).
+    /// Whether the binary-name patterns alone admit `binary`: checked before a binary
+    /// is analysed or its pod looked up.
+    pub fn admits_binary(&self, binary: &str) -> bool {
+        let included =
+            self.include.binary.is_empty() || self.include.binary.iter().any(|p| p.matches(binary));
+        included && !self.exclude.binary.iter().any(|p| p.matches(binary))
+    }
+
+    pub fn admits(&self, workload: &WorkloadIdentity) -> bool {
+        let included = self
+            .include
+            .dimensions(workload)
+            .iter()
+            .all(|(patterns, name)| {
+                patterns.is_empty() || patterns.iter().any(|p| p.matches(name))
+            });
+        let excluded = self
+            .exclude
+            .dimensions(workload)
+            .iter()
+            .any(|(patterns, name)| patterns.iter().any(|p| p.matches(name)));
+        included && !excluded
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9433";
+pub const DEFAULT_MAX_SITES: u32 = 50;
+pub const DEFAULT_MAX_ELEM_TYPES: u32 = 20;
+/// New processes are normally seen through exec events; the rescan catches what those
+/// miss (a lost event, processes of a container started before the daemon).
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The effective configuration of `mapwatch run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Where /metrics, /healthz and /readyz are served.
+    pub listen: SocketAddr,
+    /// CPU the probes may cost each process, as a share of one core.
+    pub overhead_budget: Percent,
+    /// CPU the probes may cost all processes of the node together, as a share of the
+    /// node's CPU; unset: only the per-process budget applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_budget: Option<Percent>,
+    /// Opt-in probes on hot runtime functions.
+    pub hot_probes: Vec<HotProbe>,
+    /// Probe runtime.growslice. Off by default until the overhead budget duty-cycles it:
+    /// always-on, it cost a busy JSON service 27–43% of its throughput (DESIGN.md).
+    pub slice_growth: bool,
+    /// Call sites kept as labels per workload; later ones are counted as `other`.
+    pub max_sites: u32,
+    /// Element types kept as labels per workload; later ones are counted as `other`.
+    pub max_elem_types: u32,
+    /// How often /proc is scanned for processes the exec events missed.
+    #[serde(with = "duration_text")]
+    pub rescan_interval: Duration,
+    pub kubernetes: KubernetesMode,
+    pub include: FilterRules,
+    pub exclude: FilterRules,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig {
+            listen: DEFAULT_LISTEN.parse().expect("default listen address"),
+            overhead_budget: Percent(1.0),
+            node_budget: None,
+            hot_probes: Vec::new(),
+            slice_growth: false,
+            max_sites: DEFAULT_MAX_SITES,
+            max_elem_types: DEFAULT_MAX_ELEM_TYPES,
+            rescan_interval: DEFAULT_RESCAN_INTERVAL,
+            kubernetes: KubernetesMode::Auto,
+            include: FilterRules::default(),
+            exclude: FilterRules::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Defaults, overridden by the file's keys (if a file is given), overridden by the
+    /// flags that were given.
+    pub fn effective(file: Option<&Path>, flags: &RunFlags) -> Result<RunConfig, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                RunConfig::from_toml(&text, path)?
+            }
+            None => RunConfig::default(),
+        };
+        config.apply_flags(flags);
+        Ok(config)
+    }
+
+    /// Parses a config file's text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<RunConfig, ConfigError> {
+        toml::from_str(text).map_err(|error| match error.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: error.message().trim().to_string(),
+                }
+            }
+            None => ConfigError::InvalidFile {
+                path: path.to_path_buf(),
+                message: error.message().trim().to_string(),
+            },
+        })
+    }
+
+    fn apply_flags(&mut self, flags: &RunFlags) {
+        fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *target = value.clone();
+            }
+        }
+        set(&mut self.listen, &flags.listen);
+        set(&mut self.overhead_budget, &flags.overhead_budget);
+        if flags.node_budget.is_some() {
+            self.node_budget = flags.node_budget;
+        }
+        set(&mut self.hot_probes, &flags.hot_probes);
+        set(&mut self.slice_growth, &flags.slice_growth);
+        set(&mut self.max_sites, &flags.max_sites);
+        set(&mut self.max_elem_types, &flags.max_elem_types);
+        set(&mut self.rescan_interval, &flags.rescan_interval);
+        set(&mut self.kubernetes, &flags.kubernetes);
+        set(&mut self.include.binary, &flags.include_binary);
+        set(&mut self.include.namespace, &flags.include_namespace);
+        set(&mut self.include.container, &flags.include_container);
+        set(&mut self.exclude.binary, &flags.exclude_binary);
+        set(&mut self.exclude.namespace, &flags.exclude_namespace);
+        set(&mut self.exclude.container, &flags.exclude_container);
+    }
+
+    /// The configuration as a config file (`mapwatch run --print-config`): feeding it
+    /// back with `--config` gives the same configuration.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(format!(
+            "# mapwatch run: effective configuration (defaults < config file < flags)\n{}",
+            toml::to_string(self)?
+        ))
+    }
+
+    pub fn filters(&self) -> Filters {
+        Filters {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Durations as text the way the flags take them: "30s", "2m", "1h 30m".
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}): write it like \"30s\" or \"2m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig, ConfigError> {
+        RunConfig::from_toml(text, Path::new("mapwatch.toml"))
+    }
+
+    fn error_text(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    fn pattern(text: &str) -> NamePattern {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, RunConfig::default());
+        assert_eq!(config.listen, "0.0.0.0:9433".parse().unwrap());
+        assert_eq!(config.overhead_budget.fraction(), 0.01);
+        assert!(!config.slice_growth);
+        assert!(config.hot_probes.is_empty());
+        assert_eq!((config.max_sites, config.max_elem_types), (50, 20));
+        assert_eq!(config.kubernetes, KubernetesMode::Auto);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = parse(
+            r#"
+listen = "127.0.0.1:9500"
+overhead_budget = "0.5%"
+node_budget = "2%"
+hot_probes = ["mapassign_fast64", "mallocgc"]
+slice_growth = true
+max_sites = 10
+max_elem_types = 5
+rescan_interval = "2m"
+kubernetes = "off"
+
+[include]
+binary = ["api-*"]
+namespace = ["shop", "pay*"]
+
+[exclude]
+container = ["istio-proxy"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9500".parse().unwrap());
+        assert_eq!(config.overhead_budget.percent(), 0.5);
+        assert_eq!(config.node_budget.map(Percent::percent), Some(2.0));
+        assert_eq!(
+            config.hot_probes,
+            [HotProbe::MapassignFast64, HotProbe::Mallocgc]
+        );
+        assert!(config.slice_growth);
+        assert_eq!((config.max_sites, config.max_elem_types), (10, 5));
+        assert_eq!(config.rescan_interval, Duration::from_secs(120));
+        assert_eq!(config.kubernetes, KubernetesMode::Off);
+        assert_eq!(config.include.binary, [pattern("api-*")]);
+        assert_eq!(config.include.namespace, [pattern("shop"), pattern("pay*")]);
+        assert_eq!(config.exclude.container, [pattern("istio-proxy")]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line_and_column() {
+        let message = error_text("listen = \"0.0.0.0:9433\"\n  overhead_budgte = \"1%\"\n");
+        assert!(
+            message.starts_with("mapwatch.toml:2:3: unknown field `overhead_budgte`"),
+            "{message}"
+        );
+        // The valid keys are listed, so the typo is easy to fix.
+        assert!(message.contains("overhead_budget"), "{message}");
+        let nested = error_text("[include]\nbinaries = [\"x\"]\n");
+        assert!(
+            nested.starts_with("mapwatch.toml:2:1: unknown field `binaries`"),
+            "{nested}"
+        );
+    }
+
+    #[test]
+    fn bad_values_point_at_the_value() {
+        for (text, place, words) in [
+            ("overhead_budget = \"1\"\n", "1:19", "write it like \"1%\""),
+            ("overhead_budget = \"150%\"\n", "1:19", "out of range"),
+            ("node_budget = \"0%\"\n", "1:15", "out of range"),
+            ("\n\nrescan_interval = \"soon\"\n", "3:19", "not a duration"),
+            (
+                "hot_probes = [\"growslice\"]\n",
+                "1:15",
+                "unknown variant `growslice`",
+            ),
+            ("kubernetes = \"yes\"\n", "1:14", "unknown variant `yes`"),
+            ("listen = \"9433\"\n", "1:10", "invalid socket address"),
+            ("max_sites = -1\n", "1:13", ""),
+            ("slice_growth = \"true\"\n", "1:16", "invalid type"),
+            (
+                "[exclude]\nbinary = [\"[oops\"]\n",
+                "2:10",
+                "not a valid name pattern",
+            ),
+        ] {
+            let message = error_text(text);
+            assert!(
+                message.starts_with(&format!("mapwatch.toml:{place}: ")) && message.contains(words),
+                "{text:?} gave {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_a_place_too() {
+        let message = error_text("listen = \"0.0.0.0:9433\"\nmax_sites = \n");
+        assert!(message.starts_with("mapwatch.toml:2:"), "{message}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("mapwatch-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mapwatch.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmax_sites = 7\nslice_growth = true\n\
+             [include]\nnamespace = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let flags = RunFlags {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            slice_growth: Some(false),
+            include_namespace: Some(vec![pattern("c")]),
+            ..RunFlags::default()
+        };
+        let config = RunConfig::effective(Some(&file), &flags).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:2".parse().unwrap());
+        assert!(!config.slice_growth);
+        assert_eq!(config.include.namespace, [pattern("c")]);
+        // Not given as a flag: the file's value stays.
+        assert_eq!(config.max_sites, 7);
+        // Neither: the default.
+        assert_eq!(config.max_elem_types, DEFAULT_MAX_ELEM_TYPES);
+
+        let missing = dir.join("absent.toml");
+        let error = RunConfig::effective(Some(&missing), &flags).unwrap_err();
+        assert!(error.to_string().contains("absent.toml"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn printed_config_reads_back_the_same() {
+        let mut config = RunConfig {
+            node_budget: Some("3%".parse().unwrap()),
+            hot_probes: vec![HotProbe::Mallocgc],
+            rescan_interval: Duration::from_secs(90),
+            ..RunConfig::default()
+        };
+        config.exclude.namespace = vec![pattern("kube-*")];
+        for config in [RunConfig::default(), config] {
+            let text = config.to_toml().unwrap();
+            assert_eq!(parse(&text).unwrap(), config, "{text}");
+        }
+        let text = RunConfig::default().to_toml().unwrap();
+        assert!(text.contains("overhead_budget = \"1%\""), "{text}");
+        assert!(text.contains("rescan_interval = \"30s\""), "{text}");
+    }
+
+    fn workload(binary: &str, namespace: &str, container: &str) -> WorkloadIdentity {
+        WorkloadIdentity {
+            binary: binary.into(),
+            go_version: "go1.24.11".into(),
+            namespace: namespace.into(),
+            pod: if namespace.is_empty() { "" } else { "p-1" }.into(),
+            container: container.into(),
+        }
+    }
+
+    fn rules(binary: &[&str], namespace: &[&str], container: &[&str]) -> FilterRules {
+        let patterns = |list: &[&str]| list.iter().map(|p| pattern(p)).collect();
+        FilterRules {
+            binary: patterns(binary),
+            namespace: patterns(namespace),
+            container: patterns(container),
+        }
+    }
+
+    #[test]
+    fn no_filters_admit_everything() {
+        let filters = Filters::default();
+        assert!(filters.admits(&workload("api", "shop", "server")));
+        assert!(filters.admits(&workload("api", "", "")));
+    }
+
+    #[test]
+    fn include_is_and_across_dimensions_or_within() {
+        let filters = Filters {
+            include: rules(&["api-*", "worker"], &["shop", "pay*"], &[]),
+            exclude: FilterRules::default(),
+        };
+        assert!(filters.admits(&workload("api-v2", "shop", "x")));
+        assert!(filters.admits(&workload("worker", "payments", "x")));
+        assert!(!filters.admits(&workload("api-v2", "kube-system", "x")));
+        assert!(!filters.admits(&workload("cron", "shop", "x")));
+        // Outside Kubernetes the namespace is empty: a namespace include leaves it out…
+        assert!(!filters.admits(&workload("api-v2", "", "")));
+        // …unless "" is one of the patterns.
+        let with_host = Filters {
+            include: rules(&[], &["shop", ""], &[]),
+            exclude: FilterRules::default(),
+        };
+        assert!(with_host.admits(&workload("anything", "", "")));
+    }
+
+    #[test]
+    fn exclude_wins_in_any_dimension() {
+        let filters = Filters {
+            include: rules(&["*"], &[], &[]),
+            exclude: rules(&["*-debug"], &["kube-*"], &["istio-proxy", "linkerd-?roxy"]),
+        };
+        assert!(filters.admits(&workload("api", "shop", "server")));
+        assert!(!filters.admits(&workload("api-debug", "shop", "server")));
+        assert!(!filters.admits(&workload("coredns", "kube-system", "coredns")));
+        assert!(!filters.admits(&workload("pilot-agent", "shop", "istio-proxy")));
+        assert!(!filters.admits(&workload("proxy", "shop", "linkerd-proxy")));
+        // Patterns match whole names, not substrings.
+        assert!(filters.admits(&workload("api-debugger", "shop", "server")));
+    }
+
+    #[test]
+    fn percent_text_round_trips() {
+        for text in ["1%", "0.5%", "100%", "12.25%"] {
+            assert_eq!(text.parse::<Percent>().unwrap().to_string(), text);
+        }
+        assert_eq!(" 2 % ".parse::<Percent>().unwrap().percent(), 2.0);
+        for bad in ["", "%", "1", "0%", "-1%", "NaN%", "inf%", "101%"] {
+            assert!(bad.parse::<Percent>().is_err(), "{bad:?}");
+        }
+    }
+}

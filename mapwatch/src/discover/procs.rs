@@ -1,0 +1,113 @@
+//! Processes as /proc shows them: which exist, since when, running which executable.
+//! Reads only; what to do about a process is [`super::tracker`]'s decision.
+use std::path::{Path, PathBuf};
+
+use crate::attach::FileIdentity;
+
+/// One process at the time of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Clock ticks after boot (field 22 of /proc/PID/stat): tells a pid from a later
+    /// reuse of the same number.
+    pub start_time: u64,
+    /// The executable's device and inode; None for kernel threads and processes whose
+    /// executable cannot be read.
+    pub exe: Option<FileIdentity>,
+}
+
+/// Every process under `proc_root` (normally /proc). Processes that exit during the
+/// scan are simply left out.
+pub fn scan_processes(proc_root: &Path) -> std::io::Result<Vec<ProcessInfo>> {
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir(proc_root)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(process) = process_info(proc_root, pid) {
+            processes.push(process);
+        }
+    }
+    processes.sort_by_key(|p| p.pid);
+    Ok(processes)
+}
+
+/// One process, or None if it does not exist (any more).
+pub fn process_info(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    let start_time = start_time_from_stat(&stat)?;
+    let exe = FileIdentity::of(&proc_root.join(format!("{pid}/exe"))).ok();
+    Some(ProcessInfo {
+        pid,
+        start_time,
+        exe,
+    })
+}
+
+/// Field 22 of a /proc/PID/stat line.
+pub fn start_time_from_stat(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The start time of a live process (see [`ProcessInfo::start_time`]).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    start_time_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The executable's file name: a bounded label, unlike its full path or the pid.
+pub fn binary_label(pid: u32) -> String {
+    std::fs::read_link(exe_path(pid))
+        .ok()
+        .and_then(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            Some(name.trim_end_matches(" (deleted)").to_string())
+        })
+        .unwrap_or_else(|| command_name(pid))
+}
+
+/// Path through which a process's executable is read and attached: /proc/PID/exe
+/// names the exact inode, even if the file was deleted or lives in another mount
+/// namespace (a container).
+pub fn exe_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 \
+                    987654 1000 10 18446744073709551615";
+        assert_eq!(start_time_from_stat(stat), Some(987654));
+        assert_eq!(start_time_from_stat("4242 (truncated"), None);
+        assert_eq!(start_time_from_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn scan_sees_this_process() {
+        let me = std::process::id();
+        let all = scan_processes(Path::new("/proc")).expect("reading /proc");
+        let mine = all.iter().find(|p| p.pid == me).expect("own pid in /proc");
+        assert_eq!(Some(mine.start_time), process_start_time(me));
+        assert_eq!(
+            mine.exe,
+            Some(FileIdentity::of(&std::env::current_exe().unwrap()).unwrap())
+        );
+        assert!(process_info(Path::new("/proc"), u32::MAX).is_none());
+    }
+}

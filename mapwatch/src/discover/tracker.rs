@@ -1,0 +1,209 @@
+//! Which processes the daemon knows and which it has attached: turns /proc scans (and
+//! single-process notices) into changes to act on. Pure: no I/O, so every case of pid
+//! reuse, exec and exit is unit-tested.
+use std::collections::{HashMap, HashSet};
+
+use super::procs::ProcessInfo;
+use crate::attach::FileIdentity;
+
+/// Something the daemon must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A process not seen before (or a new process reusing a pid): examine it.
+    Appeared(ProcessInfo),
+    /// The same process now runs another executable: detach (if attached) and examine
+    /// it again — its old probe offsets are stale.
+    Execed(ProcessInfo),
+    /// The process is gone; `attached` says whether it had probes to detach.
+    Exited { pid: u32, attached: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    start_time: u64,
+    exe: Option<FileIdentity>,
+    attached: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    known: HashMap<u32, Known>,
+}
+
+impl Tracker {
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    /// Changes since the last scan, given every process that exists now.
+    pub fn reconcile(&mut self, scan: &[ProcessInfo]) -> Vec<Change> {
+        let present: HashSet<u32> = scan.iter().map(|p| p.pid).collect();
+        let mut gone: Vec<u32> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|pid| !present.contains(pid))
+            .collect();
+        gone.sort_unstable();
+        let mut changes: Vec<Change> = gone
+            .into_iter()
+            .filter_map(|pid| self.exited(pid))
+            .collect();
+        for process in scan {
+            changes.extend(self.observe(process.clone()));
+        }
+        changes
+    }
+
+    /// One process as it is now (from a scan or an exec notice).
+    pub fn observe(&mut self, process: ProcessInfo) -> Vec<Change> {
+        let fresh = Known {
+            start_time: process.start_time,
+            exe: process.exe,
+            attached: false,
+        };
+        match self.known.insert(process.pid, fresh) {
+            None => vec![Change::Appeared(process)],
+            Some(old) if old.start_time != process.start_time => vec![
+                Change::Exited {
+                    pid: process.pid,
+                    attached: old.attached,
+                },
+                Change::Appeared(process),
+            ],
+            Some(old) if old.exe != process.exe => {
+                // The old probes went with the old image (exec replaces the address
+                // space, and the kernel removes its uprobes); the link still needs
+                // closing, which Execed tells the daemon to do.
+                vec![Change::Execed(process)]
+            }
+            Some(old) => {
+                self.known.insert(process.pid, old);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The process exited (from a scan or an exit notice); None if it was unknown.
+    pub fn exited(&mut self, pid: u32) -> Option<Change> {
+        let old = self.known.remove(&pid)?;
+        Some(Change::Exited {
+            pid,
+            attached: old.attached,
+        })
+    }
+
+    /// Records that `pid` (as observed last) now has probes attached, or no longer has.
+    pub fn set_attached(&mut self, pid: u32, attached: bool) {
+        if let Some(known) = self.known.get_mut(&pid) {
+            known.attached = attached;
+        }
+    }
+
+    pub fn attached_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.known
+            .iter()
+            .filter(|(_, k)| k.attached)
+            .map(|(pid, _)| *pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: u32, start_time: u64, ino: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            start_time,
+            exe: Some(FileIdentity { dev: 1, ino }),
+        }
+    }
+
+    #[test]
+    fn first_scan_reports_every_process_once() {
+        let mut tracker = Tracker::new();
+        let scan = [process(1, 10, 100), process(2, 20, 200)];
+        assert_eq!(
+            tracker.reconcile(&scan),
+            vec![
+                Change::Appeared(scan[0].clone()),
+                Change::Appeared(scan[1].clone())
+            ]
+        );
+        assert_eq!(tracker.reconcile(&scan), vec![]);
+    }
+
+    #[test]
+    fn exit_reports_whether_probes_must_be_detached() {
+        let mut tracker = Tracker::new();
+        tracker.reconcile(&[process(1, 10, 100), process(2, 20, 200)]);
+        tracker.set_attached(2, true);
+        assert_eq!(
+            tracker.reconcile(&[]),
+            vec![
+                Change::Exited {
+                    pid: 1,
+                    attached: false
+                },
+                Change::Exited {
+                    pid: 2,
+                    attached: true
+                }
+            ]
+        );
+        assert_eq!(tracker.attached_pids().count(), 0);
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_process() {
+        let mut tracker = Tracker::new();
+        tracker.reconcile(&[process(7, 10, 100)]);
+        tracker.set_attached(7, true);
+        let reused = process(7, 99, 100);
+        assert_eq!(
+            tracker.reconcile(std::slice::from_ref(&reused)),
+            vec![
+                Change::Exited {
+                    pid: 7,
+                    attached: true
+                },
+                Change::Appeared(reused)
+            ]
+        );
+        assert_eq!(tracker.attached_pids().count(), 0);
+    }
+
+    #[test]
+    fn exec_is_a_change_of_executable_in_the_same_process() {
+        let mut tracker = Tracker::new();
+        tracker.reconcile(&[process(7, 10, 100)]);
+        tracker.set_attached(7, true);
+        let execed = process(7, 10, 101);
+        assert_eq!(
+            tracker.observe(execed.clone()),
+            vec![Change::Execed(execed.clone())]
+        );
+        // The re-examined process starts unattached; seeing it again changes nothing.
+        assert_eq!(tracker.attached_pids().count(), 0);
+        assert_eq!(tracker.observe(execed), vec![]);
+    }
+
+    #[test]
+    fn exit_notice_then_scan_does_not_report_twice() {
+        let mut tracker = Tracker::new();
+        tracker.reconcile(&[process(3, 10, 100)]);
+        assert!(tracker.exited(3).is_some());
+        assert_eq!(tracker.reconcile(&[]), vec![]);
+        assert_eq!(tracker.exited(3), None);
+    }
+
+    #[test]
+    fn attachment_survives_rescans() {
+        let mut tracker = Tracker::new();
+        tracker.reconcile(&[process(3, 10, 100)]);
+        tracker.set_attached(3, true);
+        tracker.reconcile(&[process(3, 10, 100)]);
+        assert_eq!(tracker.attached_pids().collect::<Vec<_>>(), vec![3]);
+    }
+}
