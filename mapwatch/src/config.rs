@@ -248,6 +248,9 @@ pub const DEFAULT_MAX_ELEM_TYPES: u32 = 20;
 /// New processes are normally seen through exec events; the rescan catches what those
 /// miss (a lost event, processes of a container started before the daemon).
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// Long enough to outlive a restart (and a few scrapes), short enough that a node's
+/// churn of short-lived processes does not pile up series.
+pub const DEFAULT_SERIES_EXPIRY: Duration = Duration::from_secs(600);
 
 /// The effective configuration of `mapwatch run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +276,9 @@ pub struct RunConfig {
     /// How often /proc is scanned for processes the exec events missed.
     #[serde(with = "duration_text")]
     pub rescan_interval: Duration,
+    /// How long the series of a workload stay after its last process exited.
+    #[serde(with = "duration_text")]
+    pub series_expiry: Duration,
     pub kubernetes: KubernetesMode,
     pub include: FilterRules,
     pub exclude: FilterRules,
@@ -289,6 +295,7 @@ impl Default for RunConfig {
             max_sites: DEFAULT_MAX_SITES,
             max_elem_types: DEFAULT_MAX_ELEM_TYPES,
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
+            series_expiry: DEFAULT_SERIES_EXPIRY,
             kubernetes: KubernetesMode::Auto,
             include: FilterRules::default(),
             exclude: FilterRules::default(),
@@ -349,6 +356,7 @@ impl RunConfig {
         set(&mut self.max_sites, &flags.max_sites);
         set(&mut self.max_elem_types, &flags.max_elem_types);
         set(&mut self.rescan_interval, &flags.rescan_interval);
+        set(&mut self.series_expiry, &flags.series_expiry);
         set(&mut self.kubernetes, &flags.kubernetes);
         set(&mut self.include.binary, &flags.include_binary);
         set(&mut self.include.namespace, &flags.include_namespace);

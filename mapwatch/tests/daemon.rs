@@ -62,6 +62,8 @@ fn run_follows_processes_and_counts_each_workload_exactly() {
         "mapgrow",
         "--rescan-interval",
         "1h",
+        "--series-expiry",
+        "2s",
     ]);
     daemon.scrape_until("the process started before the daemon", |s| {
         attached(s) == 1
@@ -99,6 +101,10 @@ fn run_follows_processes_and_counts_each_workload_exactly() {
         0,
         "uprobes of exited processes still attached"
     );
+    // Their series expire (--series-expiry 2s) instead of piling up on the node.
+    daemon.scrape_until("the series of exited workloads to expire", |s| {
+        s.count_labelled("binary", "mapgrow") == 0
+    });
 
     let status = daemon.stop();
     assert!(

@@ -3,7 +3,11 @@
 //! metric handles are atomics that scrapes read.
 pub mod map_assign;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use mapwatch_common::{Event, ProbeKind};
 use tokio::sync::mpsc;
@@ -119,6 +123,12 @@ pub struct Aggregator {
     names: HashMap<WorkloadLabels, Names>,
     limits: LabelLimits,
     symbolizers: HashMap<u32, Box<Symbolizer>>,
+    /// Processes per workload, to tell when a workload is gone.
+    processes: HashMap<WorkloadLabels, HashSet<u32>>,
+    /// Workloads without processes, since when; their series expire after
+    /// `series_expiry`.
+    gone_since: HashMap<WorkloadLabels, Instant>,
+    series_expiry: Option<Duration>,
     /// Go 1.26+: the append site of the latest growsliceBuf call per (tgid, goroutine),
     /// for the growslice it calls (whose own caller is growsliceBuf).
     buf_callers: HashMap<(u32, u64), u64>,
@@ -177,6 +187,9 @@ impl Aggregator {
         Aggregator {
             limits,
             symbolizers: HashMap::new(),
+            processes: HashMap::new(),
+            gone_since: HashMap::new(),
+            series_expiry: None,
             metrics,
             slots: HashMap::new(),
             pending: HashMap::new(),
@@ -189,11 +202,50 @@ impl Aggregator {
     }
 
     /// Applies inputs until every sender is gone.
+    /// Series of a workload whose last process is gone are removed after `expiry` (the
+    /// node daemon: workloads come and go; `attach` watches one and keeps its series).
+    pub fn with_series_expiry(mut self, expiry: Duration) -> Aggregator {
+        self.series_expiry = Some(expiry);
+        self
+    }
+
+    /// Applies inputs until every sender is gone.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        while let Some(input) = inputs.recv().await {
-            self.apply(input);
+        let check_every = self.series_expiry.map_or(Duration::from_secs(3600), |e| {
+            (e / 4).max(Duration::from_millis(100))
+        });
+        let mut expiry_check = tokio::time::interval(check_every);
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.apply(input),
+                    None => break,
+                },
+                _ = expiry_check.tick() => self.expire(Instant::now()),
+            }
         }
         debug!("aggregator: input closed");
+    }
+
+    /// Forgets workloads gone for longer than the series expiry.
+    pub fn expire(&mut self, now: Instant) {
+        let Some(expiry) = self.series_expiry else {
+            return;
+        };
+        let expired: Vec<WorkloadLabels> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= expiry)
+            .map(|(labels, _)| labels.clone())
+            .collect();
+        for labels in expired {
+            debug!(?labels, "workload gone: its series expire");
+            self.metrics.forget_workload(&labels);
+            self.gone_since.remove(&labels);
+            self.processes.remove(&labels);
+            self.names.remove(&labels);
+            self.cycles.remove(&labels);
+        }
     }
 
     pub fn apply(&mut self, input: Input) {
@@ -202,6 +254,13 @@ impl Aggregator {
                 self.symbolizers.insert(pid, symbolizer);
             }
             Input::Register(registrations) => {
+                for r in &registrations {
+                    self.gone_since.remove(&r.workload.labels);
+                    self.processes
+                        .entry(r.workload.labels.clone())
+                        .or_default()
+                        .insert(r.pid);
+                }
                 for r in registrations {
                     self.slots.insert(
                         r.slot,
@@ -214,6 +273,11 @@ impl Aggregator {
                 }
             }
             Input::ProcessGone(pid) => {
+                for (labels, pids) in &mut self.processes {
+                    if pids.remove(&pid) && pids.is_empty() {
+                        self.gone_since.insert(labels.clone(), Instant::now());
+                    }
+                }
                 self.symbolizers.remove(&pid);
                 self.slots.retain(|_, slot| slot.pid != pid);
                 self.pending.retain(|(tgid, _), _| *tgid != pid);
@@ -229,7 +293,11 @@ impl Aggregator {
         let Some(slot) = self.slots.get(&event.slot).filter(|s| s.pid == event.tgid) else {
             // Written by a probe detached since (its process exited); the slot number
             // may already belong to another process.
-            debug!(slot = event.slot, tgid = event.tgid, "record of a detached probe");
+            debug!(
+                slot = event.slot,
+                tgid = event.tgid,
+                "record of a detached probe"
+            );
             self.metrics.events_orphaned_total.inc();
             return;
         };

@@ -168,8 +168,11 @@ impl Daemon {
             sites: config.max_sites as usize,
         };
         let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
-        let aggregator =
-            tokio::spawn(Aggregator::with_limits(Arc::clone(&metrics), limits).run(from_probes));
+        let aggregator = tokio::spawn(
+            Aggregator::with_limits(Arc::clone(&metrics), limits)
+                .with_series_expiry(config.series_expiry)
+                .run(from_probes),
+        );
         let ring = probes
             .take_ring_buf()
             .context("ring buffer already taken")?;

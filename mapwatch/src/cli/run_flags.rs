@@ -99,6 +99,12 @@ pub struct RunFlags {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub rescan_interval: Option<Duration>,
 
+    /// How long a workload's series stay in /metrics after its last process exited,
+    /// like 10m [default: 10m]. Counters of a workload that is gone would otherwise stay
+    /// forever.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub series_expiry: Option<Duration>,
+
     /// Name workloads by their Kubernetes namespace, pod and container [default: auto]:
     /// auto does so when running in a pod with a service account, on requires it, off
     /// never asks the Kubernetes API.

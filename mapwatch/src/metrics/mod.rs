@@ -3,6 +3,8 @@
 //! workload (namespace, pod, container, binary, go_version) — never a pid or address.
 pub mod http;
 
+use std::collections::HashMap;
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -314,11 +316,62 @@ impl Metrics {
         }
     }
 
+    /// Removes every series of `workload` (its last process is gone): series of
+    /// workloads that are gone expire instead of accumulating on a long-running node.
+    pub fn forget_workload(&self, workload: &WorkloadLabels) {
+        let values = workload.values();
+        let is_workload = |labels: &HashMap<&str, &str>| {
+            WORKLOAD_LABELS
+                .iter()
+                .zip(values)
+                .all(|(name, value)| labels.get(name) == Some(&value))
+        };
+        forget_series(&self.slice_grow_total, &is_workload);
+        forget_series(&self.site_grow_total, &is_workload);
+        forget_series(&self.slice_grow_bytes_total, &is_workload);
+        forget_series(&self.slice_grow_new_cap, &is_workload);
+        forget_series(&self.map_grow_total, &is_workload);
+        forget_series(&self.map_size_at_grow, &is_workload);
+        forget_series(&self.map_buckets_log2, &is_workload);
+        forget_series(&self.map_directory_len, &is_workload);
+        forget_series(&self.map_load_factor_at_grow, &is_workload);
+        forget_series(&self.map_overflow_buckets_at_grow, &is_workload);
+        forget_series(&self.map_make_hint, &is_workload);
+        forget_series(&self.map_assign_bucket_position, &is_workload);
+        forget_series(&self.map_probe_length, &is_workload);
+        forget_series(&self.malloc_total, &is_workload);
+        forget_series(&self.malloc_bytes_total, &is_workload);
+        forget_series(&self.gc_cycles_total, &is_workload);
+        forget_series(&self.stw_pause_seconds, &is_workload);
+        forget_series(&self.growth_bytes_per_gc_cycle, &is_workload);
+        forget_series(&self.stw_growth_correlation, &is_workload);
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Removes the series of `vec` whose labels `matches` accepts.
+fn forget_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    matches: &dyn Fn(&HashMap<&str, &str>) -> bool,
+) {
+    use prometheus::core::Collector as _;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.get_name(), pair.get_value()))
+                .collect();
+            if matches(&labels) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }

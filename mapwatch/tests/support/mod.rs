@@ -378,6 +378,14 @@ impl Scrape {
             .sum()
     }
 
+    /// Series of any metric with `label` = `value`.
+    pub fn count_labelled(&self, label: &str, value: &str) -> usize {
+        self.series
+            .iter()
+            .filter(|(_, labels, _)| labels.get(label).map(String::as_str) == Some(value))
+            .count()
+    }
+
     pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
         let mut values: Vec<String> = self
             .series
