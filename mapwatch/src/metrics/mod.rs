@@ -367,7 +367,7 @@ fn forget_series<T: prometheus::core::MetricVecBuilder>(
             let labels: HashMap<&str, &str> = metric
                 .get_label()
                 .iter()
-                .map(|pair| (pair.get_name(), pair.get_value()))
+                .map(|pair| (pair.name(), pair.value()))
                 .collect();
             if matches(&labels) {
                 let _ = vec.remove(&labels);
