@@ -256,11 +256,43 @@ pub struct Event {
     pub kind: u16,
     /// Bit i set: load i failed (page not present, bad pointer).
     pub load_failed: u16,
+    /// A value the kernel derived by walking the target's memory, for slots with a
+    /// [`DirectoryLayout`]: a Swiss map's slots over all its tables; `u64::MAX` when
+    /// the walk failed or was cut short.
+    pub derived: u64,
 }
+
+/// Per slot (Swiss map growth probes only): how to total a map's slots over its
+/// distinct tables, read at the growth's entry. The directory repeats a table
+/// 2^(globalDepth − localDepth) times in a row (internal/runtime/maps/map.go), so the
+/// walk steps over the repeats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryLayout {
+    /// 0: this slot has no directory to walk.
+    pub enabled: u8,
+    /// Index into [`Event::regs`] of the `*Map`.
+    pub map_reg: u8,
+    pub _pad: [u8; 2],
+    /// `internal/runtime/maps.Map.dirPtr`, `.dirLen`, `.globalDepth` (u8).
+    pub map_dir_ptr: u32,
+    pub map_dir_len: u32,
+    pub map_global_depth: u32,
+    /// `internal/runtime/maps.table.capacity` (u16), `.localDepth` (u8).
+    pub table_capacity: u32,
+    pub table_local_depth: u32,
+}
+
+/// Distinct tables the kernel visits at most (1024 slots each: maps of up to ~900k
+/// entries); beyond, the total is reported as unknown.
+pub const MAX_DIRECTORY_TABLES: u32 = 256;
+/// [`Event::derived`] when the kernel could not derive the value.
+pub const DERIVED_UNKNOWN: u64 = u64::MAX;
 
 const _: () = assert!(core::mem::size_of::<MemoryLoad>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeSpec>() == 8 + 8 * PROBE_LOADS);
-const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::size_of::<DirectoryLayout>() == 24);
 const _: () = assert!(core::mem::size_of::<MapAssignLayout>() == 32);
 const _: () = assert!(core::mem::size_of::<AssignState>() == 32);
 const _: () = assert!(core::mem::size_of::<GoroutineKey>() == 16);
@@ -284,6 +316,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeSpec {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::MapAssignLayout {}
+    unsafe impl aya::Pod for super::DirectoryLayout {}
 }
 
 /// Bytes of the ring buffer that carries process exec/exit notices to the daemon.

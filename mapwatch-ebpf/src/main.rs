@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod directory;
 mod process_notices;
 
 use aya_ebpf::{
@@ -123,6 +124,8 @@ fn record(ctx: &ProbeContext) {
         0
     };
 
+    let derived = directory::total_slots(slot, &args);
+
     // Reserved after the mapassign bookkeeping: an entry whose record is lost must
     // still be paired with its RET.
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -141,6 +144,7 @@ fn record(ctx: &ProbeContext) {
         slot,
         kind: spec.kind,
         load_failed,
+        derived,
     });
 
     // Batched wake-ups: the reader also drains on a short timer, so only a large

@@ -44,6 +44,16 @@ fn map_growth_by_kind_and_make_hints_equal_the_fixtures_own_counts() {
             total,
             "{flavor}: sizes"
         );
+        // The bucket heatmap: the map's size after each growth (classic B; Swiss log2 of
+        // its 8-slot groups over all tables), as the fixture measured it from memory.
+        for k in 0..25 {
+            let le = k.to_string();
+            assert_eq!(
+                run.delta("mapwatch_map_buckets_log2_bucket", &[("le", &le)]),
+                reported[&format!("buckets_log2_le_{k}")],
+                "{flavor}: growths that left the map at most 2^{k} buckets/groups"
+            );
+        }
         let makes = reported["hinted"] + reported["unhinted"];
         assert_eq!(
             run.delta("mapwatch_map_make_hint_count", &[]),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mapwatch_common::{Event, ProbeKind};
+use mapwatch_common::{DERIVED_UNKNOWN, Event, ProbeKind};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -473,17 +473,22 @@ impl Aggregator {
         m.map_size_at_grow
             .with_label_values(&labels)
             .observe(used as f64);
-        // Slots after growth / 8 (groups), as log2: a small map is one group; growToTable
-        // makes a 16-slot table (src/internal/runtime/maps/map.go); split makes two
-        // tables of maxTableCapacity = 1024.
-        let (log2_groups, load_factor) = match kind {
-            ProbeKind::MapGrowToSmall => (0.0, used as f64 / 8.0),
-            ProbeKind::MapGrowToTable => (1.0, used as f64 / 8.0),
+        // The map's slots after growth / 8 (groups), as log2. A small map is one group;
+        // growToTable makes one 16-slot table (src/internal/runtime/maps/map.go). For a
+        // table's grow or split the kernel totals the slots of all the map's tables at
+        // entry (`Event::derived`): grow replaces the table's capacity with newCapacity;
+        // split replaces a full table (rehash splits only when doubling would pass
+        // maxTableCapacity = 1024, table.go) with two of 1024 slots each.
+        const MAX_TABLE_CAPACITY: u64 = 1024;
+        let slots_before = (event.derived != DERIVED_UNKNOWN).then_some(event.derived);
+        let (slots_after, load_factor) = match kind {
+            ProbeKind::MapGrowToSmall => (Some(8), used as f64 / 8.0),
+            ProbeKind::MapGrowToTable => (Some(16), used as f64 / 8.0),
             ProbeKind::MapTableGrow => {
                 let new_capacity = event.regs[usize::from(RDI)] & 0xffff;
                 let (capacity, table_used) = (third.max(1), fourth);
                 (
-                    (new_capacity.max(8) as f64 / 8.0).log2(),
+                    slots_before.map(|s| (s + new_capacity).saturating_sub(capacity)),
                     table_used as f64 / capacity as f64,
                 )
             }
@@ -497,15 +502,19 @@ impl Aggregator {
                 m.map_directory_len
                     .with_label_values(&labels)
                     .observe(dir_after as f64);
-                (8.0, 7.0 / 8.0)
+                (slots_before.map(|s| s + MAX_TABLE_CAPACITY), 7.0 / 8.0)
             }
         };
-        m.map_buckets_log2
-            .with_label_values(&labels)
-            .observe(log2_groups);
         m.map_load_factor_at_grow
             .with_label_values(&labels)
             .observe(load_factor);
+        let Some(slots_after) = slots_after else {
+            return self.incomplete(kind);
+        };
+        let log2_groups = (slots_after.max(8) as f64 / 8.0).log2();
+        m.map_buckets_log2
+            .with_label_values(&labels)
+            .observe(log2_groups);
     }
 
     fn count_map_growth(&self, workload: &Workload, kind: &str) {

@@ -20,7 +20,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
-use mapwatch_common::{MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
+use mapwatch_common::{DirectoryLayout, MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
 use tracing::{debug, info, warn};
 
 use crate::plan::{PlannedProbe, ProbePlan};
@@ -188,6 +188,7 @@ pub struct Probes {
     ebpf: Ebpf,
     specs: Array<MapData, ProbeSpec>,
     map_assign_layouts: Array<MapData, MapAssignLayout>,
+    directory_layouts: Array<MapData, DirectoryLayout>,
     next_slot: u32,
     /// Slots of detached probes, reused before new ones are taken.
     free_slots: Vec<u32>,
@@ -229,6 +230,10 @@ impl Probes {
             ebpf.take_map("MAP_ASSIGN_LAYOUTS")
                 .ok_or(AttachError::Missing("MAP_ASSIGN_LAYOUTS map"))?,
         )?;
+        let directory_layouts = Array::try_from(
+            ebpf.take_map("DIRECTORY_LAYOUTS")
+                .ok_or(AttachError::Missing("DIRECTORY_LAYOUTS map"))?,
+        )?;
         let hits = PerCpuArray::try_from(
             ebpf.take_map("PROBE_HITS")
                 .ok_or(AttachError::Missing("PROBE_HITS map"))?,
@@ -245,6 +250,7 @@ impl Probes {
             ebpf,
             specs,
             map_assign_layouts,
+            directory_layouts,
             next_slot: 0,
             free_slots: Vec::new(),
             attached: Vec::new(),
@@ -366,9 +372,11 @@ impl Probes {
             .lock()
             .expect("kernel counters")
             .track(slot, probe.probe)?;
-        if let Some(layout) = probe.map_assign {
-            self.map_assign_layouts.set(slot, layout, 0)?;
-        }
+        // Always written: a reused slot must not keep its last probe's layouts.
+        self.map_assign_layouts
+            .set(slot, probe.map_assign.unwrap_or_default(), 0)?;
+        self.directory_layouts
+            .set(slot, probe.directory.unwrap_or_default(), 0)?;
         let program: &mut UProbe = self
             .ebpf
             .program_mut(PROGRAM)

@@ -132,8 +132,9 @@ impl Metrics {
         )?;
         let map_buckets_log2 = histogram(
             "map_buckets_log2",
-            "Size after growth as log2 of 8-slot buckets/groups: B for classic maps; for Swiss \
-             maps the table that grew (to_small 0, to_table 1, a split pair 8).",
+            "The map's size after growth as log2 of its 8-slot buckets/groups: B for classic \
+             maps; for Swiss maps log2(slots over all its tables / 8), the tables totalled by \
+             the kernel at the growth (a small map is 0, a first table 1).",
             prometheus::linear_buckets(0.0, 1.0, 25)?,
         )?;
         let map_directory_len = histogram(

@@ -1,7 +1,9 @@
 //! ProbePlan: from an analysed Go binary and the signals asked for, to the exact list of
 //! uprobes (function, file offset, entry or RET, what to read) — or the reason a signal
 //! cannot be served. Pure: no kernel, no process, testable without root.
-use mapwatch_common::{MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec};
+use mapwatch_common::{
+    DirectoryLayout, MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind, ProbeSpec,
+};
 use serde::Serialize;
 
 use crate::{
@@ -83,6 +85,9 @@ pub struct PlannedProbe {
     /// mapassign_fast64 probes: how the kernel locates the assigned slot.
     #[serde(skip)]
     pub map_assign: Option<MapAssignLayout>,
+    /// Swiss table grow/split probes: how the kernel totals the map's slots.
+    #[serde(skip)]
+    pub directory: Option<DirectoryLayout>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -374,6 +379,7 @@ impl Decoded<'_> {
                 .to_vec(),
             spec,
             map_assign: None,
+            directory: None,
         })
     }
 
@@ -456,6 +462,16 @@ fn plan_swiss_growth(
     let table_used = required(offsets, Field::SwissTableUsed)?;
     let table_capacity = required(offsets, Field::SwissTableCapacity)?;
     let table_local_depth = required(offsets, Field::SwissTableLocalDepth)?;
+    let directory = DirectoryLayout {
+        enabled: 1,
+        map_reg: RCX,
+        _pad: [0; 2],
+        map_dir_ptr: required(offsets, Field::SwissMapDirPtr)?,
+        map_dir_len,
+        map_global_depth,
+        table_capacity,
+        table_local_depth,
+    };
     let flags = ProbeSpec::FLAG_CALLER_PC;
     let on_map = [load(RAX, 8, map_used), load(RAX, 8, map_dir_len)];
     let on_table = [
@@ -486,7 +502,16 @@ fn plan_swiss_growth(
         ),
     ]
     .into_iter()
-    .map(|(name, spec)| decode_function(binary, name)?.entry(binary, spec))
+    .map(|(name, spec)| {
+        let mut probe = decode_function(binary, name)?.entry(binary, spec)?;
+        if matches!(
+            ProbeKind::from_u16(spec.kind),
+            ProbeKind::MapTableGrow | ProbeKind::MapTableSplit
+        ) {
+            probe.directory = Some(directory);
+        }
+        Ok(probe)
+    })
     .collect()
 }
 
