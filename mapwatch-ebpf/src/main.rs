@@ -62,6 +62,14 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Does nothing: the baseline a probe's per-hit cost is measured against (the kernel's
+/// trap, uprobe dispatch and BPF entry without any work of ours). Used by
+/// `cargo xtask bench` and the overhead budget's calibration.
+#[uprobe]
+pub fn empty_probe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
 #[inline(always)]
 fn bump(counter: &PerCpuArray<u64>, slot: u32) {
     if let Some(value) = counter.get_ptr_mut(slot) {

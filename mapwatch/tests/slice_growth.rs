@@ -23,15 +23,7 @@ struct Deltas {
 fn measure(go: &str, name: &str, mapwatch_args: &[&str]) -> Option<(Reported, Deltas)> {
     let binary = fixture(go, name)?;
     let run = Measured::run(&binary, mapwatch_args);
-    let deltas = Deltas {
-        grows: run.delta(GROW, &[]),
-        bytes: run.delta(GROW_BYTES, &[]),
-        new_cap_observations: run.delta(NEW_CAP_COUNT, &[]),
-        lost: run.delta("mapwatch_events_lost_total", &[]),
-        checks_match: run.delta(CHECKS, &[("result", "match")]),
-        checks_other: run.delta(CHECKS, &[("result", "mismatch")])
-            + run.delta(CHECKS, &[("result", "unpaired")]),
-    };
+    let deltas = deltas(&run);
     check_labels(&run.after, go, &binary);
     let reported = Reported {
         grows: run.reported["grows"],
@@ -39,6 +31,19 @@ fn measure(go: &str, name: &str, mapwatch_args: &[&str]) -> Option<(Reported, De
     };
     run.finish(&format!("{go} {name}"));
     Some((reported, deltas))
+}
+
+/// What /metrics says changed while the workload ran.
+fn deltas(run: &Measured) -> Deltas {
+    Deltas {
+        grows: run.delta(GROW, &[]),
+        bytes: run.delta(GROW_BYTES, &[]),
+        new_cap_observations: run.delta(NEW_CAP_COUNT, &[]),
+        lost: run.delta("mapwatch_events_lost_total", &[]),
+        checks_match: run.delta(CHECKS, &[("result", "match")]),
+        checks_other: run.delta(CHECKS, &[("result", "mismatch")])
+            + run.delta(CHECKS, &[("result", "unpaired")]),
+    }
 }
 
 /// Workload labels, never a pid.
@@ -282,5 +287,95 @@ fn growslice_buf_growths_are_attributed_to_the_append_site() {
             "{flavor}: every growth has its site"
         );
         run.finish(&flavor);
+    }
+}
+
+/// The Go minor version of a fixture flavor (`go1.25.5-noswissmap` → 25).
+fn go_minor(flavor: &str) -> u32 {
+    flavor
+        .strip_prefix("go1.")
+        .and_then(|rest| rest.split(['.', '-']).next())
+        .and_then(|minor| minor.parse().ok())
+        .unwrap_or_else(|| panic!("flavor {flavor:?} is not go1.N…"))
+}
+
+/// Slices of 1- to 24-byte elements: from Go 1.25 the compiler starts them in a 32-byte
+/// stack buffer (growing there makes no growslice call), and from 1.26 it also does so
+/// for slices that escape later, through growsliceBuf, and copies them to the heap with
+/// moveSlice* at the escape (an allocation, not a growth). The fixture counts a growth
+/// only when cap() changed and the heap allocated one object during that append
+/// (ReadMemStats), so its count is the heap growths on every Go version; mapwatch's
+/// growslice counts, bytes and RET checks must equal it, and every growth must be
+/// attributed to one of the fixture's append lines, growsliceBuf's included.
+#[test]
+fn growslice_counts_are_exact_on_every_go_version_for_small_elements() {
+    let Some(_kernel) =
+        privileged("growslice_counts_are_exact_on_every_go_version_for_small_elements")
+    else {
+        return;
+    };
+    let source_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/slicesmall/main.go");
+    let lines = marked_lines(&std::fs::read_to_string(&source_path).unwrap());
+    for flavor in support::flavors_with("slicesmall") {
+        let Some(binary) = fixture(&flavor, "slicesmall") else {
+            continue;
+        };
+        let run = Measured::run(&binary, &["--exact"]);
+        let deltas = deltas(&run);
+        let fixture_said = |key: &str| -> u64 {
+            *run.reported
+                .get(key)
+                .unwrap_or_else(|| panic!("{flavor}: no {key}= in {:?}", run.reported))
+        };
+        eprintln!("{flavor} slicesmall: fixture {:?}", run.reported);
+        // An allocation the fixture could not attribute would make its count unsound.
+        assert_eq!(fixture_said("stray"), 0, "{flavor}: stray allocations");
+        // The fixture must exercise what it exists for, or this test proves nothing new.
+        let minor = go_minor(&flavor);
+        assert_eq!(
+            fixture_said("stack_grows") > 0,
+            minor >= 25,
+            "{flavor}: cap changes without a heap allocation (stack buffers, Go 1.25+)"
+        );
+        assert_eq!(
+            fixture_said("moves") > 0,
+            minor >= 26,
+            "{flavor}: slices moved from a stack buffer to the heap (moveSlice*, Go 1.26+)"
+        );
+        let reported = Reported {
+            grows: fixture_said("grows"),
+            bytes: fixture_said("bytes"),
+        };
+        assert_exact(&flavor, "slicesmall", reported, &deltas);
+        assert_eq!(
+            deltas.checks_other, 0,
+            "{flavor}: mismatched or unpaired RET checks"
+        );
+        assert_eq!(deltas.checks_match, reported.grows, "{flavor}: RET checks");
+        // The fixture has more (generic instantiation, line) sites than `attach` keeps
+        // (50, sticky in order of appearance): the later ones are counted as `other`.
+        // The growsliceBuf paths run first (byte slices), so they are among those kept.
+        let sites = "mapwatch_site_grow_total";
+        let mut kept = 0;
+        for labels in run.after.series(sites) {
+            if labels["function"] == "other" {
+                continue;
+            }
+            kept += 1;
+            assert!(
+                labels["file"].ends_with("fixtures/slicesmall/main.go")
+                    && lines.contains(&labels["line"]),
+                "{flavor}: growth attributed to {labels:?}"
+            );
+        }
+        assert!(kept > 0, "{flavor}: no call site kept");
+        assert_eq!(
+            run.delta(sites, &[]),
+            reported.grows,
+            "{flavor}: every growth has its site"
+        );
+        check_labels(&run.after, &flavor, &binary);
+        run.finish(&format!("{flavor} slicesmall"));
     }
 }
