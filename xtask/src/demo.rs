@@ -21,6 +21,9 @@ const SHOWN: &[&str] = &[
     "mapwatch_map_grow_total",
     "mapwatch_map_buckets_log2_bucket",
     "mapwatch_map_make_hint_count",
+    "mapwatch_map_assign_bucket_position_bucket",
+    "mapwatch_map_probe_length_count",
+    "mapwatch_map_probe_length_sum",
     "mapwatch_gc_cycles_total",
     "mapwatch_stw_pause_seconds_count",
     "mapwatch_stw_pause_seconds_sum",
@@ -69,13 +72,18 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
                 &pid.to_string(),
                 "--listen",
                 LISTEN,
+                // The bucket heatmap of int64-keyed maps (opt-in: hot code pays per assign).
+                "--hot-probes",
+                "mapassign_fast64",
                 "--duration",
             ])
             .arg(format!("{seconds}s"))
             .spawn()
             .with_context(|| format!("starting {}", mapwatch.display()))?,
     );
-    println!("==> mapwatch attach --pid {pid} --listen {LISTEN} --duration {seconds}s");
+    println!(
+        "==> mapwatch attach --pid {pid} --listen {LISTEN} --hot-probes mapassign_fast64 --duration {seconds}s"
+    );
     let mut shown_growth = false;
     let status = loop {
         std::thread::sleep(Duration::from_secs(3));
@@ -100,11 +108,13 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         {
             shown_growth |= line.starts_with("mapwatch_slice_grow_total") && !line.ends_with(" 0");
             if line.contains("_bucket{") {
-                let value = line.rsplit(' ').next().map(str::to_string);
-                if value == previous_bucket {
+                let family = line.split('{').next().unwrap_or_default();
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                let this = Some((family.to_string(), value.to_string()));
+                if this == previous_bucket {
                     continue;
                 }
-                previous_bucket = value;
+                previous_bucket = this;
             }
             println!("{}", shorten(line));
         }
