@@ -9,25 +9,16 @@ mod support;
 use std::collections::HashMap;
 
 use support::{
-    Fixture, Mapwatch, Scrape, fixture, mapwatch_command, mapwatch_links, privileged, uprobe_links,
+    Fixture, MAP_GROWTH_KINDS, Mapwatch, Scrape, fixture, mapwatch_command, mapwatch_links,
+    privileged, uprobe_links,
 };
-
-/// Map growth kinds mapgrow reports (`done double= same_size= …`).
-const KINDS: [&str; 6] = [
-    "double",
-    "same_size",
-    "to_small",
-    "to_table",
-    "table_grow",
-    "table_split",
-];
 
 fn attached(scrape: &Scrape) -> u64 {
     scrape.sum("mapwatch_attached_processes", &[])
 }
 
 fn map_growth(scrape: &Scrape, binary: &str, go_version: &str) -> HashMap<&'static str, u64> {
-    KINDS
+    MAP_GROWTH_KINDS
         .iter()
         .map(|&kind| {
             let selector = [
@@ -82,7 +73,7 @@ fn run_follows_processes_and_counts_each_workload_exactly() {
             map_growth(&before, "mapgrow", version),
             map_growth(&after, "mapgrow", version),
         );
-        for kind in KINDS {
+        for kind in MAP_GROWTH_KINDS {
             assert_eq!(
                 end[kind] - start[kind],
                 reported.get(kind).copied().unwrap_or(0),

@@ -3,16 +3,7 @@
 //! implementation (classic and Swiss). Root only (loads BPF).
 mod support;
 
-use support::{Measured, fixture, flavors_with, privileged};
-
-const KINDS: [&str; 6] = [
-    "double",
-    "same_size",
-    "to_small",
-    "to_table",
-    "table_grow",
-    "table_split",
-];
+use support::{MAP_GROWTH_KINDS, Measured, fixture, flavors_with, privileged};
 
 #[test]
 fn map_growth_by_kind_and_make_hints_equal_the_fixtures_own_counts() {
@@ -29,9 +20,9 @@ fn map_growth_by_kind_and_make_hints_equal_the_fixtures_own_counts() {
             0,
             "{flavor}: records lost"
         );
-        let total: u64 = KINDS.iter().map(|k| reported[*k]).sum();
+        let total: u64 = MAP_GROWTH_KINDS.iter().map(|k| reported[*k]).sum();
         assert!(total > 0, "{flavor}: the fixture saw no growth");
-        for kind in KINDS {
+        for kind in MAP_GROWTH_KINDS {
             assert_eq!(
                 run.delta("mapwatch_map_grow_total", &[("kind", kind)]),
                 reported[kind],

@@ -520,36 +520,20 @@ fn analysis_label(analysis: &Analysis) -> String {
 
 /// Opens and plans a binary (blocking: reads and parses the file).
 fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, String)> {
+    let unsupported =
+        |reason: &'static str, message: String| (Refusal::Unsupported { reason }, message);
     let binary = GoBinary::open(path).map_err(|e| match e {
         GoElfError::NotGo { .. } | GoElfError::NotElf { .. } | GoElfError::Io { .. } => {
             (Refusal::NotGo, e.to_string())
         }
-        GoElfError::UnsupportedArch { .. } => (
-            Refusal::Unsupported {
-                reason: "unsupported_arch",
-            },
-            e.to_string(),
-        ),
-        other => (
-            Refusal::Unsupported {
-                reason: "bad_binary",
-            },
-            other.to_string(),
-        ),
+        GoElfError::UnsupportedArch { .. } => unsupported("unsupported_arch", e.to_string()),
+        other => unsupported("bad_binary", other.to_string()),
     })?;
     let plan = plan::plan_probes(&binary, request).map_err(|e| match e {
-        PlanError::UnsupportedGoVersion { .. } => (
-            Refusal::Unsupported {
-                reason: "unsupported_go_version",
-            },
-            e.to_string(),
-        ),
-        other => (
-            Refusal::Unsupported {
-                reason: "bad_binary",
-            },
-            other.to_string(),
-        ),
+        PlanError::UnsupportedGoVersion { .. } => {
+            unsupported("unsupported_go_version", e.to_string())
+        }
+        other => unsupported("bad_binary", other.to_string()),
     })?;
     if plan.probes.is_empty() {
         let reasons: Vec<String> = plan
@@ -557,10 +541,8 @@ fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, Stri
             .iter()
             .map(|u| format!("{}: {}", u.signal, u.reason))
             .collect();
-        return Err((
-            Refusal::Unsupported {
-                reason: "nothing_to_probe",
-            },
+        return Err(unsupported(
+            "nothing_to_probe",
             format!("nothing to probe ({})", reasons.join("; ")),
         ));
     }

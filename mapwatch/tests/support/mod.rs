@@ -23,6 +23,17 @@ pub const EXACT_GO_VERSIONS: &[&str] = &[
     "go1.24.11-noswissmap",
 ];
 
+/// Map growth kinds, as `mapwatch_map_grow_total{kind}` and the mapgrow fixture's
+/// `done` line name them.
+pub const MAP_GROWTH_KINDS: [&str; 6] = [
+    "double",
+    "same_size",
+    "to_small",
+    "to_table",
+    "table_grow",
+    "table_split",
+];
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
