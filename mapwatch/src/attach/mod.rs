@@ -63,8 +63,28 @@ pub enum AttachError {
     Btf(String),
 }
 
+/// Every value of `mapwatch_attach_errors_total{reason}`: [`AttachError::reason`] and
+/// the daemon's refusals of a binary (`cli/run.rs`). Exported at 0 from the start, so
+/// the first error is an increase Prometheus can see (a series born at 1 is not).
+pub const ATTACH_ERROR_REASONS: [&str; 13] = [
+    "privileges",
+    "load",
+    "attach",
+    "map",
+    "process_gone",
+    "binary_changed",
+    "bytes_mismatch",
+    "slots_exhausted",
+    "btf",
+    "unsupported_arch",
+    "unsupported_go_version",
+    "bad_binary",
+    "nothing_to_probe",
+];
+
 impl AttachError {
-    /// Bounded label for `mapwatch_attach_errors_total{reason}`.
+    /// Bounded label for `mapwatch_attach_errors_total{reason}` (one of
+    /// [`ATTACH_ERROR_REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             AttachError::Privileges(_) => "privileges",

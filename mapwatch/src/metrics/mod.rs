@@ -258,6 +258,9 @@ impl Metrics {
             "Processes or probes that could not be attached, by reason.",
             &["reason"],
         )?;
+        for reason in crate::attach::ATTACH_ERROR_REASONS {
+            attach_errors_total.with_label_values(&[reason]);
+        }
         let attached_processes =
             IntGauge::new("attached_processes", "Processes with probes attached.")?;
         registry.register(Box::new(attached_processes.clone()))?;
