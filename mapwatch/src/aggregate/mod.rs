@@ -695,7 +695,97 @@ impl Aggregator {
 mod tests {
     use std::collections::VecDeque;
 
-    use super::pearson;
+    use super::*;
+    use crate::goruntime::versions::{GoVersion, facts_for};
+
+    fn workload(binary: &str) -> Arc<Workload> {
+        let version = GoVersion::parse("go1.22.10").unwrap();
+        Arc::new(Workload {
+            labels: WorkloadLabels {
+                binary: binary.into(),
+                go_version: "go1.22.10".into(),
+                ..Default::default()
+            },
+            facts: facts_for(&version, "").unwrap(),
+            exact: false,
+        })
+    }
+
+    fn gc_cycle(slot: u32, tgid: u32) -> Event {
+        Event {
+            ktime_ns: 0,
+            goroutine: 0,
+            caller_pc: 0,
+            regs: [0; 6],
+            loads: [0; 4],
+            tgid,
+            tid: tgid,
+            slot,
+            kind: ProbeKind::GcMarkTermination as u16,
+            load_failed: 0,
+            derived: 0,
+        }
+    }
+
+    fn register(aggregator: &mut Aggregator, slot: u32, pid: u32, workload: &Arc<Workload>) {
+        aggregator.apply(Input::Register(vec![SlotRegistration {
+            slot,
+            pid,
+            kind: ProbeKind::GcMarkTermination,
+            workload: Arc::clone(workload),
+        }]));
+    }
+
+    fn series_of(metrics: &Metrics, binary: &str) -> usize {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.contains(&format!("binary=\"{binary}\"")))
+            .count()
+    }
+
+    #[test]
+    fn series_expire_only_when_the_last_process_of_a_workload_is_gone() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let expiry = Duration::from_secs(60);
+        let mut aggregator = Aggregator::new(Arc::clone(&metrics)).with_series_expiry(expiry);
+        let (api, batch) = (workload("api"), workload("batch"));
+        register(&mut aggregator, 0, 100, &api);
+        register(&mut aggregator, 1, 101, &api);
+        register(&mut aggregator, 2, 200, &batch);
+        aggregator.apply(Input::Events(vec![
+            gc_cycle(0, 100),
+            gc_cycle(1, 101),
+            gc_cycle(2, 200),
+        ]));
+        assert!(series_of(&metrics, "api") > 0 && series_of(&metrics, "batch") > 0);
+
+        aggregator.apply(Input::ProcessGone(100));
+        let later = Instant::now() + expiry * 2;
+        aggregator.expire(later);
+        assert!(series_of(&metrics, "api") > 0, "pid 101 still runs api");
+
+        aggregator.apply(Input::ProcessGone(101));
+        aggregator.expire(Instant::now());
+        assert!(series_of(&metrics, "api") > 0, "not expired yet");
+        aggregator.expire(later);
+        assert_eq!(series_of(&metrics, "api"), 0, "{}", metrics.render());
+        assert!(series_of(&metrics, "batch") > 0);
+    }
+
+    #[test]
+    fn records_of_a_reused_slot_from_its_old_process_are_orphans() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut aggregator = Aggregator::new(Arc::clone(&metrics));
+        let api = workload("api");
+        register(&mut aggregator, 0, 100, &api);
+        aggregator.apply(Input::ProcessGone(100));
+        register(&mut aggregator, 0, 300, &workload("batch"));
+        aggregator.apply(Input::Events(vec![gc_cycle(0, 100), gc_cycle(0, 300)]));
+        assert_eq!(metrics.events_orphaned_total.get(), 1);
+        assert_eq!(series_of(&metrics, "api"), 0);
+        assert!(series_of(&metrics, "batch") > 0);
+    }
 
     #[test]
     fn pearson_correlation() {
