@@ -91,6 +91,9 @@ struct Analysis {
 enum Refusal {
     /// Not a Go program: the common case, silently skipped.
     NotGo,
+    /// The file could not be read (the process exited, or a permission): not
+    /// remembered, the next process of the same binary tries again.
+    Unreadable,
     /// A Go program mapwatch cannot probe: counted in attach_errors_total{reason}.
     Unsupported { reason: &'static str },
 }
@@ -328,7 +331,7 @@ impl Daemon {
         }
         let analysis = match self.analysis(key, &exe, &binary_name).await {
             Ok(analysis) => analysis,
-            Err(Refusal::NotGo) => return,
+            Err(Refusal::NotGo | Refusal::Unreadable) => return,
             Err(Refusal::Unsupported { reason }) => {
                 self.metrics
                     .attach_errors_total
@@ -418,7 +421,9 @@ impl Daemon {
                 Err(refusal)
             }
         };
-        self.analyses.insert(key, result.clone());
+        if !matches!(result, Err(Refusal::Unreadable)) {
+            self.analyses.insert(key, result.clone());
+        }
         result
     }
 
@@ -523,9 +528,8 @@ fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, Stri
     let unsupported =
         |reason: &'static str, message: String| (Refusal::Unsupported { reason }, message);
     let binary = GoBinary::open(path).map_err(|e| match e {
-        GoElfError::NotGo { .. } | GoElfError::NotElf { .. } | GoElfError::Io { .. } => {
-            (Refusal::NotGo, e.to_string())
-        }
+        GoElfError::NotGo { .. } | GoElfError::NotElf { .. } => (Refusal::NotGo, e.to_string()),
+        GoElfError::Io { .. } => (Refusal::Unreadable, e.to_string()),
         GoElfError::UnsupportedArch { .. } => unsupported("unsupported_arch", e.to_string()),
         other => unsupported("bad_binary", other.to_string()),
     })?;
