@@ -4,6 +4,7 @@
 //! [`metrics`]; see ARCHITECTURE.md for the rooms and where a change goes.
 pub mod aggregate;
 pub mod attach;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod discover;

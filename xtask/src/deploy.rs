@@ -37,7 +37,7 @@ const NOT_ON_DASHBOARDS: &[&str] = &[
 /// Contract metrics (../shared/DESIGN.md, "Metrics") that mapwatch/src/metrics does not
 /// register yet. Dashboards already show them; remove an entry when the registry gains
 /// it (the check fails while an entry is both here and registered).
-const PLANNED_METRICS: &[&str] = &["probe_duty_cycle_ratio", "estimated_overhead_ratio"];
+const PLANNED_METRICS: &[&str] = &[];
 
 /// The scrape target written in deploy/prometheus/prometheus.yml, replaced by
 /// [`render_prometheus_config`].

@@ -31,8 +31,13 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Measure (inspect time and memory; more to come) and rewrite BENCHMARKS.md.
-    Bench,
+    /// Measure probe cost, a service under load, the daemon, attach latency and
+    /// inspect, and rewrite BENCHMARKS.md (root; under 20 minutes).
+    Bench {
+        /// Fewer rounds and shorter runs, for iterating (numbers are noisier).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run every fuzz target for a bounded time (also part of `test`).
     Fuzz {
         /// Seconds per target.
@@ -66,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args),
         Task::GenOffsets => offsets::run(),
-        Task::Bench => bench::run(),
+        Task::Bench { quick } => bench::run(quick),
         Task::Fuzz { seconds } => {
             setup::run()?;
             fuzz::run(seconds)

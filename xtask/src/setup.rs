@@ -25,6 +25,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // GNU time: peak memory in `cargo xtask bench`.
     "time",
+    // `cargo xtask bench`: the HTTP load generator, and bpftrace as the comparison.
+    "wrk",
+    "bpftrace",
 ];
 
 /// Debian's Go 1.19 toolchain (package golang-1.19-go).

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::{
+    budget::{Nanos, ScaleUpdate},
     goruntime::{
         RuntimeFacts,
         slice_growth::grown_capacity,
@@ -74,6 +75,8 @@ pub enum Input {
     /// The process exited or exec'd and its probes are detached: forget its state.
     ProcessGone(u32),
     Events(Vec<Event>),
+    /// The overhead budget duty-cycles probes: how their records are weighted.
+    Scale(ScaleUpdate),
 }
 
 /// Cardinality caps per workload (DESIGN.md: top-K + `other`).
@@ -132,6 +135,52 @@ pub struct Aggregator {
     /// Go 1.26+: the append site of the latest growsliceBuf call per (tgid, goroutine),
     /// for the growslice it calls (whose own caller is growsliceBuf).
     buf_callers: HashMap<(u32, u64), u64>,
+    /// Duty-cycled slots (see `crate::budget`).
+    sampled: HashMap<u32, Sampled>,
+    /// How many events the record being applied stands for (1 unless duty-cycled):
+    /// every counter and histogram update is made this many times over.
+    reps: u64,
+}
+
+/// Records of a duty-cycled slot. The weight of a record (cycle length / time the probe
+/// was attached in that cycle) is known only when its cycle ends, so records wait here
+/// until then; late records of a closed cycle take its weight.
+struct Sampled {
+    /// Records stamped before this are from before duty-cycling: weight 1.
+    held_from: Nanos,
+    /// Records stamped before this (and after `held_from`) belong to closed cycles.
+    closed_until: Nanos,
+    weight: f64,
+    /// Always on again from this time.
+    released_from: Option<Nanos>,
+    /// For records that overflow `held`.
+    planned_weight: f64,
+    /// The fraction left over by rounding weights to whole events, carried to the next
+    /// record so that the counts stay integers and their sum stays unbiased.
+    carry: f64,
+    held: Vec<Event>,
+}
+
+impl Sampled {
+    fn reps(&mut self, weight: f64) -> u64 {
+        let total = weight + self.carry;
+        let whole = total.floor();
+        self.carry = total - whole;
+        whole as u64
+    }
+}
+
+/// Records one duty-cycled slot may hold (a 1% budget allows ~7k hits/s for at most a
+/// 30 s cycle: ~200k; each is 112 bytes).
+const MAX_HELD: usize = 1 << 18;
+
+/// Observes `value` `times` times: a weighted record stands for that many events.
+/// (The prometheus crate has no weighted observe; the loop costs ~10 ns per estimated
+/// event, what the events would have cost had each been recorded.)
+fn observe_n(histogram: &prometheus::Histogram, value: f64, times: u64) {
+    for _ in 0..times {
+        histogram.observe(value);
+    }
 }
 
 /// What happened in a workload since its last GC cycle, and the recent cycles.
@@ -198,6 +247,8 @@ impl Aggregator {
             cycles: HashMap::new(),
             names: HashMap::new(),
             buf_callers: HashMap::new(),
+            sampled: HashMap::new(),
+            reps: 1,
         }
     }
 
@@ -273,6 +324,22 @@ impl Aggregator {
                 }
             }
             Input::ProcessGone(pid) => {
+                // Records still waiting for their cycle's weight: the last one known.
+                let slots: Vec<u32> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.pid == pid)
+                    .map(|(&n, _)| n)
+                    .collect();
+                for slot in slots {
+                    if let Some(mut sampled) = self.sampled.remove(&slot) {
+                        let weight = sampled.weight;
+                        for event in std::mem::take(&mut sampled.held) {
+                            let reps = sampled.reps(weight);
+                            self.record(&event, reps);
+                        }
+                    }
+                }
                 for (labels, pids) in &mut self.processes {
                     if pids.remove(&pid) && pids.is_empty() {
                         self.gone_since.insert(labels.clone(), Instant::now());
@@ -286,7 +353,92 @@ impl Aggregator {
                 self.buf_callers.retain(|(tgid, _), _| *tgid != pid);
             }
             Input::Events(events) => events.iter().for_each(|e| self.on_event(e)),
+            Input::Scale(update) => self.on_scale(update),
         }
+    }
+
+    fn on_scale(&mut self, update: ScaleUpdate) {
+        match update {
+            ScaleUpdate::Hold {
+                slots,
+                from,
+                planned_weight,
+            } => {
+                for slot in slots {
+                    let fresh = Sampled {
+                        held_from: from,
+                        closed_until: from,
+                        weight: planned_weight,
+                        released_from: None,
+                        planned_weight,
+                        carry: 0.0,
+                        held: Vec::new(),
+                    };
+                    if let Some(mut old) = self.sampled.insert(slot, fresh) {
+                        let weight = old.weight;
+                        for event in std::mem::take(&mut old.held) {
+                            let reps = old.reps(weight);
+                            self.record(&event, reps);
+                        }
+                    }
+                }
+            }
+            ScaleUpdate::Close { weights, until } => {
+                for (slot, weight) in weights {
+                    let Some(sampled) = self.sampled.get_mut(&slot) else {
+                        continue;
+                    };
+                    sampled.weight = weight;
+                    sampled.closed_until = sampled.closed_until.max(until);
+                    let (due, waiting): (Vec<Event>, Vec<Event>) =
+                        std::mem::take(&mut sampled.held)
+                            .into_iter()
+                            .partition(|e| e.ktime_ns < until);
+                    sampled.held = waiting;
+                    let reps: Vec<u64> = due.iter().map(|_| sampled.reps(weight)).collect();
+                    for (event, reps) in due.iter().zip(reps) {
+                        self.record(event, reps);
+                    }
+                }
+            }
+            ScaleUpdate::Release { slots, from } => {
+                for slot in slots {
+                    let Some(sampled) = self.sampled.get_mut(&slot) else {
+                        continue;
+                    };
+                    sampled.released_from = Some(from);
+                    let (now_on, waiting): (Vec<Event>, Vec<Event>) =
+                        std::mem::take(&mut sampled.held)
+                            .into_iter()
+                            .partition(|e| e.ktime_ns >= from);
+                    sampled.held = waiting;
+                    for event in now_on {
+                        self.record(&event, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many events `event` stands for now, or None if it must wait for its cycle.
+    fn sampling_weight(&mut self, event: &Event) -> Option<u64> {
+        let Some(sampled) = self.sampled.get_mut(&event.slot) else {
+            return Some(1);
+        };
+        let t = event.ktime_ns;
+        if t < sampled.held_from || sampled.released_from.is_some_and(|from| t >= from) {
+            return Some(1);
+        }
+        if t < sampled.closed_until {
+            let weight = sampled.weight;
+            return Some(sampled.reps(weight));
+        }
+        if sampled.held.len() >= MAX_HELD {
+            let weight = sampled.planned_weight;
+            return Some(sampled.reps(weight));
+        }
+        sampled.held.push(*event);
+        None
     }
 
     fn on_event(&mut self, event: &Event) {
@@ -301,13 +453,23 @@ impl Aggregator {
             self.metrics.events_orphaned_total.inc();
             return;
         };
-        let kind = slot.kind;
-        let workload = Arc::clone(&slot.workload);
-        let probe = probe_name(kind);
         self.metrics
             .events_received_total
-            .with_label_values(&[probe])
+            .with_label_values(&[probe_name(slot.kind)])
             .inc();
+        if let Some(reps) = self.sampling_weight(event) {
+            self.record(event, reps);
+        }
+    }
+
+    /// Applies a record standing for `reps` events (1 unless its probe is duty-cycled).
+    fn record(&mut self, event: &Event, reps: u64) {
+        let Some(slot) = self.slots.get(&event.slot).filter(|s| s.pid == event.tgid) else {
+            return;
+        };
+        let kind = slot.kind;
+        let workload = Arc::clone(&slot.workload);
+        self.reps = reps;
         match kind {
             ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload),
             ProbeKind::GrowsliceRet => self.on_growslice_ret(event),
@@ -362,24 +524,32 @@ impl Aggregator {
             return self.incomplete(ProbeKind::MapAssignRet);
         };
         let labels = workload.labels.values();
-        self.metrics
-            .map_assign_bucket_position
-            .with_label_values(&labels)
-            .observe(slot.position);
-        self.metrics
-            .map_probe_length
-            .with_label_values(&labels)
-            .observe(slot.probe_length as f64);
+        observe_n(
+            &self
+                .metrics
+                .map_assign_bucket_position
+                .with_label_values(&labels),
+            slot.position,
+            self.reps,
+        );
+        observe_n(
+            &self.metrics.map_probe_length.with_label_values(&labels),
+            slot.probe_length as f64,
+            self.reps,
+        );
     }
 
     /// mallocgc(size, typ, needzero): size in RAX (src/runtime/malloc.go).
     fn on_malloc(&mut self, event: &Event, workload: &Workload) {
         let labels = workload.labels.values();
-        self.metrics.malloc_total.with_label_values(&labels).inc();
+        self.metrics
+            .malloc_total
+            .with_label_values(&labels)
+            .inc_by(self.reps);
         self.metrics
             .malloc_bytes_total
             .with_label_values(&labels)
-            .inc_by(event.regs[usize::from(RAX)]);
+            .inc_by(event.regs[usize::from(RAX)] * self.reps);
     }
 
     fn on_growslice(&mut self, event: &Event, workload: &Workload) {
@@ -405,11 +575,16 @@ impl Aggregator {
         self.metrics
             .slice_grow_bytes_total
             .with_label_values(&labels)
-            .inc_by(growth.new_bytes);
-        self.metrics
-            .slice_grow_new_cap
-            .with_label_values(&labels)
-            .observe(growth.new_cap as f64);
+            .inc_by(growth.new_bytes * self.reps);
+        self.cycles
+            .entry(workload.labels.clone())
+            .or_default()
+            .growth_bytes += growth.new_bytes * self.reps;
+        observe_n(
+            &self.metrics.slice_grow_new_cap.with_label_values(&labels),
+            growth.new_cap as f64,
+            self.reps,
+        );
         if !workload.exact {
             return;
         }
@@ -436,20 +611,28 @@ impl Aggregator {
             return self.incomplete(ProbeKind::HashGrow);
         }
         let labels = workload.labels.values();
-        let m = &self.metrics;
-        m.map_size_at_grow
-            .with_label_values(&labels)
-            .observe(count as f64);
-        m.map_buckets_log2
-            .with_label_values(&labels)
-            .observe(f64::from(b) + f64::from(u8::from(doubles)));
+        let (m, reps) = (&self.metrics, self.reps);
+        observe_n(
+            &m.map_size_at_grow.with_label_values(&labels),
+            count as f64,
+            reps,
+        );
+        observe_n(
+            &m.map_buckets_log2.with_label_values(&labels),
+            f64::from(b) + f64::from(u8::from(doubles)),
+            reps,
+        );
         let slots = 8.0 * 2f64.powi(i32::from(b));
-        m.map_load_factor_at_grow
-            .with_label_values(&labels)
-            .observe(count as f64 / slots);
-        m.map_overflow_buckets_at_grow
-            .with_label_values(&labels)
-            .observe(noverflow as f64);
+        observe_n(
+            &m.map_load_factor_at_grow.with_label_values(&labels),
+            count as f64 / slots,
+            reps,
+        );
+        observe_n(
+            &m.map_overflow_buckets_at_grow.with_label_values(&labels),
+            noverflow as f64,
+            reps,
+        );
     }
 
     /// Swiss growth at entry. Loads per kind (see plan::plan_swiss_growth):
@@ -469,10 +652,12 @@ impl Aggregator {
         }
         let [used, dir_len, third, fourth] = event.loads;
         let labels = workload.labels.values();
-        let m = &self.metrics;
-        m.map_size_at_grow
-            .with_label_values(&labels)
-            .observe(used as f64);
+        let (m, reps) = (&self.metrics, self.reps);
+        observe_n(
+            &m.map_size_at_grow.with_label_values(&labels),
+            used as f64,
+            reps,
+        );
         // The map's slots after growth / 8 (groups), as log2. A small map is one group;
         // growToTable makes one 16-slot table (src/internal/runtime/maps/map.go). For a
         // table's grow or split the kernel totals the slots of all the map's tables at
@@ -499,22 +684,28 @@ impl Aggregator {
                 } else {
                     dir_len
                 };
-                m.map_directory_len
-                    .with_label_values(&labels)
-                    .observe(dir_after as f64);
+                observe_n(
+                    &m.map_directory_len.with_label_values(&labels),
+                    dir_after as f64,
+                    reps,
+                );
                 (slots_before.map(|s| s + MAX_TABLE_CAPACITY), 7.0 / 8.0)
             }
         };
-        m.map_load_factor_at_grow
-            .with_label_values(&labels)
-            .observe(load_factor);
+        observe_n(
+            &m.map_load_factor_at_grow.with_label_values(&labels),
+            load_factor,
+            reps,
+        );
         let Some(slots_after) = slots_after else {
             return self.incomplete(kind);
         };
         let log2_groups = (slots_after.max(8) as f64 / 8.0).log2();
-        m.map_buckets_log2
-            .with_label_values(&labels)
-            .observe(log2_groups);
+        observe_n(
+            &m.map_buckets_log2.with_label_values(&labels),
+            log2_groups,
+            reps,
+        );
     }
 
     fn count_map_growth(&self, workload: &Workload, kind: &str) {
@@ -522,16 +713,20 @@ impl Aggregator {
         self.metrics
             .map_grow_total
             .with_label_values(&[namespace, pod, container, binary, go_version, kind])
-            .inc();
+            .inc_by(self.reps);
     }
 
     fn on_make_map(&self, hint: u64, workload: &Workload) {
         // The hint is an int; a negative one panics in makemap, record it as 0.
         let hint = i64::try_from(hint).unwrap_or(0).max(0);
-        self.metrics
-            .map_make_hint
-            .with_label_values(&workload.labels.values())
-            .observe(hint as f64);
+        observe_n(
+            &self
+                .metrics
+                .map_make_hint
+                .with_label_values(&workload.labels.values()),
+            hint as f64,
+            self.reps,
+        );
     }
 
     fn on_start_the_world_entry(&mut self, event: &Event, workload: &Workload) {
@@ -567,17 +762,15 @@ impl Aggregator {
         };
         let pause_ns = now.saturating_sub(started);
         let [namespace, pod, container, binary, go_version] = workload.labels.values();
-        self.metrics
-            .stw_pause_seconds
-            .with_label_values(&[
-                namespace,
-                pod,
-                container,
-                binary,
-                go_version,
-                stw_reason_name(reason),
-            ])
-            .observe(pause_ns as f64 / 1e9);
+        let pauses = self.metrics.stw_pause_seconds.with_label_values(&[
+            namespace,
+            pod,
+            container,
+            binary,
+            go_version,
+            stw_reason_name(reason),
+        ]);
+        observe_n(&pauses, pause_ns as f64 / 1e9, self.reps);
         self.cycles
             .entry(workload.labels.clone())
             .or_default()
@@ -589,7 +782,7 @@ impl Aggregator {
         self.metrics
             .gc_cycles_total
             .with_label_values(&labels)
-            .inc();
+            .inc_by(self.reps);
         let cycle = self.cycles.entry(workload.labels.clone()).or_default();
         self.metrics
             .growth_bytes_per_gc_cycle
@@ -623,7 +816,7 @@ impl Aggregator {
             self.metrics
                 .slice_grow_total
                 .with_label_values(&[namespace, pod, container, binary, go_version, "unknown"])
-                .inc();
+                .inc_by(self.reps);
             return;
         };
         let limits = self.limits;
@@ -639,7 +832,7 @@ impl Aggregator {
         self.metrics
             .slice_grow_total
             .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
-            .inc();
+            .inc_by(self.reps);
         let Some(mut site) = symbolizer.call_site(event.caller_pc) else {
             return;
         };
@@ -661,7 +854,7 @@ impl Aggregator {
             .with_label_values(&[
                 namespace, pod, container, binary, go_version, function, file, line,
             ])
-            .inc();
+            .inc_by(self.reps);
     }
 
     fn on_growslice_ret(&mut self, event: &Event) {
@@ -771,6 +964,41 @@ mod tests {
         aggregator.expire(later);
         assert_eq!(series_of(&metrics, "api"), 0, "{}", metrics.render());
         assert!(series_of(&metrics, "batch") > 0);
+    }
+
+    #[test]
+    fn growth_bytes_are_summed_per_gc_cycle() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut aggregator = Aggregator::new(Arc::clone(&metrics));
+        let api = workload("api");
+        register(&mut aggregator, 0, 100, &api);
+        aggregator.apply(Input::Register(vec![SlotRegistration {
+            slot: 1,
+            pid: 100,
+            kind: ProbeKind::GrowsliceEntry,
+            workload: Arc::clone(&api),
+        }]));
+        let abi = api.facts.growslice;
+        // An empty []int64 growing to hold 5: cap 5 → size class 48 bytes = cap 6.
+        let mut growth = gc_cycle(1, 100);
+        growth.kind = ProbeKind::GrowsliceEntry as u16;
+        growth.regs[usize::from(abi.old_cap)] = 0;
+        growth.regs[usize::from(abi.new_len)] = 5;
+        growth.loads = [8, 0, 0, 0]; // elem size 8, no pointers
+        let expected = grown_capacity(api.facts.slice_growth, 0, 5, 8, true).new_bytes;
+        assert!(expected > 0);
+        // The first cycle ends before any growth; the second after two growths.
+        aggregator.apply(Input::Events(vec![
+            gc_cycle(0, 100),
+            growth,
+            growth,
+            gc_cycle(0, 100),
+        ]));
+        let histogram = metrics
+            .growth_bytes_per_gc_cycle
+            .with_label_values(&api.labels.values());
+        assert_eq!(histogram.get_sample_count(), 2);
+        assert_eq!(histogram.get_sample_sum(), (2 * expected) as f64);
     }
 
     #[test]

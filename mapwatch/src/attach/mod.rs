@@ -1,10 +1,11 @@
 //! Load the BPF object, attach a ProbePlan to a process, detach cleanly.
+pub mod calibration;
 pub mod notices;
 pub mod privileges;
 pub mod reader;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     num::NonZeroU32,
     os::unix::fs::{FileExt as _, MetadataExt as _},
@@ -17,7 +18,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use mapwatch_common::{DirectoryLayout, MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::plan::{PlannedProbe, ProbePlan};
 
-const PROGRAM: &str = "go_probe";
+pub(crate) const PROGRAM: &str = "go_probe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -213,6 +214,11 @@ pub struct Probes {
     /// Slots of detached probes, reused before new ones are taken.
     free_slots: Vec<u32>,
     attached: Vec<(AttachedProbe, UProbeLinkId)>,
+    /// Probes detached by the overhead budget for a while: their slots stay reserved,
+    /// with their spec, counters and aggregator registration ([`Probes::suspend`]).
+    suspended: Vec<AttachedProbe>,
+    /// Where each attached or suspended slot's probe goes, to attach it again.
+    sites: HashMap<u32, ProbeSite>,
     counters: Arc<Mutex<KernelCounters>>,
     ring: Option<RingBuf<MapData>>,
     logger: Option<BpfLogger>,
@@ -274,6 +280,8 @@ impl Probes {
             next_slot: 0,
             free_slots: Vec::new(),
             attached: Vec::new(),
+            suspended: Vec::new(),
+            sites: HashMap::new(),
             counters: Arc::new(Mutex::new(KernelCounters {
                 hits,
                 lost,
@@ -370,8 +378,20 @@ impl Probes {
             .try_for_each(|(probe, &slot)| self.attach_one(pid, &exe, probe, slot));
         if let Err(e) = result {
             let added: Vec<_> = self.attached.drain(before..).collect();
+            for (probe, _) in &added {
+                self.sites.remove(&probe.slot);
+            }
             self.detach(added, false);
             return Err(e);
+        }
+        for (probe, &slot) in plan.probes.iter().zip(slots) {
+            self.sites.insert(
+                slot,
+                ProbeSite {
+                    identity: analysed,
+                    probe: probe.clone(),
+                },
+            );
         }
         info!(pid, probes = plan.probes.len(), "attached");
         Ok(self.attached[before..]
@@ -397,17 +417,7 @@ impl Probes {
             .set(slot, probe.map_assign.unwrap_or_default(), 0)?;
         self.directory_layouts
             .set(slot, probe.directory.unwrap_or_default(), 0)?;
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(AttachError::Missing("go_probe program"))?
-            .try_into()?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            cookie: Some(u64::from(slot)),
-        };
-        let pid_nz = NonZeroU32::new(pid).ok_or(AttachError::ProcessGone { pid })?;
-        let link = program.attach(point, exe, UProbeScope::OneProcess(pid_nz))?;
+        let link = self.attach_link(pid, exe, probe.file_offset, slot)?;
         debug!(
             pid,
             slot,
@@ -422,6 +432,73 @@ impl Probes {
             probe: probe.probe,
         };
         self.attached.push((attached, link));
+        Ok(())
+    }
+
+    fn attach_link(
+        &mut self,
+        pid: u32,
+        exe: &std::path::Path,
+        file_offset: u64,
+        slot: u32,
+    ) -> Result<UProbeLinkId, AttachError> {
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(AttachError::Missing("go_probe program"))?
+            .try_into()?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(u64::from(slot)),
+        };
+        let pid_nz = NonZeroU32::new(pid).ok_or(AttachError::ProcessGone { pid })?;
+        Ok(program.attach(point, exe, UProbeScope::OneProcess(pid_nz))?)
+    }
+
+    /// Takes the probe in `slot` out of the kernel's way for a while (the overhead
+    /// budget's off time) and returns its link: the probe stops recording as soon as
+    /// the link is dropped, which blocks ~100 ms — drop it after releasing the lock on
+    /// `Probes`. The slot stays reserved with its spec, counters (hits keep their
+    /// total) and site, so [`Probes::resume`] is one attach call.
+    /// `pid` guards against a slot freed and reused by another process meanwhile.
+    pub fn suspend(&mut self, pid: u32, slot: u32) -> Option<UProbeLink> {
+        let index = self
+            .attached
+            .iter()
+            .position(|(p, _)| p.slot == slot && p.pid == pid)?;
+        let (probe, link) = self.attached.remove(index);
+        let program: &mut UProbe = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
+        // Suspended either way: a link the program no longer knows is not attached.
+        self.suspended.push(probe);
+        program
+            .take_link(link)
+            .inspect_err(|e| warn!(slot, "suspending a probe: {e}"))
+            .ok()
+    }
+
+    /// Attaches a suspended probe again, after checking that its process still runs
+    /// the binary it was planned for and the bytes at the site are still as planned.
+    pub fn resume(&mut self, pid: u32, slot: u32) -> Result<(), AttachError> {
+        let index = self
+            .suspended
+            .iter()
+            .position(|p| p.slot == slot && p.pid == pid)
+            .ok_or(AttachError::ProcessGone { pid })?;
+        let site = self
+            .sites
+            .get(&slot)
+            .cloned()
+            .ok_or(AttachError::Missing("probe site"))?;
+        let exe = exe_path(pid);
+        let current = FileIdentity::of(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
+        if current != site.identity {
+            return Err(AttachError::BinaryChanged { pid });
+        }
+        let file = File::open(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
+        verify_bytes(&file, &exe, &site.probe)?;
+        let link = self.attach_link(pid, &exe, site.probe.file_offset, slot)?;
+        let probe = self.suspended.remove(index);
+        self.attached.push((probe, link));
         Ok(())
     }
 
@@ -452,6 +529,7 @@ impl Probes {
                 .lock()
                 .expect("kernel counters")
                 .retire(probe.slot);
+            self.sites.remove(&probe.slot);
             if free {
                 self.free_slots.push(probe.slot);
             }
@@ -467,14 +545,39 @@ impl Probes {
         self.attached = others;
         let count = mine.len();
         self.detach(mine, true);
+        self.forget_suspended(|probe| probe.pid == pid);
         count
+    }
+
+    /// Releases suspended probes (no link to close): their counts go into the totals.
+    fn forget_suspended(&mut self, which: impl Fn(&AttachedProbe) -> bool) {
+        let (gone, kept) = std::mem::take(&mut self.suspended)
+            .into_iter()
+            .partition(|p| which(p));
+        self.suspended = kept;
+        for probe in gone {
+            self.counters
+                .lock()
+                .expect("kernel counters")
+                .retire(probe.slot);
+            self.sites.remove(&probe.slot);
+            self.free_slots.push(probe.slot);
+        }
     }
 
     /// Detaches everything attached so far.
     pub fn detach_all(&mut self) {
         let all = std::mem::take(&mut self.attached);
         self.detach(all, true);
+        self.forget_suspended(|_| true);
     }
+}
+
+/// What it takes to attach a suspended probe again.
+#[derive(Clone)]
+struct ProbeSite {
+    identity: FileIdentity,
+    probe: PlannedProbe,
 }
 
 fn verify_bytes(

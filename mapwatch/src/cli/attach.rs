@@ -18,6 +18,10 @@ use super::{AttachArgs, UsageError};
 use crate::{
     aggregate::{Aggregator, Input, SlotRegistration, Workload},
     attach::{self, AttachError, FileIdentity, Probes},
+    budget::{
+        self, BudgetConfig, Controller,
+        task::{BudgetInput, BudgetTask},
+    },
     discover::procs::{binary_label, command_name, process_start_time},
     goelf::{GoBinary, GoElfError},
     metrics::{Metrics, WorkloadLabels, http},
@@ -95,6 +99,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
         other => anyhow::Error::from(other),
     })?;
+    let hit_cost = probes.calibrate_hit_cost();
+    let budget_config = BudgetConfig {
+        per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
+        node: None,
+        enforce: args.overhead_budget.is_some(),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -139,8 +149,33 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             }
         };
         metrics.attached_processes.set(1);
+        let groups = budget::groups_for(
+            plan.probes
+                .iter()
+                .zip(&slots)
+                .map(|(probe, &slot)| (slot, probe.kind, probe.expected_bytes.as_slice())),
+            hit_cost,
+        );
 
         let ring = probes.take_ring_buf().context("ring buffer already taken")?;
+        let counters = probes.counters();
+        let probes = Arc::new(std::sync::Mutex::new(probes));
+        let (to_budget, budget_inputs) = mpsc::channel::<BudgetInput>(4);
+        let (stop_budget, budget_stop) = watch::channel(false);
+        let budget_task = tokio::spawn(
+            BudgetTask {
+                controller: Controller::new(budget_config, budget::task::seed()),
+                probes: Arc::clone(&probes),
+                counters,
+                to_aggregator: to_aggregator.clone(),
+                metrics: Arc::clone(&metrics),
+            }
+            .run(budget_inputs, budget_stop),
+        );
+        to_budget
+            .send(BudgetInput::Attached { pid, labels: workload.labels.clone(), groups })
+            .await
+            .context("budget task stopped")?;
         let (stop_reader, stop_signal) = watch::channel(false);
         let reader = tokio::spawn(attach::reader::run(ring, to_aggregator, DRAIN_INTERVAL, stop_signal));
         ready.store(true, Ordering::Release);
@@ -156,9 +191,13 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         // Off the async workers: closing links blocks (see Probes::detach).
         let count = new_probes.len();
+        // The budget stops first: no window opens while everything is detached, and
+        // the records of open cycles are weighed.
+        let _ = stop_budget.send(true);
+        let reports = budget_task.await.context("budget task")?;
+        drop(to_budget);
         let probes = tokio::task::spawn_blocking(move || {
-            let mut probes = probes;
-            probes.detach_all();
+            probes.lock().expect("probes").detach_all();
             probes
         })
         .await
@@ -170,10 +209,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         aggregator.await.context("aggregator task")?;
         drop(probes);
         eprintln!(
-            "mapwatch: {why}; detached {count} probes in {} ms, drained in {} ms. {}",
+            "mapwatch: {why}; detached {count} probes in {} ms, drained in {} ms. {} {}.",
             detached.as_millis(),
             (started.elapsed() - detached).as_millis(),
-            summary(&metrics)
+            summary(&metrics),
+            budget::task::summary(&reports)
         );
         server.abort();
         Ok(())

@@ -57,8 +57,15 @@ pub struct AttachArgs {
     /// Also probe RET instructions and check every derived value against the real one
     /// (mapwatch_exact_checks_total). Each RET hit is single-stepped by the kernel,
     /// about 4x the cost of an entry probe: for tests and short investigations.
-    #[arg(long)]
+    /// Every probe stays attached; the estimated cost is printed on exit.
+    #[arg(long, conflicts_with = "overhead_budget")]
     pub exact: bool,
+    /// Keep the probes' CPU within this share of one core, like 1%: probes that would
+    /// cost more are attached only part of the time (duty-cycled) and their counts
+    /// scaled and marked as estimates, as `mapwatch run` does [default: every probe
+    /// always on; the estimated cost is printed on exit].
+    #[arg(long, value_name = "PERCENT")]
+    pub overhead_budget: Option<crate::config::Percent>,
     /// Opt-in probes on hot runtime functions, comma-separated (default: none).
     /// `mapassign_fast64`: where int64-keyed map assigns land in their tables
     /// (mapwatch_map_assign_bucket_position, mapwatch_map_probe_length); three probes

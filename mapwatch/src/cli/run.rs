@@ -28,6 +28,10 @@ use super::{HotProbe, UsageError, run_flags::RunFlags};
 use crate::{
     aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload},
     attach::{self, AttachError, FileIdentity, Probes, notices::NoticesLost},
+    budget::{
+        self, BudgetConfig, Controller, HitCost,
+        task::{BudgetInput, BudgetTask},
+    },
     config::{Filters, RunConfig},
     discover::{
         PodResolver, WorkloadIdentity, parse_proc_cgroup,
@@ -62,6 +66,7 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
         other => anyhow::Error::from(other),
     })?;
+    let hit_cost = probes.calibrate_hit_cost();
     let notices = match probes.follow_processes() {
         Ok(notices) => Some(notices),
         Err(e) => {
@@ -77,7 +82,7 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(Daemon::serve(config, listener, probes, notices))
+    runtime.block_on(Daemon::serve(config, listener, probes, notices, hit_cost))
 }
 
 /// A binary analysed once for all processes that run it.
@@ -137,6 +142,8 @@ struct Daemon {
     metrics: Arc<Metrics>,
     pods: Option<PodResolver>,
     own_pid: u32,
+    budget: mpsc::Sender<BudgetInput>,
+    hit_cost: HitCost,
 }
 
 impl Daemon {
@@ -145,6 +152,7 @@ impl Daemon {
         listener: std::net::TcpListener,
         mut probes: Probes,
         notices: Option<attach::notices::ProcessNotices>,
+        hit_cost: HitCost,
     ) -> anyhow::Result<()> {
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let ready = Arc::new(AtomicBool::new(false));
@@ -199,9 +207,28 @@ impl Daemon {
             exact: false,
             hot: HotProbe::request(&config.hot_probes),
         };
+        let counters = probes.counters();
+        let probes = Arc::new(Mutex::new(probes));
+        let (to_budget, budget_inputs) = mpsc::channel::<BudgetInput>(64);
+        let (stop_budget, budget_stop) = watch::channel(false);
+        let budget_task = tokio::spawn(
+            BudgetTask {
+                controller: Controller::new(
+                    budget_config(&config),
+                    u64::from(std::process::id()) ^ budget::task::seed(),
+                ),
+                probes: Arc::clone(&probes),
+                counters,
+                to_aggregator: to_aggregator.clone(),
+                metrics: Arc::clone(&metrics),
+            }
+            .run(budget_inputs, budget_stop),
+        );
         let mut daemon = Daemon {
             request,
-            probes: Arc::new(Mutex::new(probes)),
+            probes,
+            budget: to_budget,
+            hit_cost,
             tracker: Tracker::new(),
             analyses: HashMap::new(),
             logged: HashSet::new(),
@@ -240,6 +267,10 @@ impl Daemon {
         info!(why, "stopping");
         let started = Instant::now();
         ready.store(false, Ordering::Release);
+        // The budget stops first: no window opens while everything is detached, and the
+        // records of open cycles are weighed.
+        let _ = stop_budget.send(true);
+        budget_task.await.context("budget task")?;
         let probes = Arc::clone(&daemon.probes);
         let count = tokio::task::spawn_blocking(move || {
             let mut probes = probes.lock().expect("probes");
@@ -476,10 +507,19 @@ impl Daemon {
             self.probes.lock().expect("probes").release_slots(slots);
             return Err(AttachError::Missing("aggregator (stopped)"));
         }
+        let groups = budget::groups_for(
+            analysis
+                .plan
+                .probes
+                .iter()
+                .zip(&slots)
+                .map(|(probe, &slot)| (slot, probe.kind, probe.expected_bytes.as_slice())),
+            self.hit_cost,
+        );
         let probes = Arc::clone(&self.probes);
         let analysis = Arc::clone(analysis);
         let file = key.file;
-        tokio::task::spawn_blocking(move || {
+        let count = tokio::task::spawn_blocking(move || {
             let mut probes = probes.lock().expect("probes");
             match probes.attach_process(pid, file, &analysis.plan, &slots) {
                 Ok(attached) => Ok(attached.len()),
@@ -490,10 +530,22 @@ impl Daemon {
             }
         })
         .await
-        .unwrap_or(Err(AttachError::ProcessGone { pid }))
+        .unwrap_or(Err(AttachError::ProcessGone { pid }))?;
+        let _ = self
+            .budget
+            .send(BudgetInput::Attached {
+                pid,
+                labels: workload.labels.clone(),
+                groups,
+            })
+            .await;
+        Ok(count)
     }
 
     async fn detach(&mut self, pid: u32) {
+        // Before detaching: the budget must not re-attach probes of a process that is
+        // going away.
+        let _ = self.budget.send(BudgetInput::Gone { pid }).await;
         let probes = Arc::clone(&self.probes);
         let started = Instant::now();
         let count =
@@ -516,6 +568,16 @@ impl Daemon {
         if self.logged.insert((binary.to_string(), reason)) {
             warn!(binary, reason, "{message}");
         }
+    }
+}
+
+/// The overhead budget of `run`: enforced; the node budget is a share of all CPUs.
+fn budget_config(config: &RunConfig) -> BudgetConfig {
+    let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len().max(1));
+    BudgetConfig {
+        per_process: config.overhead_budget.fraction(),
+        node: config.node_budget.map(|n| n.fraction() * cpus as f64),
+        enforce: true,
     }
 }
 

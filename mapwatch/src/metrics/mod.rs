@@ -64,7 +64,18 @@ pub struct Metrics {
     pub exact_checks_total: IntCounterVec,
     pub attached_processes: IntGauge,
     pub attach_errors_total: IntCounterVec,
+    pub probe_duty_cycle_ratio: prometheus::GaugeVec,
+    pub estimated_overhead_ratio: prometheus::GaugeVec,
     pub build_info: IntGaugeVec,
+}
+
+/// Appended to the HELP of every metric whose counts a duty-cycled probe scales.
+const ESTIMATED: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
+                          duty-cycles the probe: see mapwatch_probe_duty_cycle_ratio.";
+
+/// `help` + [`ESTIMATED`].
+fn estimated(help: &str) -> String {
+    format!("{help}{ESTIMATED}")
 }
 
 impl Metrics {
@@ -80,27 +91,35 @@ impl Metrics {
         elem_labels.push("elem_type");
         let slice_grow_total = counter(
             "slice_grow_total",
-            "Heap growths of slices: calls of runtime.growslice (an append past capacity), by \
+            &estimated(
+                "Heap growths of slices: calls of runtime.growslice (an append past capacity), by \
              element type (the first 20 types of a workload; later ones as `other`).",
+            ),
             &elem_labels,
         )?;
         let mut site_labels = WORKLOAD_LABELS.to_vec();
         site_labels.extend(["function", "file", "line"]);
         let site_grow_total = counter(
             "site_grow_total",
-            "Slice growths per append call site (the caller of runtime.growslice; the first 50 \
+            &estimated(
+                "Slice growths per append call site (the caller of runtime.growslice; the first 50 \
              sites of a workload, later ones as `other`).",
+            ),
             &site_labels,
         )?;
         let slice_grow_bytes_total = counter(
             "slice_grow_bytes_total",
-            "Bytes of new backing arrays allocated by slice growth (new capacity x element size).",
+            &estimated(
+                "Bytes of new backing arrays allocated by slice growth (new capacity x element size).",
+            ),
             &WORKLOAD_LABELS,
         )?;
         let slice_grow_new_cap = HistogramVec::new(
             HistogramOpts::new(
                 "slice_grow_new_cap",
-                "New capacity in elements of each grown slice, derived from growslice's arguments with the Go version's growth rule.",
+                estimated(
+                    "New capacity in elements of each grown slice, derived from growslice's arguments with the Go version's growth rule.",
+                ),
             )
             .buckets(prometheus::exponential_buckets(1.0, 4.0, 13)?),
             &WORKLOAD_LABELS,
@@ -121,77 +140,93 @@ impl Metrics {
         grow_labels.push("kind");
         let map_grow_total = counter(
             "map_grow_total",
-            "Map growth events. kind: double / same_size (classic maps: runtime.hashGrow), \
+            &estimated(
+                "Map growth events. kind: double / same_size (classic maps: runtime.hashGrow), \
              to_small / to_table / table_grow / table_split (Swiss maps).",
+            ),
             &grow_labels,
         )?;
         let map_size_at_grow = histogram(
             "map_size_at_grow",
-            "Entries in the map when it grew.",
+            &estimated("Entries in the map when it grew."),
             prometheus::exponential_buckets(1.0, 4.0, 12)?,
         )?;
         let map_buckets_log2 = histogram(
             "map_buckets_log2",
-            "The map's size after growth as log2 of its 8-slot buckets/groups: B for classic \
+            &estimated(
+                "The map's size after growth as log2 of its 8-slot buckets/groups: B for classic \
              maps; for Swiss maps log2(slots over all its tables / 8), the tables totalled by \
              the kernel at the growth (a small map is 0, a first table 1).",
+            ),
             prometheus::linear_buckets(0.0, 1.0, 25)?,
         )?;
         let map_directory_len = histogram(
             "map_directory_len",
-            "Swiss maps: directory length after a table split.",
+            &estimated("Swiss maps: directory length after a table split."),
             prometheus::exponential_buckets(1.0, 2.0, 16)?,
         )?;
         let map_load_factor_at_grow = histogram(
             "map_load_factor_at_grow",
-            "Fraction of slots in use when the map (classic: count / (8 * 2^B)) or table \
+            &estimated(
+                "Fraction of slots in use when the map (classic: count / (8 * 2^B)) or table \
              (Swiss: used / capacity) grew.",
+            ),
             vec![0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0],
         )?;
         let map_overflow_buckets_at_grow = histogram(
             "map_overflow_buckets_at_grow",
-            "Classic maps: overflow buckets (hmap.noverflow, approximate above 2^16 buckets) at growth.",
+            &estimated(
+                "Classic maps: overflow buckets (hmap.noverflow, approximate above 2^16 buckets) at growth.",
+            ),
             prometheus::exponential_buckets(1.0, 4.0, 10)?,
         )?;
         let mut hint_buckets = vec![0.0];
         hint_buckets.extend(prometheus::exponential_buckets(1.0, 4.0, 12)?);
         let map_make_hint = histogram(
             "map_make_hint",
-            "Size hint given to make(map) (0 = none: runtime.makemap_small).",
+            &estimated("Size hint given to make(map) (0 = none: runtime.makemap_small)."),
             hint_buckets,
         )?;
         let map_assign_bucket_position = histogram(
             "map_assign_bucket_position",
-            "Opt-in (--hot-probes mapassign_fast64; int64-keyed maps only): where each \
+            &estimated(
+                "Opt-in (--hot-probes mapassign_fast64; int64-keyed maps only): where each \
              assigned slot lies in its table, 0..1. Classic maps: home bucket index / 2^B \
              (a slot in an overflow bucket counts at its home bucket); Swiss maps: the slot's \
              group index / groups of its table (a small map's single group is 0).",
+            ),
             prometheus::linear_buckets(1.0 / 16.0, 1.0 / 16.0, 16)?,
         )?;
         let map_probe_length = histogram(
             "map_probe_length",
-            "Opt-in (--hot-probes mapassign_fast64): buckets or groups visited to reach each \
+            &estimated(
+                "Opt-in (--hot-probes mapassign_fast64): buckets or groups visited to reach each \
              assigned slot, 1 = its home bucket or first group. Classic: 1 + overflow buckets \
              from the home bucket to the slot's (the chain length for insert-only maps). \
              Swiss: the place of the slot's group in the table's probe sequence; after deletes \
              the runtime may have probed further before reusing an earlier deleted slot.",
+            ),
             vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0, 128.0],
         )?;
         let malloc_total = counter(
             "malloc_total",
-            "Opt-in (--hot-probes mallocgc): heap allocations, calls of runtime.mallocgc plus, \
+            &estimated(
+                "Opt-in (--hot-probes mallocgc): heap allocations, calls of runtime.mallocgc plus, \
              on Go 1.27, direct calls of its size-specialised mallocgc*SC* variants.",
+            ),
             &WORKLOAD_LABELS,
         )?;
         let malloc_bytes_total = counter(
             "malloc_bytes_total",
-            "Opt-in (--hot-probes mallocgc): bytes requested from the heap allocator (the size \
+            &estimated(
+                "Opt-in (--hot-probes mallocgc): bytes requested from the heap allocator (the size \
              argument, before rounding up to a size class).",
+            ),
             &WORKLOAD_LABELS,
         )?;
         let gc_cycles_total = counter(
             "gc_cycles_total",
-            "GC cycles, counted at mark termination (runtime.gcMarkTermination).",
+            &estimated("GC cycles, counted at mark termination (runtime.gcMarkTermination)."),
             &WORKLOAD_LABELS,
         )?;
         let mut reason_labels = WORKLOAD_LABELS.to_vec();
@@ -199,8 +234,10 @@ impl Metrics {
         let stw_pause_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "stw_pause_seconds",
-                "Stop-the-world pauses: from when stopping began to when the world restarted \
+                estimated(
+                    "Stop-the-world pauses: from when stopping began to when the world restarted \
                  (the runtime's own clock), by reason (src/runtime/proc.go stwReasonStrings).",
+                ),
             )
             .buckets(prometheus::exponential_buckets(1e-5, 2.0, 16)?),
             &reason_labels,
@@ -261,6 +298,30 @@ impl Metrics {
         for reason in crate::attach::ATTACH_ERROR_REASONS {
             attach_errors_total.with_label_values(&[reason]);
         }
+        let mut duty_labels = WORKLOAD_LABELS.to_vec();
+        duty_labels.push("probe");
+        let probe_duty_cycle_ratio = prometheus::GaugeVec::new(
+            Opts::new(
+                "probe_duty_cycle_ratio",
+                "Fraction of the time a probe group (growslice, map_growth, stw, gc, …) was \
+                 attached in its last cycle: 1 = always on; below 1 the overhead budget \
+                 duty-cycles it and its counts are estimates scaled by the measured \
+                 on-fraction. Mean over the workload's processes.",
+            ),
+            &duty_labels,
+        )?;
+        registry.register(Box::new(probe_duty_cycle_ratio.clone()))?;
+        let estimated_overhead_ratio = prometheus::GaugeVec::new(
+            Opts::new(
+                "estimated_overhead_ratio",
+                "Estimated CPU the probes cost the workload's processes, as a share of one \
+                 core (0.01 = 1%), over the last ~20 s: kernel hit counts x the per-hit cost \
+                 calibrated at start-up. Summed over the workload's processes; the overhead \
+                 budget holds each process to --overhead-budget.",
+            ),
+            &WORKLOAD_LABELS,
+        )?;
+        registry.register(Box::new(estimated_overhead_ratio.clone()))?;
         let attached_processes =
             IntGauge::new("attached_processes", "Processes with probes attached.")?;
         registry.register(Box::new(attached_processes.clone()))?;
@@ -307,6 +368,8 @@ impl Metrics {
             exact_checks_total,
             attached_processes,
             attach_errors_total,
+            probe_duty_cycle_ratio,
+            estimated_overhead_ratio,
             build_info,
         })
     }
@@ -349,6 +412,8 @@ impl Metrics {
         forget_series(&self.stw_pause_seconds, &is_workload);
         forget_series(&self.growth_bytes_per_gc_cycle, &is_workload);
         forget_series(&self.stw_growth_correlation, &is_workload);
+        forget_series(&self.probe_duty_cycle_ratio, &is_workload);
+        forget_series(&self.estimated_overhead_ratio, &is_workload);
     }
 
     /// The registry in Prometheus text format.

@@ -149,9 +149,19 @@ impl Fixture {
 
     /// Sends `start` and returns every `key=value` of the `done …` line.
     pub fn run_workload_fields(&mut self) -> std::collections::HashMap<String, u64> {
+        self.start_workload();
+        self.wait_done()
+    }
+
+    /// Sends `start` without waiting for the workload to finish.
+    pub fn start_workload(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(b"start\n").expect("send start");
         stdin.flush().expect("flush");
+    }
+
+    /// Waits for the `done …` line and returns its `key=value` fields.
+    pub fn wait_done(&mut self) -> std::collections::HashMap<String, u64> {
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("read done line");
         assert!(line.starts_with("done"), "fixture said {line:?}");
@@ -186,6 +196,9 @@ pub struct Mapwatch {
     child: Child,
     pub addr: String,
     stderr_lines: Vec<String>,
+    /// stderr after the address line, and the thread that reads it.
+    output: std::sync::Arc<Mutex<Vec<String>>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Mapwatch {
@@ -235,17 +248,22 @@ impl Mapwatch {
         // Keep draining stderr so mapwatch never blocks on a full pipe.
         // MAPWATCH_TEST_LOG=1 shows it (with MAPWATCH_LOG=info for its logs).
         let show = std::env::var_os("MAPWATCH_TEST_LOG").is_some();
-        std::thread::spawn(move || {
+        let output = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&output);
+        let drain = std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
                 if show {
                     eprintln!("[mapwatch] {line}");
                 }
+                kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
         Mapwatch {
             child,
             addr,
             stderr_lines: lines,
+            output,
+            drain: Some(drain),
         }
     }
 
@@ -302,6 +320,19 @@ impl Mapwatch {
     /// The process id of mapwatch itself.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM, then the exit status and everything mapwatch wrote to stderr after
+    /// its address line (its exit summary is the last line).
+    pub fn stop_with_output(mut self) -> (ExitStatus, Vec<String>) {
+        let drain = self.drain.take();
+        let output = std::sync::Arc::clone(&self.output);
+        let status = self.stop();
+        if let Some(drain) = drain {
+            let _ = drain.join();
+        }
+        let lines = output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (status, lines)
     }
 
     /// SIGTERM, then the exit status.

@@ -1,31 +1,25 @@
-//! `cargo xtask bench`: measurements written to BENCHMARKS.md with the command that
-//! reproduces them. Ratios and medians side by side in one run; never an assertion.
+//! `mapwatch inspect` on large binaries: wall time and peak memory.
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    fixtures, setup,
-    util::{Cmd, cargo, step, workspace_root},
+    setup,
+    util::{Cmd, workspace_root},
 };
 
-const ROUNDS: usize = 7;
-
-pub fn run() -> anyhow::Result<()> {
-    let env = setup::run()?;
-    let fixtures_dir = fixtures::build_all(&env)?;
-    step("build mapwatch (release)", || {
-        cargo(&["build", "--release", "-p", "mapwatch"]).run()
-    })?;
-    let mapwatch = workspace_root().join("target/release/mapwatch");
-    let big = step(
-        "large Go binary with DWARF: cmd/go built by Go 1.24",
-        || build_cmd_go(&env),
-    )?;
+/// The section of BENCHMARKS.md, and the large binaries it used (the call-site
+/// analysis reuses them).
+pub fn section(
+    env: &setup::Env,
+    mapwatch: &Path,
+    rounds: usize,
+) -> anyhow::Result<(String, Vec<(String, std::path::PathBuf)>)> {
+    let big = build_cmd_go(env)?;
     let mut subjects = vec![
         (
             "largest fixture (Go 1.26 demo, DWARF)".to_string(),
-            fixtures_dir.join("go1.26.6/demo"),
+            crate::fixtures::fixtures_dir().join("go1.26.6/demo"),
         ),
         ("cmd/go (Go 1.24, DWARF)".to_string(), big),
     ];
@@ -38,45 +32,32 @@ pub fn run() -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for (name, path) in &subjects {
+        if !path.is_file() {
+            continue;
+        }
         let size = std::fs::metadata(path)?.len();
         let mut times = Vec::new();
         let mut peak_kib = 0;
-        for _ in 0..ROUNDS {
-            let (elapsed, rss) = time_inspect(&mapwatch, path)?;
-            times.push(elapsed);
+        for _ in 0..rounds {
+            let (elapsed, rss) = time_inspect(mapwatch, path)?;
+            times.push(elapsed.as_secs_f64() * 1e3);
             peak_kib = peak_kib.max(rss);
         }
-        times.sort();
         rows.push(format!(
-            "| {name} | {:.1} MB | {:.1} ms ({:.1}–{:.1}) | {:.1} MB |",
+            "| {name} | {:.1} MB | {} ms | {:.1} MB |",
             size as f64 / 1e6,
-            times[ROUNDS / 2].as_secs_f64() * 1e3,
-            times[0].as_secs_f64() * 1e3,
-            times[ROUNDS - 1].as_secs_f64() * 1e3,
+            super::stats::show(super::stats::Summary::of(&times), 1),
             peak_kib as f64 / 1024.0
         ));
     }
-    let machine = Cmd::new("uname")
-        .args(["-srm"])
-        .output()
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let report = format!(
-        "# Benchmarks\n\n\
-         Reproduce: `cargo xtask bench` (writes this file). Machine: {} , {cpus} CPUs.\n\n\
-         ## `mapwatch inspect` (binary analysis, no root)\n\n\
-         Wall time is the median of {ROUNDS} runs (min–max); memory is the peak RSS of the \
+    let text = format!(
+        "## `mapwatch inspect` (binary analysis, no root)\n\n\
+         Wall time is the median of {rounds} runs (min–max); memory is the peak RSS of the \
          process. The binary is memory-mapped: RSS counts only the pages read.\n\n\
          | binary | size | wall time | peak RSS |\n|---|---|---|---|\n{}\n",
-        machine.trim(),
         rows.join("\n")
     );
-    let path = workspace_root().join("BENCHMARKS.md");
-    std::fs::write(&path, &report)?;
-    println!("{report}");
-    Ok(())
+    Ok((text, subjects))
 }
 
 /// One `mapwatch inspect` under GNU time: (wall time, peak RSS in KiB).

@@ -1,0 +1,284 @@
+//! The budget's I/O: one task owns the [`Controller`]. Every [`CONTROL_INTERVAL`] it
+//! reads the kernel's per-slot hit counters; it runs the attaches and detaches the
+//! controller asks for on the blocking pool (a detach blocks ~100 ms: the link is taken
+//! out under the `Probes` lock and closed after it), tells the aggregator how to weigh
+//! the records of duty-cycled slots, and sets the two gauges.
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use super::{Action, Controller, GroupSpec, Nanos, ProcessReport};
+use crate::{
+    aggregate::Input,
+    attach::{KernelCounters, Probes, calibration::monotonic_ns},
+    metrics::{Metrics, WorkloadLabels},
+};
+
+/// How often hit rates are measured and the budget shared out again.
+pub const CONTROL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the task hears about processes.
+pub enum BudgetInput {
+    /// Every probe of `pid` was just attached.
+    Attached {
+        pid: u32,
+        labels: WorkloadLabels,
+        groups: Vec<GroupSpec>,
+    },
+    /// The process exited or exec'd: its probes are about to be detached.
+    Gone { pid: u32 },
+}
+
+/// An attach or detach done on the blocking pool, with the times it measured.
+enum Done {
+    Attached {
+        pid: u32,
+        group: &'static str,
+        times: Vec<(u32, Option<Nanos>)>,
+    },
+    Detached {
+        pid: u32,
+        group: &'static str,
+        times: Vec<(u32, Nanos)>,
+    },
+}
+
+pub struct BudgetTask {
+    pub controller: Controller,
+    pub probes: Arc<Mutex<Probes>>,
+    pub counters: Arc<Mutex<KernelCounters>>,
+    pub to_aggregator: mpsc::Sender<Input>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl BudgetTask {
+    /// Runs until `stop` says so or every input sender is gone; then closes the open
+    /// cycles (so the aggregator weighs what it holds) and returns the last reports.
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<BudgetInput>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Vec<ProcessReport> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut tick = tokio::time::interval(CONTROL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published: HashSet<Vec<String>> = HashSet::new();
+        loop {
+            let wait = self
+                .controller
+                .next_due()
+                .map(|at| Duration::from_nanos(at.saturating_sub(monotonic_ns())));
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.update();
+                    self.publish(&mut published);
+                }
+                input = inputs.recv() => match input {
+                    Some(BudgetInput::Attached { pid, labels, groups }) => {
+                        self.controller.add_process(pid, labels, groups, monotonic_ns());
+                    }
+                    Some(BudgetInput::Gone { pid }) => {
+                        self.controller.remove_process(pid, monotonic_ns());
+                    }
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => match done {
+                    Done::Attached { pid, group, times } => {
+                        debug!(pid, group, ?times, "duty cycle: attached");
+                        self.controller.attached(pid, group, &times);
+                    }
+                    Done::Detached { pid, group, times } => {
+                        debug!(pid, group, ?times, "duty cycle: detached");
+                        self.controller.detached(pid, group, &times);
+                    }
+                },
+                _ = tokio::time::sleep(wait.unwrap_or(CONTROL_INTERVAL)), if wait.is_some() => {}
+                _ = stop.changed() => break,
+            }
+            for action in self.controller.due(monotonic_ns()) {
+                self.execute(action, done_tx.clone());
+            }
+            self.forward_scale_updates().await;
+        }
+        let now = monotonic_ns();
+        self.update();
+        let pids: Vec<u32> = self.controller.pids().collect();
+        for pid in pids {
+            self.controller.close_open_cycles(pid, now);
+        }
+        self.forward_scale_updates().await;
+        self.controller.reports(now)
+    }
+
+    fn update(&mut self) {
+        let slots = self.controller.slots();
+        let hits: BTreeMap<u32, u64> = {
+            let counters = self.counters.lock().expect("kernel counters");
+            slots
+                .into_iter()
+                .filter_map(|slot| counters.read(slot).ok().map(|c| (slot, c.hits)))
+                .collect()
+        };
+        self.controller
+            .update(monotonic_ns(), &|slot| hits.get(&slot).copied());
+    }
+
+    async fn forward_scale_updates(&mut self) {
+        for update in self.controller.take_scale_updates() {
+            debug!(?update, "duty cycle");
+            if self.to_aggregator.send(Input::Scale(update)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn execute(&self, action: Action, done: mpsc::UnboundedSender<Done>) {
+        let probes = Arc::clone(&self.probes);
+        tokio::task::spawn_blocking(move || match action {
+            Action::Attach { pid, group, slots } => {
+                let mut probes = probes.lock().expect("probes");
+                let times = slots
+                    .into_iter()
+                    .map(|slot| match probes.resume(pid, slot) {
+                        Ok(()) => (slot, Some(monotonic_ns())),
+                        Err(e) => {
+                            debug!(pid, slot, "re-attaching a duty-cycled probe: {e}");
+                            (slot, None)
+                        }
+                    })
+                    .collect();
+                drop(probes);
+                let _ = done.send(Done::Attached { pid, group, times });
+            }
+            Action::Detach { pid, group, slots } => {
+                let links: Vec<_> = {
+                    let mut probes = probes.lock().expect("probes");
+                    slots
+                        .into_iter()
+                        .filter_map(|slot| probes.suspend(pid, slot).map(|link| (slot, link)))
+                        .collect()
+                };
+                // The probe stops recording when its link is closed, which then waits
+                // for the kernel (~100 ms): the time before the close is the end of
+                // its window.
+                let times = links
+                    .into_iter()
+                    .map(|(slot, link)| {
+                        let at = monotonic_ns();
+                        drop(link);
+                        (slot, at)
+                    })
+                    .collect();
+                let _ = done.send(Done::Detached { pid, group, times });
+            }
+        });
+    }
+
+    /// Sets the gauges per workload: overhead summed over its processes, duty cycles
+    /// averaged; series of workloads without processes are removed.
+    fn publish(&self, published: &mut HashSet<Vec<String>>) {
+        let reports = self.controller.reports(monotonic_ns());
+        let mut overhead: BTreeMap<Vec<String>, f64> = BTreeMap::new();
+        let mut duty: BTreeMap<Vec<String>, (f64, u32)> = BTreeMap::new();
+        for report in &reports {
+            let labels: Vec<String> = report
+                .labels
+                .values()
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            *overhead.entry(labels.clone()).or_default() += report.overhead;
+            for &(group, fraction) in &report.duty {
+                let mut key = labels.clone();
+                key.push(group.to_string());
+                let entry = duty.entry(key).or_default();
+                entry.0 += fraction;
+                entry.1 += 1;
+            }
+        }
+        let mut now_published = HashSet::new();
+        for (labels, value) in &overhead {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.metrics
+                .estimated_overhead_ratio
+                .with_label_values(&values)
+                .set(*value);
+            now_published.insert(labels.clone());
+        }
+        for (labels, (sum, n)) in &duty {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.metrics
+                .probe_duty_cycle_ratio
+                .with_label_values(&values)
+                .set(sum / f64::from(*n));
+            now_published.insert(labels.clone());
+        }
+        for stale in published.difference(&now_published) {
+            let values: Vec<&str> = stale.iter().map(String::as_str).collect();
+            let _ = match values.len() {
+                5 => self
+                    .metrics
+                    .estimated_overhead_ratio
+                    .remove_label_values(&values),
+                _ => self
+                    .metrics
+                    .probe_duty_cycle_ratio
+                    .remove_label_values(&values),
+            };
+        }
+        *published = now_published;
+    }
+}
+
+/// A seed for the duty cycles' randomness that differs between runs.
+pub fn seed() -> u64 {
+    monotonic_ns()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One line for `attach`'s exit: what the probes cost, estimated.
+pub fn summary(reports: &[ProcessReport]) -> String {
+    reports
+        .iter()
+        .map(|r| {
+            let seconds = r.elapsed_ns as f64 / 1e9;
+            let average = if r.elapsed_ns > 0 {
+                r.total_cost_ns / r.elapsed_ns as f64
+            } else {
+                0.0
+            };
+            let cycled: Vec<String> = r
+                .windows
+                .iter()
+                .zip(&r.duty)
+                .filter(|((_, windows), _)| *windows > 0)
+                .map(|((group, windows), (_, duty))| {
+                    format!(
+                        "{group}: {windows} windows, last on {:.1}% of its cycle",
+                        duty * 100.0
+                    )
+                })
+                .collect();
+            format!(
+                "probes cost pid {} an estimated {:.0} ms of CPU over {seconds:.1} s \
+                 ({:.2}% of a core){}",
+                r.pid,
+                r.total_cost_ns / 1e6,
+                average * 100.0,
+                if cycled.is_empty() {
+                    String::new()
+                } else {
+                    format!("; duty-cycled: {}", cycled.join(", "))
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
