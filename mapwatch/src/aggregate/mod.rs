@@ -555,16 +555,21 @@ impl Aggregator {
     fn on_growslice(&mut self, event: &Event, workload: &Workload) {
         let labels = workload.labels.values();
         let abi = workload.facts.growslice;
-        self.name_growth(event, workload, event.regs[usize::from(abi.elem_type)]);
-        if event.load_failed != 0 {
+        let elem_type = event.regs[usize::from(abi.elem_type)];
+        self.name_growth(event, workload, elem_type);
+        let layout = self
+            .symbolizers
+            .get_mut(&event.tgid)
+            .and_then(|s| s.elem_layout(elem_type));
+        let Some(layout) = layout else {
             self.metrics
                 .events_incomplete_total
                 .with_label_values(&[probe_name(ProbeKind::GrowsliceEntry)])
                 .inc();
             return;
-        }
+        };
         let reg = |r: u8| event.regs[usize::from(r)];
-        let (elem_size, ptr_bytes) = (event.loads[0], event.loads[1]);
+        let (elem_size, ptr_bytes) = (layout.size, layout.ptr_bytes);
         let growth = grown_capacity(
             workload.facts.slice_growth,
             reg(abi.old_cap),
@@ -572,14 +577,7 @@ impl Aggregator {
             elem_size,
             ptr_bytes == 0,
         );
-        self.metrics
-            .slice_grow_bytes_total
-            .with_label_values(&labels)
-            .inc_by(growth.new_bytes * self.reps);
-        self.cycles
-            .entry(workload.labels.clone())
-            .or_default()
-            .growth_bytes += growth.new_bytes * self.reps;
+        self.count_growth_bytes(workload, growth.new_bytes * self.reps);
         observe_n(
             &self.metrics.slice_grow_new_cap.with_label_values(&labels),
             growth.new_cap as f64,
@@ -597,6 +595,18 @@ impl Aggregator {
                 derived_cap: growth.new_cap,
             },
         );
+    }
+
+    /// Bytes of new backing arrays: the running total and the current GC cycle's.
+    fn count_growth_bytes(&mut self, workload: &Workload, bytes: u64) {
+        self.metrics
+            .slice_grow_bytes_total
+            .with_label_values(&workload.labels.values())
+            .inc_by(bytes);
+        self.cycles
+            .entry(workload.labels.clone())
+            .or_default()
+            .growth_bytes += bytes;
     }
 
     /// hashGrow at entry: count, B, noverflow, flags (loads 0–3). It doubles when the
@@ -972,33 +982,20 @@ mod tests {
         let mut aggregator = Aggregator::new(Arc::clone(&metrics));
         let api = workload("api");
         register(&mut aggregator, 0, 100, &api);
-        aggregator.apply(Input::Register(vec![SlotRegistration {
-            slot: 1,
-            pid: 100,
-            kind: ProbeKind::GrowsliceEntry,
-            workload: Arc::clone(&api),
-        }]));
-        let abi = api.facts.growslice;
-        // An empty []int64 growing to hold 5: cap 5 → size class 48 bytes = cap 6.
-        let mut growth = gc_cycle(1, 100);
-        growth.kind = ProbeKind::GrowsliceEntry as u16;
-        growth.regs[usize::from(abi.old_cap)] = 0;
-        growth.regs[usize::from(abi.new_len)] = 5;
-        growth.loads = [8, 0, 0, 0]; // elem size 8, no pointers
-        let expected = grown_capacity(api.facts.slice_growth, 0, 5, 8, true).new_bytes;
-        assert!(expected > 0);
         // The first cycle ends before any growth; the second after two growths.
-        aggregator.apply(Input::Events(vec![
-            gc_cycle(0, 100),
-            growth,
-            growth,
-            gc_cycle(0, 100),
-        ]));
+        aggregator.apply(Input::Events(vec![gc_cycle(0, 100)]));
+        aggregator.count_growth_bytes(&api, 48);
+        aggregator.count_growth_bytes(&api, 4096);
+        aggregator.apply(Input::Events(vec![gc_cycle(0, 100)]));
         let histogram = metrics
             .growth_bytes_per_gc_cycle
             .with_label_values(&api.labels.values());
         assert_eq!(histogram.get_sample_count(), 2);
-        assert_eq!(histogram.get_sample_sum(), (2 * expected) as f64);
+        assert_eq!(histogram.get_sample_sum(), 4144.0);
+        let total = metrics
+            .slice_grow_bytes_total
+            .with_label_values(&api.labels.values());
+        assert_eq!(total.get(), 4144);
     }
 
     #[test]

@@ -65,9 +65,6 @@ unsafe extern "C" {
     fn mapwatch_calibration_ret(data: *const u64);
 }
 
-/// Index of RDI in `Event::regs` (RAX, RBX, RCX, RDI, RSI, R8).
-const RDI: u8 = 3;
-
 const RET_OFFSET: u64 = 2;
 /// Calls per batch and rounds: ~1.5 ms + ~6 ms per round here.
 const CALLS: u32 = 1000;
@@ -186,16 +183,11 @@ impl Probes {
         push_site: u64,
         ret_site: u64,
     ) -> Result<(f64, f64), CalibrationError> {
-        // Like growslice's entry: two 8-byte fields through a register, the caller's PC.
-        let field = |offset| MemoryLoad {
-            reg: RDI,
-            size: 8,
-            _pad: [0; 2],
-            offset,
-        };
-        let mut loads = [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS];
-        loads[0] = field(0);
-        loads[1] = field(8);
+        // Like growslice's entry, the hot probe: no struct field, the caller's PC (its
+        // element type's size is read from the file in userspace). Probes that read
+        // fields (map growth: 4, plus a directory walk) cost more per hit than this;
+        // calibrating per field read is the next step (BENCHMARKS.md).
+        let loads = [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS];
         let spec = ProbeSpec {
             kind: ProbeKind::GrowsliceEntry as u16,
             flags: ProbeSpec::FLAG_CALLER_PC,

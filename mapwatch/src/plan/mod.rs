@@ -238,7 +238,7 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
     if request.slice_growth {
         add(
             "slice_growth",
-            plan_growslice(binary, &facts, offsets.as_ref(), request.exact),
+            plan_growslice(binary, offsets.as_ref(), request.exact),
         );
     }
     if request.map_growth {
@@ -401,19 +401,16 @@ impl Decoded<'_> {
 
 fn plan_growslice(
     binary: &GoBinary,
-    facts: &RuntimeFacts,
     offsets: Option<&StructOffsets>,
     exact: bool,
 ) -> Result<Vec<PlannedProbe>, String> {
-    let type_size = required(offsets, Field::TypeSize)?;
-    let type_ptr_bytes = required(offsets, Field::TypePtrBytes)?;
+    // The element type's size and pointer bytes are read from the binary file by
+    // userspace (`Symbolizer::elem_layout`), not by the probe; their offsets must still
+    // be known.
+    required(offsets, Field::TypeSize)?;
+    required(offsets, Field::TypePtrBytes)?;
     let growslice = decode_function(binary, GROWSLICE)?;
-    let et = facts.growslice.elem_type;
-    let entry_spec = spec(
-        ProbeKind::GrowsliceEntry,
-        ProbeSpec::FLAG_CALLER_PC,
-        &[load(et, 8, type_size), load(et, 8, type_ptr_bytes)],
-    );
+    let entry_spec = spec(ProbeKind::GrowsliceEntry, ProbeSpec::FLAG_CALLER_PC, &[]);
     let mut probes = vec![growslice.entry(binary, entry_spec)?];
     // Counting stays with growslice (heap growth); this probe only names the append
     // site of the growslice calls growsliceBuf makes (go-runtime.md §8).

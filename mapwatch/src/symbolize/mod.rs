@@ -19,6 +19,14 @@ pub struct CallSite {
     pub line: u32,
 }
 
+/// What growth needs of an element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElemLayout {
+    pub size: u64,
+    /// 0: the type holds no pointers (noscan).
+    pub ptr_bytes: u64,
+}
+
 /// One process's symbolizer: processes of one binary share the parsed binary, but each
 /// has its own load bias (PIE binaries are mapped at a different address in each).
 pub struct Symbolizer {
@@ -27,6 +35,9 @@ pub struct Symbolizer {
     bias: u64,
     types: Option<(u64, TypeLayout)>,
     type_names: HashMap<u64, String>,
+    /// `abi.Type.Size_` and `.PtrBytes` offsets.
+    size_fields: Option<(u32, u32)>,
+    elem_layouts: HashMap<u64, Option<ElemLayout>>,
     sites: HashMap<u64, Option<CallSite>>,
 }
 
@@ -43,11 +54,15 @@ impl Symbolizer {
             };
             Some((binary.types_base(o.get(Field::ModuledataTypes))?, layout))
         });
+        let size_fields =
+            offsets.and_then(|o| Some((o.get(Field::TypeSize)?, o.get(Field::TypePtrBytes)?)));
         Symbolizer {
             binary,
             bias,
             types,
             type_names: HashMap::new(),
+            size_fields,
+            elem_layouts: HashMap::new(),
             sites: HashMap::new(),
         }
     }
@@ -69,6 +84,32 @@ impl Symbolizer {
             self.type_names.insert(address, name.clone());
         }
         name
+    }
+
+    /// Size and pointer bytes of the type descriptor at run-time address `address`, read
+    /// from the binary file rather than by the probe: type descriptors of a program's
+    /// types are read-only data of its executable, so every growslice hit saves two
+    /// user-memory reads in the kernel (BENCHMARKS.md: they were most of the probe's
+    /// own cost). None for a type made at run time (reflect), which is not in the file.
+    pub fn elem_layout(&mut self, address: u64) -> Option<ElemLayout> {
+        if let Some(layout) = self.elem_layouts.get(&address) {
+            return *layout;
+        }
+        let layout = self.size_fields.and_then(|(size, ptr_bytes)| {
+            let vaddr = address.wrapping_sub(self.bias);
+            let word = |offset: u32| -> Option<u64> {
+                let bytes = self.binary.read(vaddr.checked_add(u64::from(offset))?, 8)?;
+                Some(u64::from_le_bytes(bytes.try_into().ok()?))
+            };
+            Some(ElemLayout {
+                size: word(size)?,
+                ptr_bytes: word(ptr_bytes)?,
+            })
+        });
+        if self.elem_layouts.len() < CACHE_LIMIT {
+            self.elem_layouts.insert(address, layout);
+        }
+        layout
     }
 
     /// The call site whose CALL returns to run-time address `return_pc`.
