@@ -9,8 +9,10 @@
 /// hash lookup to find its configuration or counters.
 pub const MAX_PROBE_SLOTS: u32 = 4096;
 
-/// Size of the shared ring buffer. A power-of-two multiple of the page size.
-pub const RING_BUF_BYTES: u32 = 8 << 20;
+/// Size of the shared ring buffer. A power-of-two multiple of the page size. 16 MiB
+/// (131072 records of 128 B): with 8 MiB, a burst of ~200k records (deepstack under
+/// `--exact`, a debug build's aggregator on a loaded 2-vCPU VM) overflowed it in CI.
+pub const RING_BUF_BYTES: u32 = 16 << 20;
 
 /// The BPF side forces a wake-up of the reader only once this much data is waiting;
 /// below it the reader's timer drains the buffer. A wake-up per record costs ~1.5 µs
