@@ -19,6 +19,10 @@ pub const RING_BUF_BYTES: u32 = 16 << 20;
 /// per hit on this kind of VM (TOOLCHAIN.md), more than the rest of the program.
 pub const RING_WAKEUP_BYTES: u64 = 256 << 10;
 
+/// Bytes one [`Event`] takes in the ring: the record and the ring's 8-byte header,
+/// rounded up to 8 (kernel/bpf/ringbuf.c `bpf_ringbuf_reserve`).
+pub const RING_RECORD_BYTES: u64 = (core::mem::size_of::<Event>() as u64 + 8 + 7) & !7;
+
 /// Number of Go ABI argument registers copied into every record
 /// (RAX, RBX, RCX, RDI, RSI, R8 — the first six integer args of ABIInternal on amd64).
 pub const EVENT_REGS: usize = 6;
@@ -139,6 +143,10 @@ pub struct MemoryLoad {
 
 impl MemoryLoad {
     pub const NONE: u8 = 0xff;
+    pub const fn is_enabled(&self) -> bool {
+        self.reg != Self::NONE
+    }
+
     pub const fn disabled() -> Self {
         MemoryLoad {
             reg: Self::NONE,

@@ -25,7 +25,7 @@ use mapwatch_common::{
     ASSIGN_NO_ENTRY, ASSIGN_NO_HASH, ASSIGN_NOT_FOUND, ASSIGN_READ_FAILED, ASSIGN_STATE_ENTRIES,
     AssignState, EVENT_REGS, Event, GoroutineKey, MAP_SLOT_CLASSIC, MAP_SLOT_SWISS_SMALL,
     MAP_SLOT_SWISS_TABLE, MAX_PROBE_SLOTS, MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind,
-    ProbeSpec, RING_BUF_BYTES, RING_WAKEUP_BYTES,
+    ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, RING_WAKEUP_BYTES,
 };
 
 #[map]
@@ -156,8 +156,13 @@ fn record(ctx: &ProbeContext) {
     });
 
     // Batched wake-ups: the reader also drains on a short timer, so only a large
-    // backlog needs to wake it now.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RING_WAKEUP_BYTES {
+    // backlog needs to wake it now — once each time the backlog crosses a multiple of
+    // the threshold, not on every record above it (a reader that falls behind would
+    // otherwise make every hit pay a wake-up). The backlog already counts this record.
+    // Records of other CPUs can step over a crossing; the timer covers that.
+    let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let before = backlog.saturating_sub(RING_RECORD_BYTES);
+    let flags = if backlog / RING_WAKEUP_BYTES != before / RING_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -260,6 +260,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// CPU the probes may cost each process, as a share of one core.
     pub overhead_budget: Percent,
+    /// And at most this share of the process's own CPU use.
+    pub overhead_share: Percent,
     /// CPU the probes may cost all processes of the node together, as a share of the
     /// node's CPU; unset: only the per-process budget applies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -289,6 +291,7 @@ impl Default for RunConfig {
         RunConfig {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
             overhead_budget: Percent(1.0),
+            overhead_share: Percent(1.0),
             node_budget: None,
             hot_probes: Vec::new(),
             slice_growth: false,
@@ -348,6 +351,7 @@ impl RunConfig {
         }
         set(&mut self.listen, &flags.listen);
         set(&mut self.overhead_budget, &flags.overhead_budget);
+        set(&mut self.overhead_share, &flags.overhead_share);
         if flags.node_budget.is_some() {
             self.node_budget = flags.node_budget;
         }

@@ -37,6 +37,10 @@ enum Task {
         /// Fewer rounds and shorter runs, for iterating (numbers are noisier).
         #[arg(long)]
         quick: bool,
+        /// Run only these sections and print them; BENCHMARKS.md is left as it is
+        /// (for iterating on one cost).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
     },
     /// Run every fuzz target for a bounded time (also part of `test`).
     Fuzz {
@@ -71,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args),
         Task::GenOffsets => offsets::run(),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => bench::run(quick, &only),
         Task::Fuzz { seconds } => {
             setup::run()?;
             fuzz::run(seconds)

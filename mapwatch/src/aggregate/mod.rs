@@ -1,6 +1,7 @@
 //! The one task that owns all aggregation state: records in, metric updates out.
 //! No locks on the hot path: only this task touches the state below; the registry's
 //! metric handles are atomics that scrapes read.
+mod children;
 pub mod map_assign;
 
 use std::{
@@ -9,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use children::{ProcessChildren, SiteChild, WorkloadState, child};
 use mapwatch_common::{DERIVED_UNKNOWN, Event, ProbeKind};
+use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -22,7 +25,7 @@ use crate::{
     },
     metrics::{Metrics, WorkloadLabels},
     plan::{GROWSLICE_BUF, MALLOCGC, probe_name},
-    symbolize::{LabelCap, OTHER, Symbolizer},
+    symbolize::Symbolizer,
 };
 
 /// What a probe slot belongs to; registered before the slot's probe is attached.
@@ -95,16 +98,14 @@ impl Default for LabelLimits {
     }
 }
 
-/// The caps on the labels a workload produces.
-struct Names {
-    elem_types: LabelCap,
-    sites: LabelCap,
-}
-
 struct Slot {
     pid: u32,
     kind: ProbeKind,
     workload: Arc<Workload>,
+    /// Key of the workload's [`WorkloadState`].
+    state: u64,
+    /// `events_received_total` for this probe.
+    received: IntCounter,
 }
 
 /// A growslice entry waiting for its RET (exact mode), keyed by (tgid, goroutine).
@@ -122,10 +123,15 @@ pub struct Aggregator {
     /// Go ≤1.21: (reason, ktime) of stopTheWorldWithSema's entry; one STW per process
     /// at a time (the runtime holds worldsema), so keyed by tgid.
     pending_stop: HashMap<u32, (u64, u64)>,
-    cycles: HashMap<WorkloadLabels, GcCycle>,
-    names: HashMap<WorkloadLabels, Names>,
+    /// Per workload: label caps, GC cycle, metric children. Keyed by a number that
+    /// slots carry, so records find it without hashing label strings.
+    workloads: HashMap<u64, WorkloadState>,
+    workload_keys: HashMap<WorkloadLabels, u64>,
+    next_workload_key: u64,
     limits: LabelLimits,
     symbolizers: HashMap<u32, Box<Symbolizer>>,
+    /// Per process: metric children by element type and caller address.
+    process_children: HashMap<u32, ProcessChildren>,
     /// Processes per workload, to tell when a workload is gone.
     processes: HashMap<WorkloadLabels, HashSet<u32>>,
     /// Workloads without processes, since when; their series expire after
@@ -183,15 +189,6 @@ fn observe_n(histogram: &prometheus::Histogram, value: f64, times: u64) {
     }
 }
 
-/// What happened in a workload since its last GC cycle, and the recent cycles.
-#[derive(Default)]
-struct GcCycle {
-    growth_bytes: u64,
-    stw_ns: u64,
-    /// (growth bytes, STW seconds) of the last cycles, oldest first.
-    history: std::collections::VecDeque<(f64, f64)>,
-}
-
 /// Cycles in the rolling correlation window.
 const CORRELATION_WINDOW: usize = 16;
 
@@ -244,8 +241,10 @@ impl Aggregator {
             pending: HashMap::new(),
             pending_start: HashMap::new(),
             pending_stop: HashMap::new(),
-            cycles: HashMap::new(),
-            names: HashMap::new(),
+            workloads: HashMap::new(),
+            workload_keys: HashMap::new(),
+            next_workload_key: 0,
+            process_children: HashMap::new(),
             buf_callers: HashMap::new(),
             sampled: HashMap::new(),
             reps: 1,
@@ -294,8 +293,9 @@ impl Aggregator {
             self.metrics.forget_workload(&labels);
             self.gone_since.remove(&labels);
             self.processes.remove(&labels);
-            self.names.remove(&labels);
-            self.cycles.remove(&labels);
+            if let Some(key) = self.workload_keys.remove(&labels) {
+                self.workloads.remove(&key);
+            }
         }
     }
 
@@ -313,12 +313,19 @@ impl Aggregator {
                         .insert(r.pid);
                 }
                 for r in registrations {
+                    let state = self.workload_key(&r.workload.labels);
+                    let received = self
+                        .metrics
+                        .events_received_total
+                        .with_label_values(&[probe_name(r.kind)]);
                     self.slots.insert(
                         r.slot,
                         Slot {
                             pid: r.pid,
                             kind: r.kind,
                             workload: r.workload,
+                            state,
+                            received,
                         },
                     );
                 }
@@ -346,6 +353,7 @@ impl Aggregator {
                     }
                 }
                 self.symbolizers.remove(&pid);
+                self.process_children.remove(&pid);
                 self.slots.retain(|_, slot| slot.pid != pid);
                 self.pending.retain(|(tgid, _), _| *tgid != pid);
                 self.pending_start.retain(|(tgid, _), _| *tgid != pid);
@@ -355,6 +363,19 @@ impl Aggregator {
             Input::Events(events) => events.iter().for_each(|e| self.on_event(e)),
             Input::Scale(update) => self.on_scale(update),
         }
+    }
+
+    /// The key of `labels`' state, made on first use.
+    fn workload_key(&mut self, labels: &WorkloadLabels) -> u64 {
+        if let Some(&key) = self.workload_keys.get(labels) {
+            return key;
+        }
+        let key = self.next_workload_key;
+        self.next_workload_key += 1;
+        self.workload_keys.insert(labels.clone(), key);
+        self.workloads
+            .insert(key, WorkloadState::new(labels.clone(), self.limits));
+        key
     }
 
     fn on_scale(&mut self, update: ScaleUpdate) {
@@ -453,10 +474,7 @@ impl Aggregator {
             self.metrics.events_orphaned_total.inc();
             return;
         };
-        self.metrics
-            .events_received_total
-            .with_label_values(&[probe_name(slot.kind)])
-            .inc();
+        slot.received.inc();
         if let Some(reps) = self.sampling_weight(event) {
             self.record(event, reps);
         }
@@ -467,23 +485,23 @@ impl Aggregator {
         let Some(slot) = self.slots.get(&event.slot).filter(|s| s.pid == event.tgid) else {
             return;
         };
-        let kind = slot.kind;
+        let (kind, state) = (slot.kind, slot.state);
         let workload = Arc::clone(&slot.workload);
         self.reps = reps;
         match kind {
-            ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload),
+            ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload, state),
             ProbeKind::GrowsliceRet => self.on_growslice_ret(event),
-            ProbeKind::HashGrow => self.on_hash_grow(event, &workload),
+            ProbeKind::HashGrow => self.on_hash_grow(event, &workload, state),
             ProbeKind::MapGrowToSmall
             | ProbeKind::MapGrowToTable
             | ProbeKind::MapTableGrow
-            | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, &workload),
-            ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], &workload),
-            ProbeKind::MakeMapSmall => self.on_make_map(0, &workload),
+            | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, state),
+            ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], state),
+            ProbeKind::MakeMapSmall => self.on_make_map(0, state),
             ProbeKind::StartTheWorldEntry => self.on_start_the_world_entry(event, &workload),
             ProbeKind::StopTheWorldEntry => self.on_stop_the_world_entry(event, &workload),
-            ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, &workload),
-            ProbeKind::GcMarkTermination => self.on_gc_cycle(&workload),
+            ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, &workload, state),
+            ProbeKind::GcMarkTermination => self.on_gc_cycle(state),
             ProbeKind::GrowsliceBufEntry => {
                 if self.buf_callers.len() >= MAX_PENDING {
                     self.buf_callers.clear();
@@ -493,8 +511,8 @@ impl Aggregator {
             }
             // Bookkeeping for the RET, done in the kernel (mapwatch-ebpf `map_assign`).
             ProbeKind::MapAssignEntry | ProbeKind::MapAssignHash => {}
-            ProbeKind::MapAssignRet => self.on_map_assign(event, &workload),
-            ProbeKind::Mallocgc => self.on_malloc(event, &workload),
+            ProbeKind::MapAssignRet => self.on_map_assign(event, state),
+            ProbeKind::Mallocgc => self.on_malloc(event, state),
             ProbeKind::MallocgcSpecialized => {
                 // Called by mallocgc too (Go 1.27): count only direct calls.
                 let via_mallocgc = self.symbolizers.get_mut(&event.tgid).is_some_and(|names| {
@@ -503,7 +521,7 @@ impl Aggregator {
                         .is_some_and(|site| site.function == MALLOCGC)
                 });
                 if !via_mallocgc {
-                    self.on_malloc(event, &workload);
+                    self.on_malloc(event, state);
                 }
             }
             ProbeKind::None => {}
@@ -511,7 +529,7 @@ impl Aggregator {
     }
 
     /// A mapassign_fast64 RET: the kernel located the slot (or says why not).
-    fn on_map_assign(&mut self, event: &Event, workload: &Workload) {
+    fn on_map_assign(&mut self, event: &Event, state: u64) {
         let slot = (event.load_failed == 0)
             .then(|| map_assign::assigned_slot(event.loads))
             .flatten();
@@ -523,50 +541,41 @@ impl Aggregator {
             );
             return self.incomplete(ProbeKind::MapAssignRet);
         };
-        let labels = workload.labels.values();
-        observe_n(
-            &self
-                .metrics
-                .map_assign_bucket_position
-                .with_label_values(&labels),
-            slot.position,
-            self.reps,
+        let Some(w) = self.workloads.get(&state) else {
+            return;
+        };
+        let (m, c) = (&self.metrics, &w.children);
+        let position = child(
+            &c.map_assign_bucket_position,
+            &m.map_assign_bucket_position,
+            &w.labels,
         );
-        observe_n(
-            &self.metrics.map_probe_length.with_label_values(&labels),
-            slot.probe_length as f64,
-            self.reps,
-        );
+        observe_n(position, slot.position, self.reps);
+        let probe_length = child(&c.map_probe_length, &m.map_probe_length, &w.labels);
+        observe_n(probe_length, slot.probe_length as f64, self.reps);
     }
 
     /// mallocgc(size, typ, needzero): size in RAX (src/runtime/malloc.go).
-    fn on_malloc(&mut self, event: &Event, workload: &Workload) {
-        let labels = workload.labels.values();
-        self.metrics
-            .malloc_total
-            .with_label_values(&labels)
-            .inc_by(self.reps);
-        self.metrics
-            .malloc_bytes_total
-            .with_label_values(&labels)
+    fn on_malloc(&mut self, event: &Event, state: u64) {
+        let Some(w) = self.workloads.get(&state) else {
+            return;
+        };
+        let (m, c) = (&self.metrics, &w.children);
+        child(&c.malloc_total, &m.malloc_total, &w.labels).inc_by(self.reps);
+        child(&c.malloc_bytes_total, &m.malloc_bytes_total, &w.labels)
             .inc_by(event.regs[usize::from(RAX)] * self.reps);
     }
 
-    fn on_growslice(&mut self, event: &Event, workload: &Workload) {
-        let labels = workload.labels.values();
+    fn on_growslice(&mut self, event: &Event, workload: &Workload, state: u64) {
         let abi = workload.facts.growslice;
         let elem_type = event.regs[usize::from(abi.elem_type)];
-        self.name_growth(event, workload, elem_type);
+        self.name_growth(event, state, elem_type);
         let layout = self
             .symbolizers
             .get_mut(&event.tgid)
             .and_then(|s| s.elem_layout(elem_type));
         let Some(layout) = layout else {
-            self.metrics
-                .events_incomplete_total
-                .with_label_values(&[probe_name(ProbeKind::GrowsliceEntry)])
-                .inc();
-            return;
+            return self.incomplete(ProbeKind::GrowsliceEntry);
         };
         let reg = |r: u8| event.regs[usize::from(r)];
         let (elem_size, ptr_bytes) = (layout.size, layout.ptr_bytes);
@@ -577,12 +586,15 @@ impl Aggregator {
             elem_size,
             ptr_bytes == 0,
         );
-        self.count_growth_bytes(workload, growth.new_bytes * self.reps);
-        observe_n(
-            &self.metrics.slice_grow_new_cap.with_label_values(&labels),
-            growth.new_cap as f64,
-            self.reps,
-        );
+        self.count_growth_bytes(state, growth.new_bytes * self.reps);
+        if let Some(w) = self.workloads.get(&state) {
+            let new_cap = child(
+                &w.children.slice_grow_new_cap,
+                &self.metrics.slice_grow_new_cap,
+                &w.labels,
+            );
+            observe_n(new_cap, growth.new_cap as f64, self.reps);
+        }
         if !workload.exact {
             return;
         }
@@ -598,76 +610,79 @@ impl Aggregator {
     }
 
     /// Bytes of new backing arrays: the running total and the current GC cycle's.
-    fn count_growth_bytes(&mut self, workload: &Workload, bytes: u64) {
-        self.metrics
-            .slice_grow_bytes_total
-            .with_label_values(&workload.labels.values())
-            .inc_by(bytes);
-        self.cycles
-            .entry(workload.labels.clone())
-            .or_default()
-            .growth_bytes += bytes;
+    fn count_growth_bytes(&mut self, state: u64, bytes: u64) {
+        let Some(w) = self.workloads.get_mut(&state) else {
+            return;
+        };
+        child(
+            &w.children.slice_grow_bytes_total,
+            &self.metrics.slice_grow_bytes_total,
+            &w.labels,
+        )
+        .inc_by(bytes);
+        w.cycle.growth_bytes += bytes;
     }
 
     /// hashGrow at entry: count, B, noverflow, flags (loads 0–3). It doubles when the
     /// map is over its load factor, else grows in place (src/runtime/map.go hashGrow).
-    fn on_hash_grow(&mut self, event: &Event, workload: &Workload) {
+    fn on_hash_grow(&mut self, event: &Event, workload: &Workload, state: u64) {
         let [count, b, noverflow, _flags] = event.loads;
         let b = b as u8;
         let doubles = workload.facts.classic_load_factor.over(count + 1, b);
         let kind = if doubles { "double" } else { "same_size" };
-        self.count_map_growth(workload, kind);
+        self.count_map_growth(state, kind);
         if event.load_failed != 0 {
             return self.incomplete(ProbeKind::HashGrow);
         }
-        let labels = workload.labels.values();
-        let (m, reps) = (&self.metrics, self.reps);
+        let Some(w) = self.workloads.get(&state) else {
+            return;
+        };
+        let (m, c, labels, reps) = (&self.metrics, &w.children, &w.labels, self.reps);
+        let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
+        observe_n(size, count as f64, reps);
+        let buckets_log2 = child(&c.map_buckets_log2, &m.map_buckets_log2, labels);
         observe_n(
-            &m.map_size_at_grow.with_label_values(&labels),
-            count as f64,
-            reps,
-        );
-        observe_n(
-            &m.map_buckets_log2.with_label_values(&labels),
+            buckets_log2,
             f64::from(b) + f64::from(u8::from(doubles)),
             reps,
         );
         let slots = 8.0 * 2f64.powi(i32::from(b));
-        observe_n(
-            &m.map_load_factor_at_grow.with_label_values(&labels),
-            count as f64 / slots,
-            reps,
+        let load_factor = child(
+            &c.map_load_factor_at_grow,
+            &m.map_load_factor_at_grow,
+            labels,
         );
-        observe_n(
-            &m.map_overflow_buckets_at_grow.with_label_values(&labels),
-            noverflow as f64,
-            reps,
+        observe_n(load_factor, count as f64 / slots, reps);
+        let overflow = child(
+            &c.map_overflow_buckets_at_grow,
+            &m.map_overflow_buckets_at_grow,
+            labels,
         );
+        observe_n(overflow, noverflow as f64, reps);
     }
 
     /// Swiss growth at entry. Loads per kind (see plan::plan_swiss_growth):
     /// growToSmall/growToTable: m.used, m.dirLen; grow: m.used, m.dirLen, t.capacity,
     /// t.used (+ newCapacity in RDI); split: m.used, m.dirLen, t.localDepth,
     /// m.globalDepth.
-    fn on_swiss_growth(&mut self, kind: ProbeKind, event: &Event, workload: &Workload) {
+    fn on_swiss_growth(&mut self, kind: ProbeKind, event: &Event, state: u64) {
         let label = match kind {
             ProbeKind::MapGrowToSmall => "to_small",
             ProbeKind::MapGrowToTable => "to_table",
             ProbeKind::MapTableGrow => "table_grow",
             _ => "table_split",
         };
-        self.count_map_growth(workload, label);
+        self.count_map_growth(state, label);
         if event.load_failed != 0 {
             return self.incomplete(kind);
         }
+        let Some(w) = self.workloads.get(&state) else {
+            return;
+        };
+        let (m, c, labels, reps) = (&self.metrics, &w.children, &w.labels, self.reps);
         let [used, dir_len, third, fourth] = event.loads;
-        let labels = workload.labels.values();
-        let (m, reps) = (&self.metrics, self.reps);
-        observe_n(
-            &m.map_size_at_grow.with_label_values(&labels),
-            used as f64,
-            reps,
-        );
+        let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
+        observe_n(size, used as f64, reps);
         // The map's slots after growth / 8 (groups), as log2. A small map is one group;
         // growToTable makes one 16-slot table (src/internal/runtime/maps/map.go). For a
         // table's grow or split the kernel totals the slots of all the map's tables at
@@ -694,51 +709,44 @@ impl Aggregator {
                 } else {
                     dir_len
                 };
-                observe_n(
-                    &m.map_directory_len.with_label_values(&labels),
-                    dir_after as f64,
-                    reps,
-                );
+                let directory = child(&c.map_directory_len, &m.map_directory_len, labels);
+                observe_n(directory, dir_after as f64, reps);
                 (slots_before.map(|s| s + MAX_TABLE_CAPACITY), 7.0 / 8.0)
             }
         };
-        observe_n(
-            &m.map_load_factor_at_grow.with_label_values(&labels),
-            load_factor,
-            reps,
+        let load = child(
+            &c.map_load_factor_at_grow,
+            &m.map_load_factor_at_grow,
+            labels,
         );
+        observe_n(load, load_factor, reps);
         let Some(slots_after) = slots_after else {
             return self.incomplete(kind);
         };
         let log2_groups = (slots_after.max(8) as f64 / 8.0).log2();
-        observe_n(
-            &m.map_buckets_log2.with_label_values(&labels),
-            log2_groups,
-            reps,
-        );
+        let buckets_log2 = child(&c.map_buckets_log2, &m.map_buckets_log2, labels);
+        observe_n(buckets_log2, log2_groups, reps);
     }
 
-    fn count_map_growth(&self, workload: &Workload, kind: &str) {
-        let [namespace, pod, container, binary, go_version] = workload.labels.values();
-        self.metrics
-            .map_grow_total
-            .with_label_values(&[namespace, pod, container, binary, go_version, kind])
-            .inc_by(self.reps);
+    fn count_map_growth(&mut self, state: u64, kind: &'static str) {
+        if let Some(w) = self.workloads.get_mut(&state) {
+            w.map_grow_total(&self.metrics, kind).inc_by(self.reps);
+        }
     }
 
-    fn on_make_map(&self, hint: u64, workload: &Workload) {
+    fn on_make_map(&self, hint: u64, state: u64) {
+        let Some(w) = self.workloads.get(&state) else {
+            return;
+        };
         // The hint is an int; a negative one panics in makemap, record it as 0.
         let hint = i64::try_from(hint).unwrap_or(0).max(0);
-        observe_n(
-            &self
-                .metrics
-                .map_make_hint
-                .with_label_values(&workload.labels.values()),
-            hint as f64,
-            self.reps,
+        let hints = child(
+            &w.children.map_make_hint,
+            &self.metrics.map_make_hint,
+            &w.labels,
         );
+        observe_n(hints, hint as f64, self.reps);
     }
-
     fn on_start_the_world_entry(&mut self, event: &Event, workload: &Workload) {
         if let StwAbi::WorldStopArgument { reason, started } = workload.facts.stw {
             let reg = |r: u8| event.regs[usize::from(r)];
@@ -759,7 +767,7 @@ impl Aggregator {
     }
 
     /// The RET of startTheWorldWithSema: RAX = `now`, the end of the pause.
-    fn on_start_the_world_ret(&mut self, event: &Event, workload: &Workload) {
+    fn on_start_the_world_ret(&mut self, event: &Event, workload: &Workload, state: u64) {
         let now = event.regs[usize::from(RAX)];
         let begun = match workload.facts.stw {
             StwAbi::WorldStopArgument { .. } => {
@@ -770,8 +778,11 @@ impl Aggregator {
         let Some((reason, started)) = begun else {
             return; // attached mid-pause
         };
+        let Some(w) = self.workloads.get_mut(&state) else {
+            return;
+        };
         let pause_ns = now.saturating_sub(started);
-        let [namespace, pod, container, binary, go_version] = workload.labels.values();
+        let [namespace, pod, container, binary, go_version] = w.labels.values();
         let pauses = self.metrics.stw_pause_seconds.with_label_values(&[
             namespace,
             pod,
@@ -781,19 +792,19 @@ impl Aggregator {
             stw_reason_name(reason),
         ]);
         observe_n(&pauses, pause_ns as f64 / 1e9, self.reps);
-        self.cycles
-            .entry(workload.labels.clone())
-            .or_default()
-            .stw_ns += pause_ns;
+        w.cycle.stw_ns += pause_ns;
     }
 
-    fn on_gc_cycle(&mut self, workload: &Workload) {
-        let labels = workload.labels.values();
+    fn on_gc_cycle(&mut self, state: u64) {
+        let Some(w) = self.workloads.get_mut(&state) else {
+            return;
+        };
+        let labels = w.labels.values();
         self.metrics
             .gc_cycles_total
             .with_label_values(&labels)
             .inc_by(self.reps);
-        let cycle = self.cycles.entry(workload.labels.clone()).or_default();
+        let cycle = &mut w.cycle;
         self.metrics
             .growth_bytes_per_gc_cycle
             .with_label_values(&labels)
@@ -820,53 +831,60 @@ impl Aggregator {
     }
 
     /// Counts one slice growth under its element type and call site (capped labels).
-    fn name_growth(&mut self, event: &Event, workload: &Workload, elem_type_address: u64) {
-        let [namespace, pod, container, binary, go_version] = workload.labels.values();
+    fn name_growth(&mut self, event: &Event, state: u64, elem_type_address: u64) {
+        let Some(w) = self.workloads.get_mut(&state) else {
+            return;
+        };
+        let m = &self.metrics;
         let Some(symbolizer) = self.symbolizers.get_mut(&event.tgid) else {
-            self.metrics
-                .slice_grow_total
-                .with_label_values(&[namespace, pod, container, binary, go_version, "unknown"])
+            let [namespace, pod, container, binary, go_version] = w.labels.values();
+            w.children
+                .slice_grow_unknown
+                .get_or_init(|| {
+                    m.slice_grow_total.with_label_values(&[
+                        namespace, pod, container, binary, go_version, "unknown",
+                    ])
+                })
                 .inc_by(self.reps);
             return;
         };
-        let limits = self.limits;
-        let names = self
-            .names
-            .entry(workload.labels.clone())
-            .or_insert_with(|| Names {
-                elem_types: LabelCap::new(limits.elem_types),
-                sites: LabelCap::new(limits.sites),
-            });
-        let name = symbolizer.type_name(elem_type_address);
-        let elem_type = names.elem_types.admit(&name);
-        self.metrics
-            .slice_grow_total
-            .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
+        let cache = self.process_children.entry(event.tgid).or_default();
+        cache.bound();
+        cache
+            .by_elem_type
+            .entry(elem_type_address)
+            .or_insert_with(|| w.slice_grow_for_type(m, &symbolizer.type_name(elem_type_address)))
             .inc_by(self.reps);
-        let Some(mut site) = symbolizer.call_site(event.caller_pc) else {
-            return;
+        let mut site_of = |pc: u64| -> SiteChild {
+            if let Some(site) = cache.by_caller.get(&pc) {
+                return site.clone();
+            }
+            let site = match symbolizer.call_site(pc) {
+                None => SiteChild::Unknown,
+                Some(site) if site.function == GROWSLICE_BUF => {
+                    SiteChild::ViaGrowsliceBuf(w.site_grow_for(m, &site))
+                }
+                Some(site) => SiteChild::Line(w.site_grow_for(m, &site)),
+            };
+            cache.by_caller.insert(pc, site.clone());
+            site
         };
-        if site.function == GROWSLICE_BUF
-            && let Some(pc) = self.buf_callers.remove(&(event.tgid, event.goroutine))
-            && let Some(outer) = symbolizer.call_site(pc)
-        {
-            site = outer;
-        }
-        let key = format!("{}\u{0}{}\u{0}{}", site.function, site.file, site.line);
-        let line = site.line.to_string();
-        let (function, file, line) = if names.sites.admit(&key) == OTHER {
-            (OTHER, OTHER, "0")
-        } else {
-            (site.function.as_str(), site.file.as_str(), line.as_str())
+        let counter = match site_of(event.caller_pc) {
+            SiteChild::Unknown => return,
+            SiteChild::Line(counter) => counter,
+            SiteChild::ViaGrowsliceBuf(own) => {
+                match self
+                    .buf_callers
+                    .remove(&(event.tgid, event.goroutine))
+                    .map(&mut site_of)
+                {
+                    Some(SiteChild::Line(outer) | SiteChild::ViaGrowsliceBuf(outer)) => outer,
+                    _ => own,
+                }
+            }
         };
-        self.metrics
-            .site_grow_total
-            .with_label_values(&[
-                namespace, pod, container, binary, go_version, function, file, line,
-            ])
-            .inc_by(self.reps);
+        counter.inc_by(self.reps);
     }
-
     fn on_growslice_ret(&mut self, event: &Event) {
         let result = match self.pending.remove(&(event.tgid, event.goroutine)) {
             None => CheckResult::Unpaired,
@@ -984,8 +1002,9 @@ mod tests {
         register(&mut aggregator, 0, 100, &api);
         // The first cycle ends before any growth; the second after two growths.
         aggregator.apply(Input::Events(vec![gc_cycle(0, 100)]));
-        aggregator.count_growth_bytes(&api, 48);
-        aggregator.count_growth_bytes(&api, 4096);
+        let state = aggregator.workload_key(&api.labels);
+        aggregator.count_growth_bytes(state, 48);
+        aggregator.count_growth_bytes(state, 4096);
         aggregator.apply(Input::Events(vec![gc_cycle(0, 100)]));
         let histogram = metrics
             .growth_bytes_per_gc_cycle

@@ -1,16 +1,17 @@
 //! The per-hit cost of a uprobe on this machine, measured at start-up for the overhead
 //! budget (`crate::budget`).
 //!
-//! How: mapwatch's own program (`go_probe`, with a growslice-like spec: two struct
-//! reads and the caller's PC, one ring-buffer record) is attached to two instructions
-//! of mapwatch's own code — a PUSH, which the kernel emulates (like the instruction
-//! after a Go function's stack check, where entry probes go), and a RET, which it
-//! single-steps (like mapwatch's RET probes) — each in its own copy of a three-byte
-//! function; a third copy has no probe. One thread calls the three in interleaved
-//! rounds and times each batch with its own CPU clock (the trap, the program and the
-//! single step are all charged to the calling thread); a cost is the median over the
-//! rounds of (probed − plain) per call. The records go to the ring buffer before the
-//! reader runs and are discarded here.
+//! How: mapwatch's own program (`go_probe`, with growslice's spec: the caller's PC and
+//! no struct field, one ring-buffer record) is attached to two instructions of
+//! mapwatch's own code — a PUSH, which the kernel emulates (like the instruction after a
+//! Go function's stack check, where entry probes go), and a RET, which it single-steps
+//! (like mapwatch's RET probes) — each in its own copy of a three-byte function; a
+//! third copy's PUSH gets the same probe reading four struct fields (like the map growth
+//! probes), which prices one field read; a fourth copy has no probe. One thread calls
+//! them in interleaved rounds and times each batch with its own CPU clock (the trap, the
+//! program and the single step are all charged to the calling thread); a cost is the
+//! median over the rounds of (probed − plain) per call. The records go to the ring
+//! buffer before the reader runs and are discarded here.
 //!
 //! Why not an empty program, as first planned: measured in a Go loop here, an empty
 //! program cost ~0.9 µs per hit (what this calibration also finds for it) but
@@ -56,6 +57,12 @@ std::arch::global_asm!(
     "push rbp",
     "pop rbp",
     "ret",
+    ".p2align 4",
+    ".globl mapwatch_calibration_loads",
+    "mapwatch_calibration_loads:",
+    "push rbp",
+    "pop rbp",
+    "ret",
     ".popsection",
 );
 
@@ -63,7 +70,11 @@ unsafe extern "C" {
     fn mapwatch_calibration_plain(data: *const u64);
     fn mapwatch_calibration_push(data: *const u64);
     fn mapwatch_calibration_ret(data: *const u64);
+    fn mapwatch_calibration_loads(data: *const u64);
 }
+
+/// Struct fields the third probe reads (as many as a spec holds).
+const FIELD_READS: usize = mapwatch_common::PROBE_LOADS;
 
 const RET_OFFSET: u64 = 2;
 /// Calls per batch and rounds: ~1.5 ms + ~6 ms per round here.
@@ -98,6 +109,7 @@ impl Probes {
                 info!(
                     emulated_ns = c.cost.emulated_ns.round(),
                     single_stepped_ns = c.cost.single_stepped_ns.round(),
+                    per_read_ns = c.cost.per_read_ns.round(),
                     ms = c.took.as_millis() as u64,
                     "calibrated the per-hit cost of mapwatch's probe"
                 );
@@ -106,9 +118,10 @@ impl Probes {
             Err(e) => {
                 warn!(
                     "calibrating the per-hit cost of a uprobe failed ({e}); assuming {} ns \
-                     (emulated) and {} ns (single-stepped)",
+                     (emulated), {} ns (single-stepped) and {} ns per field read",
                     HitCost::FALLBACK.emulated_ns,
-                    HitCost::FALLBACK.single_stepped_ns
+                    HitCost::FALLBACK.single_stepped_ns,
+                    HitCost::FALLBACK.per_read_ns
                 );
                 HitCost::FALLBACK
             }
@@ -132,25 +145,37 @@ impl Probes {
         let ret_site = file_offset(mapwatch_calibration_ret as *const () as u64)
             .ok_or(CalibrationError::NotMapped)?
             + RET_OFFSET;
+        let loads_site = file_offset(mapwatch_calibration_loads as *const () as u64)
+            .ok_or(CalibrationError::NotMapped)?;
 
         if self.ring.is_none() {
             return Err(CalibrationError::RingTaken);
         }
-        let slot = self.take_slot().ok_or(AttachError::SlotsExhausted)?;
-        let result = self.time_probe(slot, &exe, pid, push_site, ret_site);
-        // The slot goes back with no probe in it; its counters are reset when reused.
+        let slots = [self.take_slot(), self.take_slot()];
+        let result = match slots {
+            [Some(plain), Some(reading)] => self.time_probe(
+                [plain, reading],
+                &exe,
+                pid,
+                [push_site, ret_site, loads_site],
+            ),
+            _ => Err(AttachError::SlotsExhausted.into()),
+        };
+        // The slots go back with no probe in them; their counters are reset when reused.
         let none = ProbeSpec {
             kind: ProbeKind::None as u16,
             flags: 0,
             _pad: 0,
             loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
         };
-        let _ = self.specs.set(slot, none, 0);
-        self.free_slots.push(slot);
+        for slot in slots.into_iter().flatten() {
+            let _ = self.specs.set(slot, none, 0);
+            self.free_slots.push(slot);
+        }
         if let Some(ring) = self.ring.as_mut() {
             while ring.next().is_some() {}
         }
-        let (emulated, single_stepped) = result?;
+        let [emulated, single_stepped, with_reads] = result?;
         // A hit that costs nothing measurable means the probe did not fire; more than
         // 100 µs means the measurement was swamped (or something is badly wrong).
         if !(50.0..100_000.0).contains(&emulated) || !(50.0..100_000.0).contains(&single_stepped) {
@@ -159,8 +184,11 @@ impl Probes {
                 single_stepped,
             });
         }
+        // Reads cost tens of ns against a hit's ~1 µs: noise can make the difference
+        // negative, which means "too small to see".
+        let per_read = ((with_reads - emulated) / FIELD_READS as f64).max(0.0);
         Ok(Calibration {
-            cost: HitCost::measured(emulated, single_stepped),
+            cost: HitCost::measured(emulated, single_stepped, per_read),
             took: started.elapsed(),
         })
     }
@@ -174,33 +202,42 @@ impl Probes {
         })
     }
 
-    /// (emulated, single-stepped) ns per hit of `go_probe` in `slot`.
+    /// ns per hit of `go_probe` at the (PUSH, RET, PUSH with field reads) sites;
+    /// `slots`: (without field reads, with them).
     fn time_probe(
         &mut self,
-        slot: u32,
+        slots: [u32; 2],
         exe: &std::path::Path,
         pid: u32,
-        push_site: u64,
-        ret_site: u64,
-    ) -> Result<(f64, f64), CalibrationError> {
+        sites: [u64; 3],
+    ) -> Result<[f64; 3], CalibrationError> {
         // Like growslice's entry, the hot probe: no struct field, the caller's PC (its
-        // element type's size is read from the file in userspace). Probes that read
-        // fields (map growth: 4, plus a directory walk) cost more per hit than this;
-        // calibrating per field read is the next step (BENCHMARKS.md).
-        let loads = [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS];
-        let spec = ProbeSpec {
+        // element type's size is read from the file in userspace).
+        let plain = ProbeSpec {
             kind: ProbeKind::GrowsliceEntry as u16,
             flags: ProbeSpec::FLAG_CALLER_PC,
             _pad: 0,
-            loads,
+            loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
         };
-        self.specs.set(slot, spec, 0).map_err(AttachError::from)?;
-        self.map_assign_layouts
-            .set(slot, mapwatch_common::MapAssignLayout::default(), 0)
-            .map_err(AttachError::from)?;
-        self.directory_layouts
-            .set(slot, mapwatch_common::DirectoryLayout::default(), 0)
-            .map_err(AttachError::from)?;
+        // Like hashGrow's: 8-byte fields through the first argument (RDI = `data`).
+        let mut reading = plain;
+        for (i, load) in reading.loads.iter_mut().enumerate() {
+            *load = MemoryLoad {
+                reg: crate::goruntime::versions::RDI,
+                size: 8,
+                _pad: [0; 2],
+                offset: (i % 2 * 8) as u32,
+            };
+        }
+        for (slot, spec) in slots.into_iter().zip([plain, reading]) {
+            self.specs.set(slot, spec, 0).map_err(AttachError::from)?;
+            self.map_assign_layouts
+                .set(slot, mapwatch_common::MapAssignLayout::default(), 0)
+                .map_err(AttachError::from)?;
+            self.directory_layouts
+                .set(slot, mapwatch_common::DirectoryLayout::default(), 0)
+                .map_err(AttachError::from)?;
+        }
         let program: &mut UProbe = self
             .ebpf
             .program_mut(PROGRAM)
@@ -209,7 +246,7 @@ impl Probes {
             .map_err(AttachError::from)?;
         let pid_nz = std::num::NonZeroU32::new(pid).ok_or(CalibrationError::NotMapped)?;
         let mut links = Vec::new();
-        for site in [push_site, ret_site] {
+        for (site, slot) in sites.into_iter().zip([slots[0], slots[0], slots[1]]) {
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(site),
                 cookie: Some(u64::from(slot)),
@@ -221,17 +258,18 @@ impl Probes {
         }
 
         let data = [24u64, 8u64];
-        let functions: [unsafe extern "C" fn(*const u64); 3] = [
+        let functions: [unsafe extern "C" fn(*const u64); 4] = [
             mapwatch_calibration_plain,
             mapwatch_calibration_push,
             mapwatch_calibration_ret,
+            mapwatch_calibration_loads,
         ];
-        // ns per call of (plain, push, ret), per round.
-        let mut per_call = [[0.0f64; 3]; ROUNDS];
+        // ns per call of (plain, push, ret, push with reads), per round.
+        let mut per_call = [[0.0f64; 4]; ROUNDS];
         for (round, times) in per_call.iter_mut().enumerate() {
-            for k in 0..3 {
+            for k in 0..functions.len() {
                 // Rotate the order so no function always runs first in a round.
-                let which = (round + k) % 3;
+                let which = (round + k) % functions.len();
                 let f = functions[which];
                 let before = thread_cpu_ns();
                 for _ in 0..CALLS {
@@ -241,7 +279,7 @@ impl Probes {
                 times[which] = (thread_cpu_ns() - before) as f64 / f64::from(CALLS);
                 // Read the records as the reader would: a ring left full makes every
                 // record force a wake-up (see RING_WAKEUP_BYTES), which the reader
-                // prevents in operation. A batch (~110 KiB) stays below the threshold.
+                // prevents in operation. A batch (~130 KiB) stays below the threshold.
                 if let Some(ring) = self.ring.as_mut() {
                     while ring.next().is_some() {}
                 }
@@ -259,9 +297,9 @@ impl Probes {
         };
         debug!(
             ?per_call,
-            "calibration rounds (ns per call: plain, push, ret)"
+            "calibration rounds (ns per call: plain, push, ret, push with field reads)"
         );
-        Ok((median_extra(1), median_extra(2)))
+        Ok([median_extra(1), median_extra(2), median_extra(3)])
     }
 }
 

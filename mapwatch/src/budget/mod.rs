@@ -10,13 +10,17 @@
 //!   …) has an *on-cost*: the CPU its probes cost per second while attached, measured as
 //!   kernel hits × the per-hit cost of the probed instruction (calibrated at start-up)
 //!   over the time the group was attached.
-//! - The process budget goes first to the rare groups (map growth, make(map), STW, GC),
-//!   then to the hot ones (growslice, mapassign, mallocgc), shared by water-filling: a
-//!   group that needs less than an equal share keeps all it needs. With the node-wide
-//!   budget set, processes share it the same way first.
+//! - The process budget (the smaller of a share of one core and a share of the
+//!   process's own CPU use) goes first to the rare groups (map growth, make(map), STW,
+//!   GC), then to the hot ones (growslice, mapassign, mallocgc), shared by
+//!   water-filling: a group that needs less than an equal share keeps all it needs.
+//!   When the rare groups alone need more than the budget, all groups share it alike.
+//!   With the node-wide budget set, processes share it the same way first.
 //! - A group whose share is below its on-cost is duty-cycled: attached for a window of
 //!   `fraction × cycle`, detached for the rest. Cycle length and window phase are random,
-//!   so work that repeats with a period is not aliased.
+//!   so work that repeats with a period is not aliased. The kernel closes a group's
+//!   links one by one (~100 ms each), so slots stay attached past the window: that
+//!   overrun is measured per cycle and the next windows are planned shorter by it.
 //! - Records of a duty-cycled slot weigh cycle length / the time the slot really was
 //!   attached in that cycle (measured from the attach and detach calls, not planned):
 //!   [`ScaleUpdate`] tells the aggregator, which holds the records of an open cycle until
@@ -28,7 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use mapwatch_common::ProbeKind;
 
-use crate::metrics::WorkloadLabels;
+use crate::{metrics::WorkloadLabels, plan::ProbePlan};
 
 /// Nanoseconds on CLOCK_MONOTONIC.
 pub type Nanos = u64;
@@ -65,6 +69,9 @@ pub fn site_class(bytes: &[u8]) -> SiteClass {
 pub struct HitCost {
     pub emulated_ns: f64,
     pub single_stepped_ns: f64,
+    /// Each struct field the probe reads from the target's memory (hardened usercopy
+    /// checks make a read ~100 ns here).
+    pub per_read_ns: f64,
 }
 
 impl HitCost {
@@ -74,6 +81,7 @@ impl HitCost {
     pub const FALLBACK: HitCost = HitCost {
         emulated_ns: 2500.0,
         single_stepped_ns: 7000.0,
+        per_read_ns: 200.0,
     };
 
     /// What a hit costs a real Go program beyond what the calibration sees: the
@@ -86,18 +94,21 @@ impl HitCost {
 
     /// From the calibration (`attach::calibration`): ns per hit of mapwatch's program
     /// in mapwatch's own code, scaled by [`HitCost::INDIRECT_FACTOR`].
-    pub fn measured(emulated_ns: f64, single_stepped_ns: f64) -> HitCost {
+    pub fn measured(emulated_ns: f64, single_stepped_ns: f64, per_read_ns: f64) -> HitCost {
         HitCost {
             emulated_ns: emulated_ns * Self::INDIRECT_FACTOR,
             single_stepped_ns: single_stepped_ns * Self::INDIRECT_FACTOR,
+            per_read_ns: per_read_ns * Self::INDIRECT_FACTOR,
         }
     }
 
-    pub fn of(&self, class: SiteClass) -> f64 {
-        match class {
+    /// A hit at an instruction of `class` by a probe that reads `reads` struct fields.
+    pub fn of(&self, class: SiteClass, reads: usize) -> f64 {
+        let trap = match class {
             SiteClass::Emulated => self.emulated_ns,
             SiteClass::SingleStepped => self.single_stepped_ns,
-        }
+        };
+        trap + reads as f64 * self.per_read_ns
     }
 }
 
@@ -152,17 +163,31 @@ pub struct GroupSpec {
     pub slots: Vec<SlotCost>,
 }
 
-/// Groups for probes given as (slot, kind, probed instruction bytes), in first-seen order.
+/// Groups for the probes of `plan` attached at `slots` (in order).
+pub fn groups_for_plan(plan: &ProbePlan, slots: &[u32], cost: HitCost) -> Vec<GroupSpec> {
+    groups_for(
+        plan.probes.iter().zip(slots).map(|(probe, &slot)| {
+            // The spec's field reads. Not counted: the walks whose length depends on the
+            // map (a Swiss directory at table growth, a mapassign group's slots).
+            let reads = probe.spec.loads.iter().filter(|l| l.is_enabled()).count();
+            (slot, probe.kind, probe.expected_bytes.as_slice(), reads)
+        }),
+        cost,
+    )
+}
+
+/// Groups for probes given as (slot, kind, probed instruction bytes, struct fields
+/// read), in first-seen order.
 pub fn groups_for<'a>(
-    probes: impl IntoIterator<Item = (u32, ProbeKind, &'a [u8])>,
+    probes: impl IntoIterator<Item = (u32, ProbeKind, &'a [u8], usize)>,
     cost: HitCost,
 ) -> Vec<GroupSpec> {
     let mut groups: Vec<GroupSpec> = Vec::new();
-    for (slot, kind, bytes) in probes {
+    for (slot, kind, bytes, reads) in probes {
         let (name, priority) = group_of(kind);
         let slot = SlotCost {
             slot,
-            per_hit_ns: cost.of(site_class(bytes)),
+            per_hit_ns: cost.of(site_class(bytes), reads),
         };
         match groups.iter_mut().find(|g| g.name == name) {
             Some(group) => group.slots.push(slot),
@@ -196,6 +221,9 @@ pub fn water_fill(budget: f64, demands: &[f64]) -> Vec<f64> {
 pub struct BudgetConfig {
     /// CPU the probes of one process may cost, in cores (0.01 = 1% of one core).
     pub per_process: f64,
+    /// And at most this share of the process's own CPU use (0.01 = 1%): a service
+    /// that keeps half a core busy gets half of `per_process`. None: no such limit.
+    pub share_of_process: Option<f64>,
     /// CPU the probes of all processes may cost together, in cores.
     pub node: Option<f64>,
     /// false: every probe stays attached (`attach --exact`, or `attach` without
@@ -311,6 +339,8 @@ struct Group {
     duty: f64,
     /// Cycles finished so far.
     windows: u64,
+    /// Attached time per slot beyond the planned window, averaged over recent cycles.
+    overrun: Nanos,
 }
 
 impl Group {
@@ -332,9 +362,29 @@ struct Process {
     total_cost_ns: f64,
     since: Nanos,
     budget: f64,
+    /// (time, the process's CPU time in ns), oldest first, over ~OVERHEAD_SPAN.
+    cpu_history: VecDeque<(Nanos, u64)>,
 }
 
 impl Process {
+    /// The process's CPU use over the last ~20 s, in cores; None until measured twice.
+    fn cpu_rate(&self) -> Option<f64> {
+        match (self.cpu_history.front(), self.cpu_history.back()) {
+            (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => {
+                Some(c1.saturating_sub(c0) as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the probes of this process may cost, in cores.
+    fn limit(&self, config: &BudgetConfig) -> f64 {
+        match (config.share_of_process, self.cpu_rate()) {
+            (Some(share), Some(rate)) => config.per_process.min(share * rate),
+            _ => config.per_process,
+        }
+    }
+
     fn overhead(&self) -> f64 {
         match (self.cost_history.front(), self.cost_history.back()) {
             (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => (c1 - c0) / (t1 - t0) as f64,
@@ -414,6 +464,7 @@ impl Controller {
                 busy: false,
                 duty: 1.0,
                 windows: 0,
+                overrun: 0,
             })
             .collect();
         self.processes.insert(
@@ -425,6 +476,7 @@ impl Controller {
                 total_cost_ns: 0.0,
                 since: now,
                 budget: self.config.per_process,
+                cpu_history: VecDeque::new(),
             },
         );
     }
@@ -474,6 +526,20 @@ impl Controller {
             .collect()
     }
 
+    /// The CPU time `pid` has used so far (ns, user + system, probes included), for the
+    /// budget relative to it (`BudgetConfig::share_of_process`). Call before `update`.
+    pub fn process_cpu(&mut self, pid: u32, now: Nanos, cpu_ns: u64) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        process.cpu_history.push_back((now, cpu_ns));
+        while process.cpu_history.len() > 2
+            && process.cpu_history[1].0 + tuning::OVERHEAD_SPAN <= now
+        {
+            process.cpu_history.pop_front();
+        }
+    }
+
     /// A control step: the kernel's hit totals per slot (`hits`), the on-costs they
     /// imply, a new allocation of the budget, and groups moved between always-on and
     /// duty-cycled. Call every second or so.
@@ -518,13 +584,15 @@ impl Controller {
     /// Shares the budgets: node → processes → groups (rare first).
     fn allocate(&mut self) {
         let demand = |p: &Process| -> f64 { p.groups.iter().filter_map(|g| g.on_cost).sum() };
-        let per_process = self.config.per_process;
+        let config = self.config;
+        let limits: Vec<f64> = self.processes.values().map(|p| p.limit(&config)).collect();
         let budgets: Vec<f64> = match self.config.node {
             Some(node) => {
                 let demands: Vec<f64> = self
                     .processes
                     .values()
-                    .map(|p| demand(p).min(per_process))
+                    .zip(&limits)
+                    .map(|(p, &limit)| demand(p).min(limit))
                     .collect();
                 let shares = water_fill(node, &demands);
                 // A process under its share may use up to the per-process budget: its
@@ -533,23 +601,38 @@ impl Controller {
                 shares
                     .iter()
                     .zip(&demands)
-                    .map(|(&share, &d)| {
+                    .zip(&limits)
+                    .map(|((&share, &d), &limit)| {
                         if share >= d {
-                            (share + spare / demands.len().max(1) as f64).min(per_process)
+                            (share + spare / demands.len().max(1) as f64).min(limit)
                         } else {
                             share
                         }
                     })
                     .collect()
             }
-            None => vec![per_process; self.processes.len()],
+            None => limits,
         };
         for (process, budget) in self.processes.values_mut().zip(budgets) {
             process.budget = budget;
             let mut left = budget;
-            for priority in [Priority::Rare, Priority::Hot] {
+            // Rare groups are served first only while they are rare: when they alone
+            // exceed the budget (map growth in a service that builds maps per request),
+            // every group shares it alike, so slice growth is still seen.
+            let rare_demand: f64 = process
+                .groups
+                .iter()
+                .filter(|g| g.priority == Priority::Rare)
+                .filter_map(|g| g.on_cost)
+                .sum();
+            let passes: &[&[Priority]] = if rare_demand <= budget {
+                &[&[Priority::Rare], &[Priority::Hot]]
+            } else {
+                &[&[Priority::Rare, Priority::Hot]]
+            };
+            for priorities in passes {
                 let members: Vec<usize> = (0..process.groups.len())
-                    .filter(|&i| process.groups[i].priority == priority)
+                    .filter(|&i| priorities.contains(&process.groups[i].priority))
                     .collect();
                 let demands: Vec<f64> = members
                     .iter()
@@ -577,7 +660,14 @@ impl Controller {
                 if group.mode != Mode::AlwaysOn || group.fraction >= 1.0 || group.busy {
                     continue;
                 }
-                let mut cycle = plan_cycle(&mut self.rng, now, group.fraction, cycling, true);
+                let mut cycle = plan_cycle(
+                    &mut self.rng,
+                    now,
+                    group.fraction,
+                    cycling,
+                    true,
+                    group.overrun,
+                );
                 cycle.opened = true;
                 for slot in &mut group.slots {
                     slot.on_in_cycle = 0;
@@ -642,9 +732,10 @@ impl Controller {
                     // cycle always contains its window.
                     let weights = close_weights(group, cycle.start, now);
                     let attached_ns: Nanos = group.slots.iter().map(|s| s.on_in_cycle).sum();
-                    group.duty = attached_ns as f64
-                        / group.slots.len().max(1) as f64
-                        / now.saturating_sub(cycle.start).max(1) as f64;
+                    let per_slot = attached_ns / group.slots.len().max(1) as Nanos;
+                    group.duty = per_slot as f64 / now.saturating_sub(cycle.start).max(1) as f64;
+                    let planned = cycle.window_until - cycle.window_from;
+                    group.overrun = (group.overrun + per_slot.saturating_sub(planned)) / 2;
                     self.scale_updates.push(ScaleUpdate::Close {
                         weights,
                         until: now,
@@ -667,7 +758,14 @@ impl Controller {
                             slots: group.slot_numbers(),
                         });
                     } else {
-                        let next = plan_cycle(&mut self.rng, now, group.fraction, cycling, false);
+                        let next = plan_cycle(
+                            &mut self.rng,
+                            now,
+                            group.fraction,
+                            cycling,
+                            false,
+                            group.overrun,
+                        );
                         group.mode = Mode::Cycling(next);
                         if now >= next.window_from {
                             // Degenerate plan (no off time before the window): open now.
@@ -836,19 +934,25 @@ fn close_weights(group: &Group, start: Nanos, end: Nanos) -> Vec<(u32, f64)> {
 /// stays ≥ MIN_WINDOW, and longer with many cycling slots on the node, whose detaches
 /// the kernel serializes); the window at a random phase (`window_first`: at the start,
 /// for a group that is attached already).
+///
+/// `overrun`: how much longer than planned the group's slots stayed attached in recent
+/// cycles (the kernel closes a group's links one after the other, ~100 ms each): the
+/// window is planned that much shorter, and the cycle long enough for that to fit.
 fn plan_cycle(
     rng: &mut fastrand::Rng,
     now: Nanos,
     fraction: f64,
     cycling_slots: usize,
     window_first: bool,
+    overrun: Nanos,
 ) -> Cycle {
     let fraction = fraction.clamp(MIN_FRACTION, 1.0);
-    let base = ((tuning::MIN_WINDOW as f64 / fraction) as Nanos)
+    let base = ((tuning::MIN_WINDOW.max(2 * overrun) as f64 / fraction) as Nanos)
         .max(cycling_slots as Nanos * tuning::DETACH_SPACING)
         .clamp(tuning::MIN_CYCLE, tuning::MAX_CYCLE);
     let length = (base as f64 * (0.5 + rng.f64())) as Nanos;
-    let window = ((length as f64 * fraction) as Nanos).max(1);
+    let on_time = (length as f64 * fraction) as Nanos;
+    let window = on_time.saturating_sub(overrun).max(on_time / 4).max(1);
     let phase = if window_first {
         0
     } else {
@@ -911,12 +1015,13 @@ mod tests {
         let cost = HitCost {
             emulated_ns: 1000.0,
             single_stepped_ns: 4000.0,
+            per_read_ns: 100.0,
         };
         let groups = groups_for(
             [
-                (0, ProbeKind::GrowsliceEntry, &[0x55u8][..]),
-                (1, ProbeKind::HashGrow, &[0x55u8][..]),
-                (2, ProbeKind::GrowsliceRet, &[0xc3u8][..]),
+                (0, ProbeKind::GrowsliceEntry, &[0x55u8][..], 0),
+                (1, ProbeKind::HashGrow, &[0x55u8][..], 4),
+                (2, ProbeKind::GrowsliceRet, &[0xc3u8][..], 0),
             ],
             cost,
         );
@@ -936,6 +1041,7 @@ mod tests {
             ]
         );
         assert_eq!(groups[1].priority, Priority::Rare);
+        assert_eq!(groups[1].slots[0].per_hit_ns, 1400.0);
     }
 
     #[test]
@@ -963,6 +1069,15 @@ mod tests {
         records: Vec<(u32, Nanos)>,
         latency: Nanos,
         record_every: Nanos,
+        /// The process's own CPU use, in cores (for `share_of_process`).
+        process_cores: Option<f64>,
+        /// A detach closes the group's links this far apart (0: all at once).
+        close_stagger: Nanos,
+        /// When slots of a detach under way stop recording.
+        stops: BTreeMap<u32, Nanos>,
+        /// Attaches and detaches under way: (when they finish, what).
+        pending: Vec<(Nanos, Action)>,
+        detach_started: BTreeMap<&'static str, Nanos>,
     }
 
     impl Simulation {
@@ -992,13 +1107,18 @@ mod tests {
                 records: Vec::new(),
                 latency: 5 * MILLISECOND,
                 record_every: 10 * MILLISECOND,
+                process_cores: None,
+                close_stagger: 0,
+                stops: BTreeMap::new(),
+                pending: Vec::new(),
+                detach_started: BTreeMap::new(),
             }
         }
 
         /// Advances in 1 ms steps for `duration`, ticking every second.
         fn run(&mut self, duration: Nanos) {
             let end = self.now + duration;
-            let mut pending: Vec<(Nanos, Action)> = Vec::new();
+            let mut pending = std::mem::take(&mut self.pending);
             while self.now < end {
                 self.now += MILLISECOND;
                 for (&slot, &on) in &self.attached {
@@ -1015,6 +1135,10 @@ mod tests {
                     pending.into_iter().partition(|(at, _)| *at <= self.now);
                 pending = waiting;
                 for (_, action) in done {
+                    let started = match &action {
+                        Action::Detach { group, .. } => self.detach_started[group],
+                        Action::Attach { .. } => self.now,
+                    };
                     match action {
                         Action::Attach { pid, group, slots } => {
                             for &s in &slots {
@@ -1024,10 +1148,28 @@ mod tests {
                                 slots.iter().map(|&s| (s, Some(self.now))).collect();
                             self.controller.attached(pid, group, &times);
                         }
-                        Action::Detach { .. } => unreachable!("detaches finish at once"),
+                        Action::Detach { pid, group, slots } => {
+                            // The kernel closed the links one after the other.
+                            let times: Vec<_> = slots
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &s)| (s, started + i as Nanos * self.close_stagger))
+                                .collect();
+                            self.controller.detached(pid, group, &times);
+                        }
                     }
                 }
+                for (&slot, &at) in &self.stops {
+                    if at <= self.now {
+                        self.attached.insert(slot, false);
+                    }
+                }
+                self.stops.retain(|_, at| *at > self.now);
                 if self.now.is_multiple_of(SECOND) {
+                    if let Some(cores) = self.process_cores {
+                        let cpu = (self.now as f64 * cores) as u64;
+                        self.controller.process_cpu(PID, self.now, cpu);
+                    }
                     let hits = self.hits.clone();
                     self.controller
                         .update(self.now, &|slot| hits.get(&slot).map(|h| *h as u64));
@@ -1035,6 +1177,17 @@ mod tests {
                 for action in self.controller.due(self.now) {
                     match action {
                         Action::Attach { .. } => pending.push((self.now + self.latency, action)),
+                        Action::Detach { pid, group, slots } if self.close_stagger > 0 => {
+                            // Slot i stops recording when its link is closed, i links
+                            // after the first; the controller hears when all are.
+                            for (i, &s) in slots.iter().enumerate() {
+                                self.stops
+                                    .insert(s, self.now + i as Nanos * self.close_stagger);
+                            }
+                            let last = self.now + (slots.len() as Nanos - 1) * self.close_stagger;
+                            pending.push((last, Action::Detach { pid, group, slots }));
+                            self.detach_started.insert(group, self.now);
+                        }
                         Action::Detach { pid, group, slots } => {
                             // Recording stops when the detach begins; the call itself
                             // takes long but does not matter to the weights.
@@ -1048,6 +1201,7 @@ mod tests {
                 }
                 self.updates.extend(self.controller.take_scale_updates());
             }
+            self.pending = pending;
         }
 
         fn report(&self) -> ProcessReport {
@@ -1099,6 +1253,7 @@ mod tests {
     fn enforced(per_process: f64) -> BudgetConfig {
         BudgetConfig {
             per_process,
+            share_of_process: None,
             node: None,
             enforce: true,
         }
@@ -1194,6 +1349,71 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_is_also_a_share_of_the_process_own_cpu() {
+        // 1% of a core, and 1% of what the process uses: a process using half a core
+        // gets 0.5% of a core. The probe costs 2% of a core while attached.
+        let config = BudgetConfig {
+            share_of_process: Some(0.01),
+            ..enforced(0.01)
+        };
+        let mut sim = Simulation::new(config, vec![(rare_group(1, 1000.0), 20_000.0)]);
+        sim.process_cores = Some(0.5);
+        sim.run(60 * SECOND);
+        let report = sim.report();
+        assert!((0.15..0.35).contains(&report.duty[0].1), "{report:?}");
+        assert!(report.overhead < 0.0065, "{report:?}");
+
+        // Without the share, 1% of a core: about half the time.
+        let mut sim = Simulation::new(enforced(0.01), vec![(rare_group(1, 1000.0), 20_000.0)]);
+        sim.process_cores = Some(0.5);
+        sim.run(60 * SECOND);
+        assert!(
+            (0.4..0.6).contains(&sim.report().duty[0].1),
+            "{:?}",
+            sim.report()
+        );
+    }
+
+    /// A group of four slots whose links the kernel closes 100 ms apart.
+    fn four_slot_group(per_hit_ns: f64) -> GroupSpec {
+        GroupSpec {
+            name: "map_growth",
+            priority: Priority::Rare,
+            slots: (0..4).map(|slot| SlotCost { slot, per_hit_ns }).collect(),
+        }
+    }
+
+    #[test]
+    fn windows_are_shortened_by_the_time_the_kernel_takes_to_close_links() {
+        // 4 slots × 5k hits/s × 1 µs = 2% of a core while attached; budget 0.5%.
+        let mut sim = Simulation::new(enforced(0.005), vec![(four_slot_group(1000.0), 5_000.0)]);
+        sim.close_stagger = 100 * MILLISECOND;
+        sim.run(60 * SECOND);
+        let before = sim.report().total_cost_ns;
+        sim.run(120 * SECOND);
+        let overhead = (sim.report().total_cost_ns - before) / (120 * SECOND) as f64;
+        // Without the correction, the 300 ms close tail more than doubles a ~0.5 s window.
+        assert!(overhead < 0.006, "overhead {overhead}: {:?}", sim.report());
+        assert!(overhead > 0.003, "overhead {overhead}: {:?}", sim.report());
+    }
+
+    #[test]
+    fn when_rare_groups_exceed_the_budget_hot_ones_still_get_a_share() {
+        let mut sim = Simulation::new(
+            enforced(0.01),
+            vec![
+                (hot_group(0, 1000.0), 500_000.0), // 50% of a core
+                (rare_group(1, 1000.0), 50_000.0), // 5%
+            ],
+        );
+        sim.run(60 * SECOND);
+        let report = sim.report();
+        // Each gets about half the budget: 0.5% / 50% and 0.5% / 5%.
+        assert!((0.005..0.02).contains(&report.duty[0].1), "{report:?}");
+        assert!((0.05..0.2).contains(&report.duty[1].1), "{report:?}");
+    }
+
+    #[test]
     fn a_rare_probe_over_budget_is_cycled_too() {
         let mut sim = Simulation::new(enforced(0.01), vec![(rare_group(1, 1000.0), 100_000.0)]);
         sim.run(30 * SECOND);
@@ -1222,6 +1442,7 @@ mod tests {
         let mut sim = Simulation::new(
             BudgetConfig {
                 per_process: 0.01,
+                share_of_process: None,
                 node: None,
                 enforce: false,
             },
@@ -1240,6 +1461,7 @@ mod tests {
         let mut controller = Controller::new(
             BudgetConfig {
                 per_process: 0.05,
+                share_of_process: None,
                 node: Some(0.04),
                 enforce: true,
             },
@@ -1262,7 +1484,7 @@ mod tests {
     fn cycles_are_random_in_length_and_phase() {
         let mut rng = fastrand::Rng::with_seed(3);
         let cycles: Vec<Cycle> = (0..50)
-            .map(|_| plan_cycle(&mut rng, 0, 0.1, 0, false))
+            .map(|_| plan_cycle(&mut rng, 0, 0.1, 0, false, 0))
             .collect();
         let lengths: std::collections::BTreeSet<Nanos> = cycles.iter().map(|c| c.end).collect();
         let phases: std::collections::BTreeSet<Nanos> =
@@ -1275,7 +1497,7 @@ mod tests {
             assert!(c.end >= tuning::MIN_CYCLE / 2 && c.end <= tuning::MAX_CYCLE * 3 / 2);
         }
         // Small fractions get longer cycles, so the window stays long enough.
-        let small = plan_cycle(&mut rng, 0, 0.005, 0, false);
+        let small = plan_cycle(&mut rng, 0, 0.005, 0, false, 0);
         assert!(small.window_until - small.window_from >= tuning::MIN_WINDOW / 2);
     }
 }

@@ -116,6 +116,13 @@ impl BudgetTask {
     }
 
     fn update(&mut self) {
+        let now = monotonic_ns();
+        let pids: Vec<u32> = self.controller.pids().collect();
+        for pid in pids {
+            if let Some(cpu_ns) = crate::discover::procs::cpu_time_ns(pid) {
+                self.controller.process_cpu(pid, now, cpu_ns);
+            }
+        }
         let slots = self.controller.slots();
         let hits: BTreeMap<u32, u64> = {
             let counters = self.counters.lock().expect("kernel counters");
@@ -125,7 +132,7 @@ impl BudgetTask {
                 .collect()
         };
         self.controller
-            .update(monotonic_ns(), &|slot| hits.get(&slot).copied());
+            .update(now, &|slot| hits.get(&slot).copied());
     }
 
     async fn forward_scale_updates(&mut self) {

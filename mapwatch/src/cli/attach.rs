@@ -102,6 +102,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     let hit_cost = probes.calibrate_hit_cost();
     let budget_config = BudgetConfig {
         per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
+        share_of_process: None,
         node: None,
         enforce: args.overhead_budget.is_some(),
     };
@@ -149,13 +150,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             }
         };
         metrics.attached_processes.set(1);
-        let groups = budget::groups_for(
-            plan.probes
-                .iter()
-                .zip(&slots)
-                .map(|(probe, &slot)| (slot, probe.kind, probe.expected_bytes.as_slice())),
-            hit_cost,
-        );
+        let groups = budget::groups_for_plan(&plan, &slots, hit_cost);
 
         let ring = probes.take_ring_buf().context("ring buffer already taken")?;
         let counters = probes.counters();

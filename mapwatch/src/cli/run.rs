@@ -507,15 +507,7 @@ impl Daemon {
             self.probes.lock().expect("probes").release_slots(slots);
             return Err(AttachError::Missing("aggregator (stopped)"));
         }
-        let groups = budget::groups_for(
-            analysis
-                .plan
-                .probes
-                .iter()
-                .zip(&slots)
-                .map(|(probe, &slot)| (slot, probe.kind, probe.expected_bytes.as_slice())),
-            self.hit_cost,
-        );
+        let groups = budget::groups_for_plan(&analysis.plan, &slots, self.hit_cost);
         let probes = Arc::clone(&self.probes);
         let analysis = Arc::clone(analysis);
         let file = key.file;
@@ -576,6 +568,7 @@ fn budget_config(config: &RunConfig) -> BudgetConfig {
     let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len().max(1));
     BudgetConfig {
         per_process: config.overhead_budget.fraction(),
+        share_of_process: Some(config.overhead_share.fraction()),
         node: config.node_budget.map(|n| n.fraction() * cpus as f64),
         enforce: true,
     }

@@ -39,6 +39,12 @@ pub struct RunFlags {
     #[arg(long, value_name = "PERCENT")]
     pub overhead_budget: Option<Percent>,
 
+    /// And at most this share of the process's own CPU use, like 1% [default: 1%]: a
+    /// service that keeps half a core busy gets half of --overhead-budget, so the
+    /// probes add about 1% to the CPU each of its requests takes.
+    #[arg(long, value_name = "PERCENT")]
+    pub overhead_share: Option<Percent>,
+
     /// CPU the probes may cost all processes of the node together, as a share of the
     /// node's CPU, like 5% [default: no node-wide limit].
     #[arg(long, value_name = "PERCENT")]

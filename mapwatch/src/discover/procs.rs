@@ -56,6 +56,26 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Fields 14 and 15 of a /proc/PID/stat line: user and system time, in clock ticks,
+/// of all the process's threads.
+pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time a live process has used, in ns (clock-tick resolution, 10 ms at 100 Hz).
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let ticks = cpu_ticks_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&t| t > 0)?;
+    Some(ticks * 1_000_000_000 / per_second)
+}
+
 /// The start time of a live process (see [`ProcessInfo::start_time`]).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     start_time_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -96,6 +116,8 @@ mod tests {
         assert_eq!(start_time_from_stat(stat), Some(987654));
         assert_eq!(start_time_from_stat("4242 (truncated"), None);
         assert_eq!(start_time_from_stat("4242 (x) S 1"), None);
+        assert_eq!(cpu_ticks_from_stat(stat), Some(3));
+        assert_eq!(cpu_ticks_from_stat("4242 (x) S 1"), None);
     }
 
     #[test]

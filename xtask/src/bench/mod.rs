@@ -128,7 +128,17 @@ impl Bench {
     }
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// The parts of the bench, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    ProbeCost,
+    Service,
+    Daemon,
+    Latency,
+    Inspect,
+}
+
+pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("cargo xtask bench attaches uprobes: run it as root");
     }
@@ -168,6 +178,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         growloop,
         work_dir,
     };
+    if !only.is_empty() {
+        return run_sections(&bench, &env, only);
+    }
     let load_before = load_average();
     let probe_cost = step("per-hit cost of a probe", || probe_cost::section(&bench))?;
     let service = step("JSON service under wrk", || {
@@ -220,6 +233,47 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let path = workspace_root().join("BENCHMARKS.md");
     std::fs::write(&path, &report)?;
     println!("{report}");
+    Ok(())
+}
+
+/// `--only`: the chosen sections, printed (the service's budget-model check needs the
+/// probe-cost section's per-hit costs and is left blank without them).
+fn run_sections(bench: &Bench, env: &setup::Env, only: &[Section]) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    let (mut probe_ns, mut ret_ns) = (None, None);
+    if only.contains(&Section::ProbeCost) {
+        let cost = step("per-hit cost of a probe", || probe_cost::section(bench))?;
+        (probe_ns, ret_ns) = (cost.probe_ns, cost.ret_ns);
+        out.extend(cost.targets);
+        out.push(cost.markdown);
+    }
+    if only.contains(&Section::Service) {
+        let service = step("JSON service under wrk", || {
+            service::section(bench, probe_ns, ret_ns)
+        })?;
+        out.extend(service.targets);
+        out.push(service.markdown);
+    }
+    if only.contains(&Section::Daemon) {
+        let (rates, targets) = step("daemon at fixed event rates", || {
+            daemon::rates_section(bench)
+        })?;
+        out.extend(targets);
+        out.push(rates);
+    }
+    if only.contains(&Section::Latency) {
+        out.push(step("attach, detach, SIGTERM", || {
+            daemon::latency_section(bench)
+        })?);
+    }
+    if only.contains(&Section::Inspect) {
+        let rounds = if bench.quick { 3 } else { 7 };
+        let (inspect, _) = step("inspect on large binaries", || {
+            inspect::section(env, &bench.paths.mapwatch, rounds)
+        })?;
+        out.push(inspect);
+    }
+    println!("{}", out.join("\n\n"));
     Ok(())
 }
 

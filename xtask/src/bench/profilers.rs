@@ -52,6 +52,8 @@ pub struct Running {
     kind: Profiler,
     /// The tool's first JSON line (what it attached, how long it took).
     attached: Option<serde_json::Value>,
+    /// Counts before the measured part of the run (see `start_counting`).
+    baseline: Counts,
 }
 
 /// What a profiler counted, read when it stopped.
@@ -78,6 +80,10 @@ fn next_addr() -> String {
 }
 
 impl Profiler {
+    pub fn is_mapwatch(&self) -> bool {
+        matches!(self, Profiler::Attach { .. } | Profiler::Run { .. })
+    }
+
     pub fn start(&self, paths: &Paths, target_pid: u32, binary: &Path) -> anyhow::Result<Running> {
         let mut running = Running {
             child: None,
@@ -85,6 +91,7 @@ impl Profiler {
             addr: None,
             kind: self.clone(),
             attached: None,
+            baseline: Counts::default(),
         };
         match self {
             Profiler::None => {}
@@ -208,6 +215,46 @@ impl Running {
         self.child.as_ref().map(Child::id)
     }
 
+    /// From now on, counts are what happens after this point (mapwatch only: the
+    /// other profilers count from their start).
+    pub fn start_counting(&mut self) {
+        self.baseline = self.counts_since(&Counts::default());
+    }
+
+    /// mapwatch's counters (from /metrics) minus `baseline`'s; gauges as they are now.
+    fn counts_since(&self, baseline: &Counts) -> Counts {
+        let mut counts = Counts::default();
+        let Some((200, body)) = http_get(self.addr.as_deref().unwrap_or(""), "/metrics") else {
+            return counts;
+        };
+        let since = |now: f64, before: Option<f64>| Some(now - before.unwrap_or(0.0));
+        counts.hits = since(
+            metric_sum(&body, "mapwatch_probe_hits_total", ""),
+            baseline.hits,
+        );
+        counts.ret_hits = since(
+            metric_sum(&body, "mapwatch_probe_hits_total", "_ret\""),
+            baseline.ret_hits,
+        );
+        counts.lost = since(
+            metric_sum(&body, "mapwatch_events_lost_total", ""),
+            baseline.lost,
+        );
+        counts.hits_by_probe = procs::metric_by_label(&body, "mapwatch_probe_hits_total", "probe")
+            .into_iter()
+            .map(|(probe, hits)| {
+                let before = baseline.hits_by_probe.get(&probe).copied().unwrap_or(0.0);
+                (probe, hits - before)
+            })
+            .collect();
+        counts.duty_cycle =
+            procs::metric_by_label(&body, "mapwatch_probe_duty_cycle_ratio", "probe");
+        counts.estimated_overhead = body
+            .contains("mapwatch_estimated_overhead_ratio{")
+            .then(|| metric_sum(&body, "mapwatch_estimated_overhead_ratio", ""));
+        counts
+    }
+
     /// Detaches and collects the counts.
     pub fn stop(mut self) -> anyhow::Result<Counts> {
         let mut counts = Counts::default();
@@ -217,20 +264,7 @@ impl Running {
         match &self.kind {
             Profiler::None => {}
             Profiler::Attach { .. } | Profiler::Run { .. } => {
-                if let Some((200, body)) = http_get(self.addr.as_deref().unwrap_or(""), "/metrics")
-                {
-                    counts.hits = Some(metric_sum(&body, "mapwatch_probe_hits_total", ""));
-                    counts.ret_hits =
-                        Some(metric_sum(&body, "mapwatch_probe_hits_total", "_ret\""));
-                    counts.lost = Some(metric_sum(&body, "mapwatch_events_lost_total", ""));
-                    counts.hits_by_probe =
-                        procs::metric_by_label(&body, "mapwatch_probe_hits_total", "probe");
-                    counts.duty_cycle =
-                        procs::metric_by_label(&body, "mapwatch_probe_duty_cycle_ratio", "probe");
-                    counts.estimated_overhead = body
-                        .contains("mapwatch_estimated_overhead_ratio{")
-                        .then(|| metric_sum(&body, "mapwatch_estimated_overhead_ratio", ""));
-                }
+                counts = self.counts_since(&self.baseline);
                 procs::signal(child.id(), "TERM");
                 procs::wait_or_kill(&mut child, Duration::from_secs(30));
             }

@@ -1,19 +1,19 @@
 //! A JSON HTTP service under load: fixtures/bench/jsonservice pinned to one core,
-//! `wrk` (and the profiler) on the other, a fixed number of requests per run, every
+//! `wrk` (and the profiler) on the other, a fixed time per run, every
 //! configuration interleaved with runs without a profiler.
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
 use super::{
     Bench,
-    procs::{self, cpu_seconds, pinned},
+    procs::{cpu_seconds, pinned},
     profilers::{PROFILER_CPU, Profiler, TARGET_CPU},
     stats::{Summary, paired_ratios, round_order, show},
 };
@@ -23,17 +23,6 @@ const LUA_SCRIPT: &str = r#"-- written by `cargo xtask bench`
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"id":7,"text":"the quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs far away from the dog and the farmer. A farmer has a dog, a cat, two horses and many chickens that run around the farm all day long while the sun shines over the green fields of the quiet valley, and the fox waits.","tags":["farm","animals","","story","fox"]}'
-local limit = tonumber(os.getenv("BENCH_REQUESTS") or "0")
-local seen = 0
-function response(status, headers, body)
-  seen = seen + 1
-  if limit > 0 and seen == limit then
-    -- wrk runs for its -d duration; the bench interrupts it once this is printed.
-    io.stderr:write("bench: limit reached\n")
-    io.stderr:flush()
-    wrk.thread:stop()
-  end
-end
 "#;
 
 pub struct Service {
@@ -83,31 +72,19 @@ pub struct Load {
     pub p99_ms: f64,
 }
 
-/// `wrk` until `requests` responses (the Lua script says when; wrk itself only knows
-/// durations, so it is interrupted then and reports over the real elapsed time).
-pub fn drive(bench: &Bench, addr: &str, requests: u64) -> anyhow::Result<Load> {
-    let script = bench.work_dir.join("count.lua");
+/// `wrk` for `duration`.
+pub fn drive_for(bench: &Bench, addr: &str, duration: Duration) -> anyhow::Result<Load> {
+    let script = bench.work_dir.join("post.lua");
     std::fs::write(&script, LUA_SCRIPT)?;
-    let mut command = pinned(PROFILER_CPU, Path::new("wrk"));
-    command
-        .args(["-t1", "-c8", "-d300s", "--latency", "-s"])
+    let output = pinned(PROFILER_CPU, Path::new("wrk"))
+        .args(["-t1", "-c8", "--latency", "-s"])
         .arg(&script)
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg(format!("http://{addr}/count"))
-        .env("BENCH_REQUESTS", requests.to_string());
-    let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting wrk (Debian package wrk)")?;
-    let stderr = BufReader::new(child.stderr.take().context("stderr")?);
-    for line in stderr.lines() {
-        if line?.contains("bench: limit reached") {
-            procs::signal(child.id(), "INT");
-            break;
-        }
-    }
-    let output = child.wait_with_output()?;
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running wrk (Debian package wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     parse_wrk(&text).with_context(|| format!("parsing wrk's output:\n{text}"))
 }
@@ -184,8 +161,11 @@ pub fn section(
     probe_ns: Option<f64>,
     ret_ns: Option<f64>,
 ) -> anyhow::Result<ServiceResult> {
-    let requests: u64 = if bench.quick { 5_000 } else { 20_000 };
-    let rounds = bench.rounds;
+    // Long enough for several duty cycles of the overhead budget (1-20 s each).
+    let run_length = Duration::from_secs(if bench.quick { 4 } else { 10 });
+    let warm_up = Duration::from_secs(if bench.quick { 3 } else { 5 });
+    // Fewer rounds than elsewhere: each run is long (see run_length).
+    let rounds = if bench.quick { 2 } else { 5 };
     let service = Service::start(&bench.jsonservice)?;
     let exact_offsets = bench.exact_offsets(&bench.jsonservice)?;
     let configs: Vec<(&str, Profiler)> = vec![
@@ -213,17 +193,25 @@ pub fn section(
         ),
     ];
     // Warm the service up (first connections, heap growth) before anything is timed.
-    drive(bench, &service.addr, requests / 2)?;
+    drive_for(bench, &service.addr, warm_up)?;
     let mut samples: BTreeMap<&str, Samples> = BTreeMap::new();
     for round in 0..rounds {
         for index in round_order(configs.len(), round) {
             let (label, profiler) = &configs[index];
-            let running = profiler.start(&bench.paths, service.pid, &bench.jsonservice)?;
+            let mut running = profiler.start(&bench.paths, service.pid, &bench.jsonservice)?;
+            if profiler.is_mapwatch() {
+                // Steady state, not start-up: the overhead budget measures hit rates
+                // for a second or two before it duty-cycles a probe, and a continuous
+                // profiler is judged by the hours after that. (The other profilers
+                // have no start-up phase; the service itself is warm.)
+                drive_for(bench, &service.addr, warm_up)?;
+                running.start_counting();
+            }
             let profiler_pid = running.pid();
             let cpu_before = cpu_seconds(service.pid)?;
             let profiler_before = profiler_pid.map(cpu_seconds).transpose()?;
             let started = Instant::now();
-            let load = drive(bench, &service.addr, requests);
+            let load = drive_for(bench, &service.addr, run_length);
             let wall = started.elapsed().as_secs_f64();
             let cpu_after = cpu_seconds(service.pid)?;
             let profiler_after = profiler_pid.map(cpu_seconds).transpose()?;
@@ -275,7 +263,7 @@ pub fn section(
             args: vec!["callsites".into(), "--runtime".into()],
         };
         let running = profiler.start(&bench.paths, service.pid, &bench.jsonservice)?;
-        let load = drive(bench, &service.addr, requests);
+        let load = drive_for(bench, &service.addr, run_length);
         let counts = running.stop()?;
         load?;
         counts.report.unwrap_or_default()
@@ -429,8 +417,11 @@ pub fn section(
          {TARGET_CPU}): per request it decodes a JSON body (~60 words, 5 tags), counts the \
          words in a map, builds and sorts a slice of (word, count) and the tags, encodes \
          the top ten — nothing pre-sized. `wrk -t1 -c8` (pinned to CPU {PROFILER_CPU}, with \
-         the profiler) sends {requests} requests per run; {rounds} rounds, configurations \
-         interleaved (rotated each round). *CPU per request* is the service's own \
+         the profiler) sends requests for {} s per run; {rounds} rounds, configurations \
+         interleaved (rotated each round). mapwatch is measured in its steady state: \
+         after it attached, {} s of load warm it up (its overhead budget duty-cycles \
+         probes only once it has measured their hit rates), and its counts are taken \
+         over the measured requests only. *CPU per request* is the service's own \
          (/proc/PID/stat utime+stime over the run); *×* columns are per-round ratios to \
          the same round's run without a profiler; the profiler's own CPU is shown apart \
          (share of one core during the run). `mapwatch run` is limited to the service with \
@@ -455,6 +446,8 @@ pub fn section(
          of one core over the run (the A/A row above bounds its noise).\n\n\
          | configuration | hits per request by probe | estimated overhead | measured overhead |\n\
          |---|---|---|---|\n{}\n",
+        run_length.as_secs(),
+        warm_up.as_secs(),
         exact_offsets.len(),
         rows.join("\n"),
         probe_ns.map_or("—".into(), |n| format!("{n:.0} ns")),
