@@ -14,7 +14,7 @@ use tokio::{
 };
 use tracing::info;
 
-use super::{AttachArgs, UsageError};
+use super::{AttachArgs, UsageError, session::Session};
 use crate::{
     aggregate::{Aggregator, Input, SlotRegistration, Workload},
     attach::{self, AttachError, FileIdentity, Probes},
@@ -183,32 +183,22 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
 
         let why = wait_for_stop(pid, start_time, args.duration).await?;
         info!(%why, "stopping");
-        let started = std::time::Instant::now();
-        // Off the async workers: closing links blocks (see Probes::detach).
-        let count = new_probes.len();
-        // The budget stops first: no window opens while everything is detached, and
-        // the records of open cycles are weighed.
-        let _ = stop_budget.send(true);
-        let reports = budget_task.await.context("budget task")?;
         drop(to_budget);
-        let probes = tokio::task::spawn_blocking(move || {
-            probes.lock().expect("probes").detach_all();
-            probes
-        })
-        .await
-        .context("detaching")?;
-        let detached = started.elapsed();
-        metrics.attached_processes.set(0);
-        let _ = stop_reader.send(true);
-        reader.await.context("reader task")?.context("reading the ring buffer")?;
-        aggregator.await.context("aggregator task")?;
-        drop(probes);
+        let session = Session {
+            stop_budget,
+            budget_task,
+            probes,
+            stop_reader,
+            reader,
+            aggregator,
+            metrics: Arc::clone(&metrics),
+        };
+        let stopped = session.stop().await?;
         eprintln!(
-            "mapwatch: {why}; detached {count} probes in {} ms, drained in {} ms. {} {}.",
-            detached.as_millis(),
-            (started.elapsed() - detached).as_millis(),
+            "mapwatch: {why}; {}. {} {}.",
+            stopped.timings(),
             summary(&metrics),
-            budget::task::summary(&reports)
+            budget::task::summary(&stopped.reports)
         );
         server.abort();
         Ok(())

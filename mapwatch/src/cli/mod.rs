@@ -3,6 +3,7 @@ mod attach;
 mod inspect;
 mod run;
 pub mod run_flags;
+mod session;
 
 use std::{net::SocketAddr, path::PathBuf};
 

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{HotProbe, UsageError, run_flags::RunFlags};
+use super::{HotProbe, UsageError, run_flags::RunFlags, session::Session};
 use crate::{
     aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload},
     attach::{self, AttachError, FileIdentity, Probes, notices::NoticesLost},
@@ -265,35 +265,19 @@ impl Daemon {
             }
         };
         info!(why, "stopping");
-        let started = Instant::now();
         ready.store(false, Ordering::Release);
-        // The budget stops first: no window opens while everything is detached, and the
-        // records of open cycles are weighed.
-        let _ = stop_budget.send(true);
-        budget_task.await.context("budget task")?;
-        let probes = Arc::clone(&daemon.probes);
-        let count = tokio::task::spawn_blocking(move || {
-            let mut probes = probes.lock().expect("probes");
-            let count = probes.attached().count();
-            probes.detach_all();
-            count
-        })
-        .await
-        .context("detaching")?;
-        let detached = started.elapsed();
-        metrics.attached_processes.set(0);
-        let _ = stop_reader.send(true);
-        reader
-            .await
-            .context("reader task")?
-            .context("reading the ring buffer")?;
+        let session = Session {
+            stop_budget,
+            budget_task,
+            probes: Arc::clone(&daemon.probes),
+            stop_reader,
+            reader,
+            aggregator,
+            metrics: Arc::clone(&metrics),
+        };
         drop(daemon);
-        aggregator.await.context("aggregator task")?;
-        eprintln!(
-            "mapwatch: {why}; detached {count} probes in {} ms, drained in {} ms",
-            detached.as_millis(),
-            (started.elapsed() - detached).as_millis()
-        );
+        let stopped = session.stop().await?;
+        eprintln!("mapwatch: {why}; {}", stopped.timings());
         server.abort();
         Ok(())
     }

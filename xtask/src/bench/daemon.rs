@@ -22,11 +22,14 @@ pub fn rates_section(bench: &Bench) -> anyhow::Result<(String, Vec<String>)> {
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for rate in RATES {
-        let mut command = pinned(TARGET_CPU, &bench.growloop);
+        let mut command = pinned(TARGET_CPU, &bench.budgetloop);
         command.args(["-rate", &rate.to_string(), "-seconds", &seconds.to_string()]);
         let mut fixture = Fixture::start(command)?;
-        let running =
-            Profiler::Attach { exact: false }.start(&bench.paths, fixture.pid, &bench.growloop)?;
+        let running = Profiler::Attach { exact: false }.start(
+            &bench.paths,
+            fixture.pid,
+            &bench.budgetloop,
+        )?;
         let pid = running.pid().context("mapwatch pid")?;
         let addr = running.addr.clone().context("mapwatch address")?;
         let cpu_before = cpu_seconds(pid)?;
@@ -68,7 +71,7 @@ pub fn rates_section(bench: &Bench) -> anyhow::Result<(String, Vec<String>)> {
     }
     let text = format!(
         "## The daemon at fixed event rates\n\n\
-         `fixtures/bench/growloop -rate R -seconds {seconds}` (pinned to CPU {TARGET_CPU}) \
+         `fixtures/budgetloop -rate R -seconds {seconds}` (pinned to CPU {TARGET_CPU}) \
          paces growslice calls in 1 ms steps; `mapwatch attach --pid` (default probes, pinned \
          to CPU {PROFILER_CPU}) reads every record. One run per rate. The fixture cannot \
          reach a rate its probed calls do not leave time for: *achieved* is what it did.\n\n\
@@ -85,12 +88,12 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
     let mut detach_ms = Vec::new();
     let mut sigterm_ms = Vec::new();
     for _ in 0..rounds {
-        // A daemon that profiles only growloop, started before the process exists.
+        // A daemon that profiles only budgetloop, started before the process exists.
         let addr = format!("127.0.0.1:{}", 19900 + attach_ms.len());
         let mut command = pinned(PROFILER_CPU, &bench.paths.mapwatch);
         command
             .args(["run", "--listen", &addr, "--kubernetes", "off"])
-            .args(["--include-binary", "growloop"])
+            .args(["--include-binary", "budgetloop"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -106,7 +109,7 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
             let _ = daemon.wait();
             anyhow::bail!("mapwatch run did not serve /metrics");
         }
-        let mut fixture_command = pinned(TARGET_CPU, &bench.growloop);
+        let mut fixture_command = pinned(TARGET_CPU, &bench.budgetloop);
         fixture_command.args(["-calls", "1000"]);
         let exec_at = Instant::now();
         let mut fixture = Fixture::start(fixture_command)?;
@@ -131,7 +134,7 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
             detach_ms.push((at - exit_at).as_secs_f64() * 1e3);
         }
         // SIGTERM with one process attached: detach everything, then exit.
-        let mut fixture_command = pinned(TARGET_CPU, &bench.growloop);
+        let mut fixture_command = pinned(TARGET_CPU, &bench.budgetloop);
         fixture_command.args(["-calls", "1000"]);
         let fixture = Fixture::start(fixture_command)?;
         procs::wait_for_metric(
@@ -149,7 +152,7 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
     }
     Ok(format!(
         "## Attach, detach and shutdown\n\n\
-         `mapwatch run --include-binary growloop --kubernetes off`, then a new growloop \
+         `mapwatch run --include-binary budgetloop --kubernetes off`, then a new budgetloop \
          process; {rounds} rounds, median (min–max). *Attach*: from spawning the process to \
          `mapwatch_attached_processes` = 1 on /metrics (polled every ~2 ms; includes the \
          exec notice, binary analysis of a new binary the first time only — the cache is \

@@ -36,8 +36,8 @@ const BENCH_GO: &str = "go1.24.";
 /// changes.
 const WHERE_THE_COST_GOES: &str = r#"## Where the cost goes (perf profiles, taken by hand on 2026-11-25)
 
-**The probe (1.6–1.7× an empty program; target 1.15×).** `perf record -g -p <growloop>`
-while `probe_bench cost --variant probe` is attached (growloop -calls 2000000): the
+**The probe (1.6–1.7× an empty program; target 1.15×).** `perf record -g -p <budgetloop>`
+while `probe_bench cost --variant probe` is attached (budgetloop -calls 2000000): the
 int3 trap and its return to user mode (`irqentry_exit_to_user_mode` 22%, uprobe
 dispatch ~12%) are what the empty program pays too. What is ours: three
 `bpf_probe_read_user` calls per hit — the element type's size and PtrBytes, and the
@@ -59,7 +59,7 @@ behind pays that price on every record, so the threshold logic should wake once
 when the backlog crosses it, not on every record above it.
 
 **The daemon (~11% of a core at 100k events/s; target 2%).** `perf record -g -p
-<mapwatch attach>` at `growloop -rate 100000`: ~70% of mapwatch's samples are
+<mapwatch attach>` at `budgetloop -rate 100000`: ~70% of mapwatch's samples are
 resolving metric children per event — `MetricVec::with_label_values` 23%, SipHash of
 label strings 10%, String clones and formatting (u32 labels, workload labels),
 malloc/free ~15% — and under 2% reading the ring (`reader::drain`). Next step:
@@ -88,7 +88,7 @@ pub struct Bench {
     pub rounds: usize,
     pub paths: profilers::Paths,
     pub jsonservice: PathBuf,
-    pub growloop: PathBuf,
+    pub budgetloop: PathBuf,
     pub work_dir: PathBuf,
 }
 
@@ -160,10 +160,10 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     })?;
     let work_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&work_dir)?;
-    let (jsonservice, growloop) = step("bench workloads (Go 1.24)", || {
+    let (jsonservice, budgetloop) = step("bench workloads (Go 1.24)", || {
         Ok((
-            build_workload(&env, "jsonservice", &work_dir)?,
-            build_workload(&env, "growloop", &work_dir)?,
+            build_workload(&env, "bench/jsonservice", &work_dir)?,
+            build_workload(&env, "budgetloop", &work_dir)?,
         ))
     })?;
     let target = workspace_root().join("target/release");
@@ -175,7 +175,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
             probe_bench: target.join("examples/probe_bench"),
         },
         jsonservice,
-        growloop,
+        budgetloop,
         work_dir,
     };
     if !only.is_empty() {
@@ -318,7 +318,9 @@ fn callsite_section(
     ))
 }
 
-fn build_workload(env: &setup::Env, name: &str, out_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Builds `fixtures/<package>` into `out_dir`, named after its last path element.
+fn build_workload(env: &setup::Env, package: &str, out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = package.rsplit('/').next().unwrap_or(package);
     let go = env
         .go
         .iter()
@@ -332,7 +334,7 @@ fn build_workload(env: &setup::Env, name: &str, out_dir: &Path) -> anyhow::Resul
     Cmd::new(go.root.join("bin/go"))
         .args(["build", "-ldflags=-s -w", "-o"])
         .args([out.as_os_str()])
-        .args([format!("./bench/{name}")])
+        .args([format!("./{package}")])
         .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", "0")
         .env("GOAMD64", "v1")

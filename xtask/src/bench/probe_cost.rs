@@ -1,4 +1,4 @@
-//! Per-hit cost of a growslice probe: fixtures/bench/growloop makes N growslice calls
+//! Per-hit cost of a growslice probe: fixtures/budgetloop makes N growslice calls
 //! and reports its own CPU time; each variant attaches a different probe, interleaved
 //! round by round with a run without any.
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ fn tool(variant: &str) -> Profiler {
 pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
     let calls: i64 = if bench.quick { 100_000 } else { 300_000 };
     let rounds = bench.rounds;
-    let entry_offset = bench.growslice_entry_offset(&bench.growloop)?;
+    let entry_offset = bench.growslice_entry_offset(&bench.budgetloop)?;
     let variants = vec![
         Variant {
             label: "no probe",
@@ -172,7 +172,7 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
     let ret_ns = Summary::of(&extra("mapwatch probe on growslice's RETs")).map(|s| s.median);
     let markdown = format!(
         "## Per-hit cost of a probe (growth-heavy microbenchmark)\n\n\
-         `fixtures/bench/growloop -calls {calls}` (Go 1.24, GC off, pinned to CPU {TARGET_CPU}) \
+         `fixtures/budgetloop -calls {calls}` (Go 1.24, GC off, pinned to CPU {TARGET_CPU}) \
          appends one 40-byte element to a nil slice in a loop: one `runtime.growslice` call \
          per iteration. CPU is the process's own (getrusage, user + system: a uprobe's trap \
          and BPF program run in the probed thread). {rounds} rounds, variants interleaved \
@@ -202,7 +202,7 @@ pub fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// One growloop run under `profiler`: (CPU ns per call, profiler hits per call).
+/// One budgetloop run under `profiler`: (CPU ns per call, profiler hits per call).
 fn run_once(
     bench: &Bench,
     profiler: &Profiler,
@@ -219,7 +219,7 @@ fn run_with_report(
     calls: i64,
     extra_args: &[&str],
 ) -> anyhow::Result<(f64, Option<f64>, Option<serde_json::Value>)> {
-    let mut command = pinned(TARGET_CPU, &bench.growloop);
+    let mut command = pinned(TARGET_CPU, &bench.budgetloop);
     command.args(["-calls", &calls.to_string()]);
     let mut fixture = Fixture::start(command)?;
     let profiler = match (profiler, extra_args.is_empty()) {
@@ -232,7 +232,7 @@ fn run_with_report(
         },
         (other, _) => other.clone(),
     };
-    let running = profiler.start(&bench.paths, fixture.pid, &bench.growloop)?;
+    let running = profiler.start(&bench.paths, fixture.pid, &bench.budgetloop)?;
     let fields = fixture.run();
     let counts = running.stop()?;
     fixture.finish();
