@@ -74,6 +74,9 @@ enum Command {
 enum Variant {
     /// mapwatch's go_probe after growslice's stack check (what `attach` does).
     Probe,
+    /// go_probe after the stack check without the caller-PC read (its one read of the
+    /// target's memory): what that read costs.
+    ProbeNoCallerPc,
     /// An empty program at the same offset.
     Empty,
     /// go_probe at growslice+0 (single-stepped, fires again after stack growth).
@@ -358,11 +361,18 @@ fn cost(pid: u32, variant: Variant, bpf_stats: bool) -> anyhow::Result<()> {
         .file_offset(function.vaddr)
         .context("growslice's file offset")?;
     let program = match variant {
-        Variant::Probe | Variant::ProbeAt0 | Variant::ProbeRet => "go_probe",
+        Variant::Probe | Variant::ProbeNoCallerPc | Variant::ProbeAt0 | Variant::ProbeRet => {
+            "go_probe"
+        }
         Variant::Empty | Variant::EmptyAt0 | Variant::EmptyRet => "empty_probe",
     };
     let mut sites: Vec<(u64, ProbeSpec)> = match variant {
         Variant::Probe | Variant::Empty => vec![(entry.file_offset, entry.spec)],
+        Variant::ProbeNoCallerPc => {
+            let mut spec = entry.spec;
+            spec.flags &= !ProbeSpec::FLAG_CALLER_PC;
+            vec![(entry.file_offset, spec)]
+        }
         Variant::ProbeAt0 | Variant::EmptyAt0 => {
             // At +0 nothing has been pushed either: the entry spec (caller PC at
             // [RSP]) reads the same values.

@@ -198,13 +198,16 @@ fn the_cost_estimate_matches_the_targets_cpu_time() {
     let (measured, estimated) = (median(&extra), median(&estimates));
     let ratio = estimated / measured;
     // Tolerance: the per-hit cost is calibrated on mapwatch's program in mapwatch's own
-    // code and scaled by a measured factor for what Go code pays after each trap
-    // (budget::HitCost::INDIRECT_FACTOR); CPU times come in 10 ms ticks on a shared
-    // VM. Ratios seen in CI and locally: 0.62, 0.84, 1.26 — so the band is 0.5–1.5,
-    // which still catches a model that is off by 2×. Tightening it needs per-field-read
-    // calibration (#7).
+    // code and scaled by one fixed factor for what Go code pays after each trap
+    // (budget::HitCost::INDIRECT_FACTOR), which differs between machines; CPU times
+    // come in 10 ms ticks on a shared VM. Ratios seen: 0.62 (a CI machine), 0.84 and
+    // 1.26 (another), 1.53 (a third, faster at traps). The band is asymmetric on
+    // purpose: an overestimate only makes the budget sample less than it may (safe), an
+    // underestimate lets probes cost more than the budget — below 0.5 that is over 2×.
+    // Tightening it needs the factor measured per target (#7 notes: compare the
+    // process's CPU with a group attached and detached).
     assert!(
-        (0.5..=1.5).contains(&ratio),
+        (0.5..=2.0).contains(&ratio),
         "estimated {estimated:.0} ms of probe CPU, measured {measured:.0} ms extra \
          (ratio {ratio:.2}); per round: estimated {estimates:?} ms, measured extra \
          {extra:?} ms, without mapwatch {without:?} ns"

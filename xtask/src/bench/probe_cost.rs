@@ -59,6 +59,11 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
             baseline: Some("empty program after the stack check"),
         },
         Variant {
+            label: "mapwatch probe without its caller-PC read",
+            profiler: tool("probe-no-caller-pc"),
+            baseline: Some("empty program after the stack check"),
+        },
+        Variant {
             label: "`mapwatch attach` (all default probes)",
             profiler: Profiler::Attach { exact: false },
             baseline: Some("empty program after the stack check"),
@@ -149,7 +154,7 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
     // The BPF program's own run time, measured by the kernel in separate runs (the
     // statistics add two clock reads per run, so never during the timed rounds).
     let mut program_rows = Vec::new();
-    for variant in ["empty", "probe", "probe-ret"] {
+    for variant in ["empty", "probe", "probe-no-caller-pc", "probe-ret"] {
         let (_, _, report) = run_with_report(bench, &tool(variant), calls, &["--bpf-stats"])?;
         let ns = report
             .as_ref()
