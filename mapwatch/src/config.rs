@@ -268,8 +268,8 @@ pub struct RunConfig {
     pub node_budget: Option<Percent>,
     /// Opt-in probes on hot runtime functions.
     pub hot_probes: Vec<HotProbe>,
-    /// Probe runtime.growslice. Off by default until the overhead budget duty-cycles it:
-    /// always-on, it cost a busy JSON service 27–43% of its throughput (DESIGN.md).
+    /// Probe runtime.growslice. Always on, it cost a busy JSON service 27–43% of its
+    /// throughput (DESIGN.md); under the overhead budget it is duty-cycled like the rest.
     pub slice_growth: bool,
     /// Call sites kept as labels per workload; later ones are counted as `other`.
     pub max_sites: u32,
@@ -294,7 +294,7 @@ impl Default for RunConfig {
             overhead_share: Percent(1.0),
             node_budget: None,
             hot_probes: Vec::new(),
-            slice_growth: false,
+            slice_growth: true,
             max_sites: DEFAULT_MAX_SITES,
             max_elem_types: DEFAULT_MAX_ELEM_TYPES,
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
@@ -437,7 +437,8 @@ mod tests {
         assert_eq!(config, RunConfig::default());
         assert_eq!(config.listen, "0.0.0.0:9433".parse().unwrap());
         assert_eq!(config.overhead_budget.fraction(), 0.01);
-        assert!(!config.slice_growth);
+        assert_eq!(config.overhead_share.fraction(), 0.01);
+        assert!(config.slice_growth);
         assert!(config.hot_probes.is_empty());
         assert_eq!((config.max_sites, config.max_elem_types), (50, 20));
         assert_eq!(config.kubernetes, KubernetesMode::Auto);
@@ -449,9 +450,10 @@ mod tests {
             r#"
 listen = "127.0.0.1:9500"
 overhead_budget = "0.5%"
+overhead_share = "2%"
 node_budget = "2%"
 hot_probes = ["mapassign_fast64", "mallocgc"]
-slice_growth = true
+slice_growth = false
 max_sites = 10
 max_elem_types = 5
 rescan_interval = "2m"
@@ -468,12 +470,13 @@ container = ["istio-proxy"]
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:9500".parse().unwrap());
         assert_eq!(config.overhead_budget.percent(), 0.5);
+        assert_eq!(config.overhead_share.percent(), 2.0);
         assert_eq!(config.node_budget.map(Percent::percent), Some(2.0));
         assert_eq!(
             config.hot_probes,
             [HotProbe::MapassignFast64, HotProbe::Mallocgc]
         );
-        assert!(config.slice_growth);
+        assert!(!config.slice_growth);
         assert_eq!((config.max_sites, config.max_elem_types), (10, 5));
         assert_eq!(config.rescan_interval, Duration::from_secs(120));
         assert_eq!(config.kubernetes, KubernetesMode::Off);

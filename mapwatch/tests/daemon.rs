@@ -55,6 +55,10 @@ fn run_follows_processes_and_counts_each_workload_exactly() {
         "1h",
         "--series-expiry",
         "2s",
+        // Exact counts: the budget must not duty-cycle the map probes during the
+        // fixture's short burst, as 1% of its (mostly idle) CPU might.
+        "--overhead-share",
+        "100%",
     ]);
     daemon.scrape_until("the process started before the daemon", |s| {
         attached(s) == 1

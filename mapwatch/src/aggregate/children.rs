@@ -5,7 +5,9 @@
 //! Children are created on first use, not up front, so that a workload exports only the
 //! series of the probes that fired. A workload's children are dropped with its state
 //! when its series expire (`Metrics::forget_workload`); a process's with the process.
-use std::{cell::OnceCell, collections::HashMap};
+use std::cell::OnceCell;
+
+use foldhash::HashMap;
 
 use prometheus::{
     Histogram, IntCounter,
@@ -126,9 +128,10 @@ impl WorkloadState {
 pub enum SiteChild {
     /// A line of the program (or `other`).
     Line(IntCounter),
-    /// Inside growsliceBuf (Go 1.26+): the append site is growsliceBuf's caller; the
-    /// counter is growsliceBuf's own line, for when that caller is not known.
-    ViaGrowsliceBuf(IntCounter),
+    /// Inside growsliceBuf (Go 1.26+): the append site is growsliceBuf's caller. Its own
+    /// line counts only when that caller is not known (its series is made then, not
+    /// before: an idle series would name a runtime line as a place to fix).
+    ViaGrowsliceBuf(crate::symbolize::CallSite),
     /// Not a known function.
     Unknown,
 }
@@ -139,6 +142,8 @@ pub enum SiteChild {
 pub struct ProcessChildren {
     pub by_elem_type: HashMap<u64, IntCounter>,
     pub by_caller: HashMap<u64, SiteChild>,
+    /// Whether a `mallocgc*SC*` call from this return address is mallocgc's own.
+    pub called_by_mallocgc: HashMap<u64, bool>,
 }
 
 /// Entries a process's cache may hold before it is emptied (bounds memory against a
@@ -153,6 +158,9 @@ impl ProcessChildren {
         }
         if self.by_caller.len() > MAX_CACHED {
             self.by_caller.clear();
+        }
+        if self.called_by_mallocgc.len() > MAX_CACHED {
+            self.called_by_mallocgc.clear();
         }
     }
 }

@@ -5,10 +5,12 @@ mod children;
 pub mod map_assign;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use children::{ProcessChildren, SiteChild, WorkloadState, child};
 use mapwatch_common::{DERIVED_UNKNOWN, Event, ProbeKind};
@@ -475,8 +477,10 @@ impl Aggregator {
             return;
         };
         slot.received.inc();
+        let (kind, state) = (slot.kind, slot.state);
+        let workload = Arc::clone(&slot.workload);
         if let Some(reps) = self.sampling_weight(event) {
-            self.record(event, reps);
+            self.apply_record(event, reps, kind, &workload, state);
         }
     }
 
@@ -487,20 +491,31 @@ impl Aggregator {
         };
         let (kind, state) = (slot.kind, slot.state);
         let workload = Arc::clone(&slot.workload);
+        self.apply_record(event, reps, kind, &workload, state);
+    }
+
+    fn apply_record(
+        &mut self,
+        event: &Event,
+        reps: u64,
+        kind: ProbeKind,
+        workload: &Workload,
+        state: u64,
+    ) {
         self.reps = reps;
         match kind {
-            ProbeKind::GrowsliceEntry => self.on_growslice(event, &workload, state),
+            ProbeKind::GrowsliceEntry => self.on_growslice(event, workload, state),
             ProbeKind::GrowsliceRet => self.on_growslice_ret(event),
-            ProbeKind::HashGrow => self.on_hash_grow(event, &workload, state),
+            ProbeKind::HashGrow => self.on_hash_grow(event, workload, state),
             ProbeKind::MapGrowToSmall
             | ProbeKind::MapGrowToTable
             | ProbeKind::MapTableGrow
             | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, state),
             ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], state),
             ProbeKind::MakeMapSmall => self.on_make_map(0, state),
-            ProbeKind::StartTheWorldEntry => self.on_start_the_world_entry(event, &workload),
-            ProbeKind::StopTheWorldEntry => self.on_stop_the_world_entry(event, &workload),
-            ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, &workload, state),
+            ProbeKind::StartTheWorldEntry => self.on_start_the_world_entry(event, workload),
+            ProbeKind::StopTheWorldEntry => self.on_stop_the_world_entry(event, workload),
+            ProbeKind::StartTheWorldRet => self.on_start_the_world_ret(event, workload, state),
             ProbeKind::GcMarkTermination => self.on_gc_cycle(state),
             ProbeKind::GrowsliceBufEntry => {
                 if self.buf_callers.len() >= MAX_PENDING {
@@ -515,11 +530,19 @@ impl Aggregator {
             ProbeKind::Mallocgc => self.on_malloc(event, state),
             ProbeKind::MallocgcSpecialized => {
                 // Called by mallocgc too (Go 1.27): count only direct calls.
-                let via_mallocgc = self.symbolizers.get_mut(&event.tgid).is_some_and(|names| {
-                    names
-                        .call_site(event.caller_pc)
-                        .is_some_and(|site| site.function == MALLOCGC)
-                });
+                let cache = self.process_children.entry(event.tgid).or_default();
+                cache.bound();
+                let symbolizers = &mut self.symbolizers;
+                let via_mallocgc = *cache
+                    .called_by_mallocgc
+                    .entry(event.caller_pc)
+                    .or_insert_with(|| {
+                        symbolizers.get_mut(&event.tgid).is_some_and(|names| {
+                            names
+                                .call_site(event.caller_pc)
+                                .is_some_and(|site| site.function == MALLOCGC)
+                        })
+                    });
                 if !via_mallocgc {
                     self.on_malloc(event, state);
                 }
@@ -861,9 +884,7 @@ impl Aggregator {
             }
             let site = match symbolizer.call_site(pc) {
                 None => SiteChild::Unknown,
-                Some(site) if site.function == GROWSLICE_BUF => {
-                    SiteChild::ViaGrowsliceBuf(w.site_grow_for(m, &site))
-                }
+                Some(site) if site.function == GROWSLICE_BUF => SiteChild::ViaGrowsliceBuf(site),
                 Some(site) => SiteChild::Line(w.site_grow_for(m, &site)),
             };
             cache.by_caller.insert(pc, site.clone());
@@ -878,13 +899,14 @@ impl Aggregator {
                     .remove(&(event.tgid, event.goroutine))
                     .map(&mut site_of)
                 {
-                    Some(SiteChild::Line(outer) | SiteChild::ViaGrowsliceBuf(outer)) => outer,
-                    _ => own,
+                    Some(SiteChild::Line(outer)) => outer,
+                    _ => w.site_grow_for(m, &own),
                 }
             }
         };
         counter.inc_by(self.reps);
     }
+
     fn on_growslice_ret(&mut self, event: &Event) {
         let result = match self.pending.remove(&(event.tgid, event.goroutine)) {
             None => CheckResult::Unpaired,

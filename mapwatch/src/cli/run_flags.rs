@@ -57,9 +57,10 @@ pub struct RunFlags {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub hot_probes: Option<Vec<HotProbe>>,
 
-    /// Probe slice growth (runtime.growslice) [default: false]. Busy services call it
-    /// ~400k times a second per core; always on it cost one 27-43% of its throughput,
-    /// so it stays off until the overhead budget can duty-cycle it.
+    /// Probe slice growth (runtime.growslice) [default: true; --slice-growth=false turns
+    /// it off]. Busy services call it ~400k times a second per core: always on it cost
+    /// one 27-43% of its throughput, so the overhead budget attaches it only part of the
+    /// time there and scales its counts.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub slice_growth: Option<bool>,
 

@@ -1,10 +1,9 @@
 //! Run-time addresses → names, per profiled binary: element type pointers → Go type
 //! names, caller PCs → function, file:line. Caches what it resolved; bounded by the
 //! caller's cardinality caps.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashSet, sync::Arc};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use crate::{
     goelf::{GoBinary, types::TypeLayout},

@@ -173,9 +173,9 @@ pub fn section(
         ("none (A/A)", Profiler::None),
         ("run", Profiler::Run { flags: vec![] }),
         (
-            "run --slice-growth",
+            "run --slice-growth=false",
             Profiler::Run {
-                flags: vec!["--slice-growth".into()],
+                flags: vec!["--slice-growth=false".into()],
             },
         ),
         ("attach --exact", Profiler::Attach { exact: true }),
