@@ -317,7 +317,8 @@ impl Metrics {
                 "Estimated CPU the probes cost the workload's processes, as a share of one \
                  core (0.01 = 1%), over the last ~20 s: kernel hit counts x the per-hit cost \
                  calibrated at start-up. Summed over the workload's processes; the overhead \
-                 budget holds each process to --overhead-budget.",
+                 budget holds each process to --overhead-budget of a core and \
+                 --overhead-share of its own CPU use.",
             ),
             &WORKLOAD_LABELS,
         )?;

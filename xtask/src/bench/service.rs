@@ -441,7 +441,9 @@ pub fn section(
          ### Hits per request by probe, and the overhead budget's own estimate\n\n\
          Hits per request per probe (median, min–max over the rounds; duty cycle as \
          exported at the end of the run). *Estimated* is `mapwatch_estimated_overhead_ratio` \
-         at the end of each run (the daemon's own figure, share of one core); *measured* is \
+         at the end of each run (the daemon's own figure, share of one core, averaged over its \
+         last ~20 s, which include the warm-up and the first second or two with every probe \
+         on); *measured* is \
          the service's extra CPU against the same round's run without a profiler, as a share \
          of one core over the run (the A/A row above bounds its noise).\n\n\
          | configuration | hits per request by probe | estimated overhead | measured overhead |\n\
