@@ -9,6 +9,7 @@
 //! probe_bench cost --pid P --variant V            attach, print {"attached":…},
 //!                                                 wait for stdin EOF, print hits
 //! probe_bench callsites --pid P [--runtime]       the same for call-site probes
+//! probe_bench churn --pid P --on-ms N --off-ms M  attach and detach over and over
 //! ```
 //!
 //! An example, not a command of mapwatch: these are measurement set-ups, not ways to
@@ -60,6 +61,17 @@ enum Command {
         #[arg(long)]
         bpf_stats: bool,
     },
+    /// Attach and detach an empty program after growslice's stack check over and over
+    /// (attached `--on-ms`, detached `--off-ms`) until stdin closes: what the kernel's
+    /// attach and detach do to the target, apart from any hit's cost.
+    Churn {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 50)]
+        on_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        off_ms: u64,
+    },
     /// Attach uprobes on the program's own CALL growslice sites.
     Callsites {
         #[arg(long)]
@@ -98,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             bpf_stats,
         } => cost(pid, variant, bpf_stats),
         Command::Callsites { pid, runtime } => callsites(pid, runtime),
+        Command::Churn { pid, on_ms, off_ms } => churn(pid, on_ms, off_ms),
     }
 }
 
@@ -346,6 +359,43 @@ fn growslice_plan(binary: &GoBinary, exact: bool) -> anyhow::Result<Vec<PlannedP
 fn wait_for_stdin_eof() {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn churn(pid: u32, on_ms: u64, off_ms: u64) -> anyhow::Result<()> {
+    let binary = GoBinary::open(Path::new(&format!("/proc/{pid}/exe")))?;
+    let entry = growslice_plan(&binary, false)?
+        .into_iter()
+        .find(|p| p.site == Site::Entry)
+        .context("no growslice entry probe")?;
+    let mut loaded = Loaded::load()?;
+    println!("{}", serde_json::json!({ "attached": 0 }));
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        wait_for_stdin_eof();
+        let _ = stop_tx.send(());
+    });
+    let (mut cycles, mut attach_time, mut detach_time) = (0u64, Duration::ZERO, Duration::ZERO);
+    loop {
+        let started = Instant::now();
+        loaded.attach("empty_probe", pid, entry.file_offset, 0, entry.spec)?;
+        attach_time += started.elapsed();
+        std::thread::sleep(Duration::from_millis(on_ms));
+        detach_time += loaded.detach_all();
+        cycles += 1;
+        if stop_rx.recv_timeout(Duration::from_millis(off_ms)).is_ok() {
+            break;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "cycles": cycles,
+            "attach_ms_mean": attach_time.as_secs_f64() * 1e3 / cycles as f64,
+            "detach_ms_mean": detach_time.as_secs_f64() * 1e3 / cycles as f64,
+            "counts_hits": false,
+        })
+    );
+    Ok(())
 }
 
 fn cost(pid: u32, variant: Variant, bpf_stats: bool) -> anyhow::Result<()> {

@@ -80,8 +80,8 @@ fn a_workload_far_above_budget_is_held_to_it() {
     let cycling = daemon.scrape_until("growslice to be duty-cycled", |s| {
         duty(s).is_some_and(|d| d < 1.0)
     });
-    // The overhead gauge averages ~20 s: let the always-on start leave it.
-    std::thread::sleep(Duration::from_secs(25));
+    // The overhead gauge averages ~60 s: let the always-on start leave it.
+    std::thread::sleep(Duration::from_secs(65));
     let samples: Vec<(f64, f64)> = (0..10)
         .map(|_| {
             std::thread::sleep(Duration::from_secs(1));
@@ -230,13 +230,15 @@ fn scaled_counts_estimate_the_exact_count() {
     // gives a duty cycle of ~13%. (A CPU-bound loop that a probe slows down 30× is no
     // such load: its rate while attached says little about its rate while not, and
     // time-weighted counts underestimate it — see ARCHITECTURE.md, budget/.)
-    let mut target = Fixture::start(&binary, &["-seconds", "40", "-rate", "50000"]);
+    // Cycles of one cycling slot last ~4 s (2–6 s; budget/ PROCESS_DETACH_SPACING): 105 s
+    // hold ≥ 20 of them with room to spare.
+    let mut target = Fixture::start(&binary, &["-seconds", "110", "-rate", "50000"]);
     let mapwatch = Mapwatch::attach(target.pid, &["--overhead-budget", "1.5%"]);
     let before = mapwatch.scrape_drained();
     target.start_workload();
     let started = Instant::now();
     let mut duties = Vec::new();
-    while started.elapsed() < Duration::from_secs(35) {
+    while started.elapsed() < Duration::from_secs(105) {
         std::thread::sleep(Duration::from_secs(1));
         if let Some(d) = gauge(
             &mapwatch.scrape(),

@@ -240,10 +240,18 @@ mod tuning {
     /// Cycle lengths (before the ±50% randomization). Detaching takes ~100 ms of
     /// blocking-pool time per probe: cycles are seconds, not milliseconds.
     pub const MIN_CYCLE: Nanos = SECOND;
-    pub const MAX_CYCLE: Nanos = 20 * SECOND;
+    /// Long enough for ~10 cycling slots of one process at PROCESS_DETACH_SPACING.
+    pub const MAX_CYCLE: Nanos = 40 * SECOND;
     /// The kernel serializes uprobe detaches (~100 ms each, measured): the node's
     /// duty-cycled slots together should not need more than about half of that time.
     pub const DETACH_SPACING: Nanos = 200 * MILLISECOND;
+    /// While the link of a probe that the process keeps hitting is closed (~100 ms),
+    /// the process runs slowed down — not for want of CPU: with no hits it does not
+    /// happen. Measured (BENCHMARKS.md, "What duty cycles do to tail latency"): the
+    /// JSON service's p99 went from ~1.1 ms to ~5 ms with one such detach every 0.5 s,
+    /// ~1.6–4 ms every 1 s, ~1.3–1.9 ms every 2 s, and stayed ~1.1 ms every 4 s. So a
+    /// process's duty-cycled slots are spaced this far apart.
+    pub const PROCESS_DETACH_SPACING: Nanos = 4 * SECOND;
     /// No group is cycled below this fraction: it must still be seen to be measured.
     pub const MIN_FRACTION: f64 = 0.001;
     /// Attached time needed before a measurement of the on-cost counts.
@@ -251,8 +259,11 @@ mod tuning {
     /// A lower on-cost measurement moves the estimate this far towards it (a higher one
     /// replaces it at once: over budget is corrected fast, recovery is gradual).
     pub const DECAY: f64 = 0.3;
-    /// Span of the exported overhead estimate (a sliding average over the cycles).
-    pub const OVERHEAD_SPAN: Nanos = 20 * SECOND;
+    /// Span of the exported overhead estimate: a sliding average that holds at least
+    /// one whole cycle (up to MAX_CYCLE × 1.5), or it would swing with each window.
+    pub const OVERHEAD_SPAN: Nanos = 60 * SECOND;
+    /// Span over which a process's own CPU use is measured (for `--overhead-share`).
+    pub const CPU_SPAN: Nanos = 20 * SECOND;
 }
 pub use tuning::MIN_FRACTION;
 
@@ -335,7 +346,8 @@ struct Group {
     mode: Mode,
     /// An attach or detach of this group is under way.
     busy: bool,
-    /// On-fraction of the last finished cycle (1 while always on).
+    /// On-fraction of the last finished cycle (1 while always on; the planned fraction
+    /// until the first cycle ends, which can take a minute: cycles are long).
     duty: f64,
     /// Cycles finished so far.
     windows: u64,
@@ -362,11 +374,19 @@ struct Process {
     total_cost_ns: f64,
     since: Nanos,
     budget: f64,
-    /// (time, the process's CPU time in ns), oldest first, over ~OVERHEAD_SPAN.
+    /// (time, the process's CPU time in ns), oldest first, over ~CPU_SPAN.
     cpu_history: VecDeque<(Nanos, u64)>,
 }
 
 impl Process {
+    fn cycling_slots(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| matches!(g.mode, Mode::Cycling(_)))
+            .map(|g| g.slots.len())
+            .sum()
+    }
+
     /// The process's CPU use over the last ~20 s, in cores; None until measured twice.
     fn cpu_rate(&self) -> Option<f64> {
         match (self.cpu_history.front(), self.cpu_history.back()) {
@@ -398,7 +418,7 @@ impl Process {
 pub struct ProcessReport {
     pub pid: u32,
     pub labels: WorkloadLabels,
-    /// Estimated CPU of the probes over the last ~20 s, in cores.
+    /// Estimated CPU of the probes over the last ~60 s, in cores.
     pub overhead: f64,
     /// Estimated CPU of the probes since they were attached, ns, and over how long.
     pub total_cost_ns: f64,
@@ -533,9 +553,7 @@ impl Controller {
             return;
         };
         process.cpu_history.push_back((now, cpu_ns));
-        while process.cpu_history.len() > 2
-            && process.cpu_history[1].0 + tuning::OVERHEAD_SPAN <= now
-        {
+        while process.cpu_history.len() > 2 && process.cpu_history[1].0 + tuning::CPU_SPAN <= now {
             process.cpu_history.pop_front();
         }
     }
@@ -655,16 +673,28 @@ impl Controller {
     /// they are attached already).
     fn start_cycles(&mut self, now: Nanos) {
         let cycling = self.cycling_slots();
+        let starts =
+            |group: &Group| group.mode == Mode::AlwaysOn && group.fraction < 1.0 && !group.busy;
         for process in self.processes.values_mut() {
+            // The groups that start cycling now count too: their detaches begin now.
+            let in_process: usize = process
+                .groups
+                .iter()
+                .filter(|g| matches!(g.mode, Mode::Cycling(_)) || starts(g))
+                .map(|g| g.slots.len())
+                .sum();
             for group in &mut process.groups {
-                if group.mode != Mode::AlwaysOn || group.fraction >= 1.0 || group.busy {
+                if !starts(group) {
                     continue;
                 }
                 let mut cycle = plan_cycle(
                     &mut self.rng,
                     now,
                     group.fraction,
-                    cycling,
+                    CyclingSlots {
+                        node: cycling,
+                        process: in_process,
+                    },
                     true,
                     group.overrun,
                 );
@@ -680,18 +710,14 @@ impl Controller {
                     from: now,
                     planned_weight: cycle.planned_weight,
                 });
+                group.duty = cycle_fraction(&cycle);
                 group.mode = Mode::Cycling(cycle);
             }
         }
     }
 
     fn cycling_slots(&self) -> usize {
-        self.processes
-            .values()
-            .flat_map(|p| &p.groups)
-            .filter(|g| matches!(g.mode, Mode::Cycling(_)))
-            .map(|g| g.slots.len())
-            .sum()
+        self.processes.values().map(Process::cycling_slots).sum()
     }
 
     /// The attaches and detaches due at `now`, and cycles that ended.
@@ -699,6 +725,7 @@ impl Controller {
         let cycling = self.cycling_slots();
         let mut actions = Vec::new();
         for (&pid, process) in &mut self.processes {
+            let in_process = process.cycling_slots();
             for group in &mut process.groups {
                 if group.busy {
                     continue;
@@ -762,7 +789,10 @@ impl Controller {
                             &mut self.rng,
                             now,
                             group.fraction,
-                            cycling,
+                            CyclingSlots {
+                                node: cycling,
+                                process: in_process,
+                            },
                             false,
                             group.overrun,
                         );
@@ -929,11 +959,25 @@ fn close_weights(group: &Group, start: Nanos, end: Nanos) -> Vec<(u32, f64)> {
         .collect()
 }
 
+/// The planned on-fraction of a cycle.
+fn cycle_fraction(cycle: &Cycle) -> f64 {
+    (cycle.window_until - cycle.window_from) as f64
+        / cycle.end.saturating_sub(cycle.start).max(1) as f64
+}
+
+/// Duty-cycled slots (each detached once per cycle) on the node and in the group's
+/// process.
+#[derive(Debug, Clone, Copy, Default)]
+struct CyclingSlots {
+    node: usize,
+    process: usize,
+}
+
 /// A cycle from `now` for a group that may be attached `fraction` of the time:
 /// length random in [0.5, 1.5] × the base (longer at small fractions, so the window
-/// stays ≥ MIN_WINDOW, and longer with many cycling slots on the node, whose detaches
-/// the kernel serializes); the window at a random phase (`window_first`: at the start,
-/// for a group that is attached already).
+/// stays ≥ MIN_WINDOW; longer with many cycling slots on the node, whose detaches the
+/// kernel serializes, and in the process, which each detach slows down); the window at
+/// a random phase (`window_first`: at the start, for a group that is attached already).
 ///
 /// `overrun`: how much longer than planned the group's slots stayed attached in recent
 /// cycles (the kernel closes a group's links one after the other, ~100 ms each): the
@@ -942,13 +986,14 @@ fn plan_cycle(
     rng: &mut fastrand::Rng,
     now: Nanos,
     fraction: f64,
-    cycling_slots: usize,
+    cycling: CyclingSlots,
     window_first: bool,
     overrun: Nanos,
 ) -> Cycle {
     let fraction = fraction.clamp(MIN_FRACTION, 1.0);
     let base = ((tuning::MIN_WINDOW.max(2 * overrun) as f64 / fraction) as Nanos)
-        .max(cycling_slots as Nanos * tuning::DETACH_SPACING)
+        .max(cycling.node as Nanos * tuning::DETACH_SPACING)
+        .max(cycling.process as Nanos * tuning::PROCESS_DETACH_SPACING)
         .clamp(tuning::MIN_CYCLE, tuning::MAX_CYCLE);
     let length = (base as f64 * (0.5 + rng.f64())) as Nanos;
     let on_time = (length as f64 * fraction) as Nanos;
@@ -1484,7 +1529,7 @@ mod tests {
     fn cycles_are_random_in_length_and_phase() {
         let mut rng = fastrand::Rng::with_seed(3);
         let cycles: Vec<Cycle> = (0..50)
-            .map(|_| plan_cycle(&mut rng, 0, 0.1, 0, false, 0))
+            .map(|_| plan_cycle(&mut rng, 0, 0.1, CyclingSlots::default(), false, 0))
             .collect();
         let lengths: std::collections::BTreeSet<Nanos> = cycles.iter().map(|c| c.end).collect();
         let phases: std::collections::BTreeSet<Nanos> =
@@ -1497,7 +1542,29 @@ mod tests {
             assert!(c.end >= tuning::MIN_CYCLE / 2 && c.end <= tuning::MAX_CYCLE * 3 / 2);
         }
         // Small fractions get longer cycles, so the window stays long enough.
-        let small = plan_cycle(&mut rng, 0, 0.005, 0, false, 0);
+        let small = plan_cycle(&mut rng, 0, 0.005, CyclingSlots::default(), false, 0);
         assert!(small.window_until - small.window_from >= tuning::MIN_WINDOW / 2);
+    }
+
+    #[test]
+    fn a_process_with_many_cycling_slots_gets_longer_cycles() {
+        // Each cycle detaches every slot once, and each detach of a busy probe slows
+        // the process: its slots' detaches are spaced PROCESS_DETACH_SPACING apart.
+        let mut rng = fastrand::Rng::with_seed(5);
+        for slots in [1usize, 3, 7] {
+            let cycling = CyclingSlots {
+                node: slots,
+                process: slots,
+            };
+            let lengths: Vec<Nanos> = (0..50)
+                .map(|_| plan_cycle(&mut rng, 0, 0.2, cycling, false, 0).end)
+                .collect();
+            let mean = lengths.iter().sum::<Nanos>() as f64 / lengths.len() as f64;
+            let want = (slots as Nanos * tuning::PROCESS_DETACH_SPACING).min(tuning::MAX_CYCLE);
+            assert!(
+                (mean / want as f64 - 1.0).abs() < 0.15,
+                "{slots} slots: mean cycle {mean:.0} ns, want about {want} ns"
+            );
+        }
     }
 }

@@ -315,7 +315,7 @@ impl Metrics {
             Opts::new(
                 "estimated_overhead_ratio",
                 "Estimated CPU the probes cost the workload's processes, as a share of one \
-                 core (0.01 = 1%), over the last ~20 s: kernel hit counts x the per-hit cost \
+                 core (0.01 = 1%), over the last ~60 s: kernel hit counts x the per-hit cost \
                  calibrated at start-up. Summed over the workload's processes; the overhead \
                  budget holds each process to --overhead-budget of a core and \
                  --overhead-share of its own CPU use.",

@@ -7,6 +7,7 @@
 //! version rather than by `xtask fixtures` for every toolchain: they are measured, not
 //! tested per version.
 mod daemon;
+mod detach;
 mod inspect;
 mod probe_cost;
 mod procs;
@@ -68,6 +69,22 @@ it instead of the "rare" ones taking it all. Attach/detach churn (a text-page sw
 TLB shootdown per attach and per detach) is not in the hit count; it is inside the
 measured spread.
 
+**Tail latency (the table "What duty cycles do to tail latency").** Duty cycles cost
+latency as well as CPU. While the kernel closes the link of a probe the process keeps
+hitting (~100 ms, serialized), the process runs slowed down: not for want of CPU (the
+closing thread sleeps; the probed one is on its own core), and not at all when the
+probe is not being hit (measured with a Go loop that timestamps itself: no stalls
+without hits, 8–16 ms ones with them; the uprobe unregistration's grace periods are the
+likely cause, not verified in the kernel source). The budget used to detach the JSON
+service's 7 cycling links every ~1.4 s, and its p99 went from ~0.8 ms to ~3 ms. Now a
+process's duty-cycled probes are spaced 4 s apart (`PROCESS_DETACH_SPACING`: a cycle
+lasts 4 s × the process's cycling probes, up to 40 s; p99 is back within the spread of
+runs without a probe at one detach per 2–4 s). The price: a duty-cycled count is
+scaled per cycle, so its estimate settles over minutes, not seconds; and in the
+service rows above a 10 s run may hold no window at all (hits per request ~0). Next
+step: uprobe_multi links, one unregistration per group instead of one per probe (aya
+0.14 cannot attach them).
+
 **The daemon (~1.6% of a core at 100k events/s; met).** Per record: metric children are
 cached (label lookups were ~70% of the daemon's CPU, 9.2% of a core), integer-keyed maps
 hash with foldhash (SipHash was a third of what remained at 3%). `perf record -g -p
@@ -115,9 +132,9 @@ impl Bench {
             .context("no growslice entry probe planned")
     }
 
-    /// File offsets of every probe `attach --exact` places: inspect's plan (default
-    /// signals and RETs) without the opt-in hot probes (`--hot-probes`).
-    pub fn exact_offsets(&self, binary: &Path) -> anyhow::Result<Vec<u64>> {
+    /// Every probe site `attach --exact` places: inspect's plan (default signals and
+    /// RETs) without the opt-in hot probes (`--hot-probes`).
+    pub fn exact_sites(&self, binary: &Path) -> anyhow::Result<Vec<profilers::ProbeSite>> {
         Ok(self
             .planned(binary)?
             .iter()
@@ -125,7 +142,12 @@ impl Bench {
                 let name = p["probe"].as_str().unwrap_or_default();
                 !HOT_PROBE_PREFIXES.iter().any(|h| name.starts_with(h))
             })
-            .filter_map(|p| p["file_offset"].as_u64())
+            .filter_map(|p| {
+                Some(profilers::ProbeSite {
+                    file_offset: p["file_offset"].as_u64()?,
+                    ret: p["site"] == "ret",
+                })
+            })
             .collect())
     }
 }
@@ -135,6 +157,7 @@ impl Bench {
 pub enum Section {
     ProbeCost,
     Service,
+    DetachLatency,
     Daemon,
     Latency,
     Inspect,
@@ -188,6 +211,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     let service = step("JSON service under wrk", || {
         service::section(&bench, probe_cost.probe_ns, probe_cost.ret_ns)
     })?;
+    let detach_latency = step("tail latency of detaches", || detach::section(&bench))?;
     let (rates, rate_targets) = step("daemon at fixed event rates", || {
         daemon::rates_section(&bench)
     })?;
@@ -220,13 +244,14 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
          — other work on the machine shows up as spread between rounds and in the A/A rows.\n\n\
          ## Targets (issue #7)\n\n\
          | target | this run | |\n|---|---|---|\n{}\n\n{WHERE_THE_COST_GOES}\n\
-         {}\n{}\n{}\n{}\n{}\n{}",
+         {}\n{}\n{}\n{}\n{}\n{}\n{}",
         started.elapsed().as_secs_f64(),
         date(),
         machine(),
         targets.join("\n"),
         probe_cost.markdown,
         service.markdown,
+        detach_latency,
         callsites,
         rates,
         latency,
@@ -255,6 +280,9 @@ fn run_sections(bench: &Bench, env: &setup::Env, only: &[Section]) -> anyhow::Re
         })?;
         out.extend(service.targets);
         out.push(service.markdown);
+    }
+    if only.contains(&Section::DetachLatency) {
+        out.push(step("tail latency of detaches", || detach::section(bench))?);
     }
     if only.contains(&Section::Daemon) {
         let (rates, targets) = step("daemon at fixed event rates", || {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{
     Bench,
     procs::{Fixture, field, pinned},
-    profilers::{Profiler, TARGET_CPU},
+    profilers::{ProbeSite, Profiler, TARGET_CPU},
     stats::{Summary, paired_ratios, round_order, show},
 };
 
@@ -71,7 +71,10 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
         Variant {
             label: "bpftrace count() after the stack check",
             profiler: Profiler::Bpftrace {
-                offsets: vec![entry_offset],
+                sites: vec![ProbeSite {
+                    file_offset: entry_offset,
+                    ret: false,
+                }],
             },
             baseline: Some("empty program after the stack check"),
         },

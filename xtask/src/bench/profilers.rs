@@ -32,10 +32,18 @@ pub enum Profiler {
     Tool {
         args: Vec<String>,
     },
-    /// bpftrace counting hits at these file offsets of the target's binary.
+    /// bpftrace counting hits at these sites of the target's binary, RETs apart (they
+    /// are single-stepped: the budget model prices them differently).
     Bpftrace {
-        offsets: Vec<u64>,
+        sites: Vec<ProbeSite>,
     },
+}
+
+/// A file offset to probe, and whether it is a RET instruction.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSite {
+    pub file_offset: u64,
+    pub ret: bool,
 }
 
 pub struct Paths {
@@ -60,7 +68,7 @@ pub struct Running {
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
     pub hits: Option<f64>,
-    /// Hits of RET probes among `hits` (mapwatch only).
+    /// Hits of RET probes among `hits` (mapwatch and bpftrace).
     pub ret_hits: Option<f64>,
     pub lost: Option<f64>,
     /// mapwatch: hits per probe name.
@@ -156,17 +164,23 @@ impl Profiler {
                 running.child = Some(child);
                 running.stdout = Some(stdout);
             }
-            Profiler::Bpftrace { offsets } => {
+            Profiler::Bpftrace { sites } => {
                 ensure_tracefs()?;
                 let path = binary.display();
-                let probes: Vec<String> = offsets
-                    .iter()
-                    .map(|o| format!("uprobe:{path}:{o}"))
-                    .collect();
-                let script = format!(
-                    "BEGIN {{ printf(\"ready\\n\"); }}\n{} {{ @hits = count(); }}\n",
-                    probes.join(",\n")
-                );
+                let probes = |ret: bool| -> Vec<String> {
+                    sites
+                        .iter()
+                        .filter(|s| s.ret == ret)
+                        .map(|s| format!("uprobe:{path}:{}", s.file_offset))
+                        .collect()
+                };
+                let mut script = String::from("BEGIN { printf(\"ready\\n\"); }\n");
+                for (ret, map) in [(false, "@hits"), (true, "@rets")] {
+                    let probes = probes(ret);
+                    if !probes.is_empty() {
+                        script += &format!("{} {{ {map} = count(); }}\n", probes.join(",\n"));
+                    }
+                }
                 let mut command = pinned(PROFILER_CPU, Path::new("bpftrace"));
                 // --unsafe: bpftrace cannot check instruction boundaries in a stripped
                 // binary; mapwatch's plan already did (its offsets are checked against
@@ -204,7 +218,7 @@ impl Profiler {
             Profiler::Run { flags } if flags.is_empty() => "`mapwatch run` (default)".into(),
             Profiler::Run { flags } => format!("`mapwatch run {}`", flags.join(" ")),
             Profiler::Tool { args } => format!("probe_bench {}", args.join(" ")),
-            Profiler::Bpftrace { offsets } => format!("bpftrace, {} uprobes", offsets.len()),
+            Profiler::Bpftrace { sites } => format!("bpftrace, {} uprobes", sites.len()),
         }
     }
 }
@@ -304,11 +318,15 @@ impl Running {
                 if let Some(stdout) = self.stdout.as_mut() {
                     stdout.read_to_string(&mut rest)?;
                 }
-                counts.hits = rest
-                    .lines()
-                    .find_map(|l| l.strip_prefix("@hits:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .or(Some(0.0));
+                let count = |map: &str| -> f64 {
+                    rest.lines()
+                        .find_map(|l| l.strip_prefix(map))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0.0)
+                };
+                let rets = count("@rets:");
+                counts.hits = Some(count("@hits:") + rets);
+                counts.ret_hits = Some(rets);
             }
         }
         Ok(counts)

@@ -161,13 +161,14 @@ pub fn section(
     probe_ns: Option<f64>,
     ret_ns: Option<f64>,
 ) -> anyhow::Result<ServiceResult> {
-    // Long enough for several duty cycles of the overhead budget (1-20 s each).
+    // Several duty cycles of the overhead budget only for one probe (~4 s each); with
+    // several cycling probes in the service a cycle is longer than a run.
     let run_length = Duration::from_secs(if bench.quick { 4 } else { 10 });
     let warm_up = Duration::from_secs(if bench.quick { 3 } else { 5 });
     // Fewer rounds than elsewhere: each run is long (see run_length).
     let rounds = if bench.quick { 2 } else { 5 };
     let service = Service::start(&bench.jsonservice)?;
-    let exact_offsets = bench.exact_offsets(&bench.jsonservice)?;
+    let exact_sites = bench.exact_sites(&bench.jsonservice)?;
     let configs: Vec<(&str, Profiler)> = vec![
         ("none", Profiler::None),
         ("none (A/A)", Profiler::None),
@@ -182,7 +183,7 @@ pub fn section(
         (
             "bpftrace",
             Profiler::Bpftrace {
-                offsets: exact_offsets.clone(),
+                sites: exact_sites.clone(),
             },
         ),
         (
@@ -442,7 +443,7 @@ pub fn section(
          Hits per request per probe (median, min–max over the rounds; duty cycle as \
          exported at the end of the run). *Estimated* is `mapwatch_estimated_overhead_ratio` \
          at the end of each run (the daemon's own figure, share of one core, averaged over its \
-         last ~20 s, which include the warm-up and the first second or two with every probe \
+         last ~60 s, which include the warm-up and the first second or two with every probe \
          on); *measured* is \
          the service's extra CPU against the same round's run without a profiler, as a share \
          of one core over the run (the A/A row above bounds its noise).\n\n\
@@ -450,7 +451,7 @@ pub fn section(
          |---|---|---|---|\n{}\n",
         run_length.as_secs(),
         warm_up.as_secs(),
-        exact_offsets.len(),
+        exact_sites.len(),
         rows.join("\n"),
         probe_ns.map_or("—".into(), |n| format!("{n:.0} ns")),
         ret_ns.map_or("—".into(), |n| format!("{n:.0} ns")),
