@@ -79,6 +79,18 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
             baseline: Some("empty program after the stack check"),
         },
         Variant {
+            label: "bpftrace count() at every `attach --exact` site",
+            profiler: Profiler::Bpftrace {
+                sites: bench.exact_sites(&bench.budgetloop)?,
+            },
+            baseline: None,
+        },
+        Variant {
+            label: "`mapwatch attach --exact`",
+            profiler: Profiler::Attach { exact: true },
+            baseline: Some("bpftrace count() at every `attach --exact` site"),
+        },
+        Variant {
             label: "empty program at growslice+0",
             profiler: tool("empty-at0"),
             baseline: None,
@@ -141,7 +153,10 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
             "| {} | {} | {} | {} | {} | {} |",
             variant.label,
             show(Summary::of(&per_call[variant.label]), 0),
-            if variant.baseline.is_some() || variant.label.starts_with("empty") {
+            if variant.baseline.is_some()
+                || variant.label.starts_with("empty")
+                || variant.label.starts_with("bpftrace")
+            {
                 show(Summary::of(&extras), 0)
             } else {
                 String::new()
@@ -158,7 +173,8 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
     // statistics add two clock reads per run, so never during the timed rounds).
     let mut program_rows = Vec::new();
     for variant in ["empty", "probe", "probe-no-caller-pc", "probe-ret"] {
-        let (_, _, report) = run_with_report(bench, &tool(variant), calls, &["--bpf-stats"])?;
+        let (_, _, report) =
+            run_with_report(bench, &tool(variant), &calls_args(calls), &["--bpf-stats"])?;
         let ns = report
             .as_ref()
             .and_then(|r| r["program_ns_per_run"].as_f64());
@@ -185,14 +201,17 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
          per iteration. CPU is the process's own (getrusage, user + system: a uprobe's trap \
          and BPF program run in the probed thread). {rounds} rounds, variants interleaved \
          (rotated each round); median (min–max). *Extra* is CPU per call minus the same \
-         round's run without a probe; *× empty* divides it, per round, by the empty \
-         program's extra at the same site (target ≤ 1.15).\n\n\
-         | variant | CPU per call, ns | extra per hit, ns | × empty at same site | A/A ratio | hits per call |\n\
+         round's run without a probe; *× baseline* divides it, per round, by the extra of \
+         the empty program at the same site (target ≤ 1.15) or, for `attach --exact`, of \
+         bpftrace counting at the same sites (growslice's entry and its RETs: two hits \
+         per call, one of them single-stepped).\n\n\
+         | variant | CPU per call, ns | extra per call, ns | × baseline | A/A ratio | hits per call |\n\
          |---|---|---|---|---|---|\n{}\n\n\
          BPF program run time alone (kernel `BPF_ENABLE_STATS`, one run each, ns per run):\n\n\
-         | program | ns per run |\n|---|---|\n{}\n",
+         | program | ns per run |\n|---|---|\n{}\n\n{}",
         rows.join("\n"),
-        program_rows.join("\n")
+        program_rows.join("\n"),
+        budget_rows(bench)?
     );
     Ok(ProbeCost {
         markdown,
@@ -200,6 +219,52 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
         ret_ns,
         targets,
     })
+}
+
+/// The overhead budget on the same loop: `mapwatch run` with its defaults against no
+/// profiler, over whole runs of `budgetloop -seconds S` — start-up included (every
+/// probe is on for the first second or two, until the budget has measured hit rates).
+fn budget_rows(bench: &Bench) -> anyhow::Result<String> {
+    let seconds = if bench.quick { 8 } else { 15 };
+    let rounds = if bench.quick { 1 } else { 3 };
+    let configs = [
+        ("no probe", Profiler::None),
+        ("`mapwatch run` (default)", Profiler::Run { flags: vec![] }),
+    ];
+    let workload = ["-seconds".to_string(), seconds.to_string()];
+    let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut hits: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 0..rounds {
+        for index in round_order(configs.len(), round) {
+            let (ns, h, _) = run_with_report(bench, &configs[index].1, &workload, &[])?;
+            per_call[index].push(ns);
+            hits[index].extend(h);
+        }
+    }
+    let ratio = Summary::of(&paired_ratios(&per_call[1], &per_call[0]));
+    let rows: Vec<String> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, (label, _))| {
+            format!(
+                "| {label} | {} | {} | {} |",
+                show(Summary::of(&per_call[i]), 1),
+                if i == 0 {
+                    String::new()
+                } else {
+                    show(ratio, 3)
+                },
+                show(Summary::of(&hits[i]), 4),
+            )
+        })
+        .collect();
+    Ok(format!(
+        "The overhead budget on the same loop: `budgetloop -seconds {seconds}` (GC on), \
+         {rounds} rounds interleaved, CPU per call over the whole run, the budget's start-up \
+         included (every probe on for the first second or two).\n\n\
+         | configuration | CPU per call, ns | × CPU | probe hits per call |\n|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    ))
 }
 
 pub fn verdict(met: Option<bool>) -> &'static str {
@@ -217,18 +282,23 @@ fn run_once(
     calls: i64,
     extra_args: &[&str],
 ) -> anyhow::Result<(f64, Option<f64>)> {
-    let (ns, hits, _) = run_with_report(bench, profiler, calls, extra_args)?;
+    let (ns, hits, _) = run_with_report(bench, profiler, &calls_args(calls), extra_args)?;
     Ok((ns, hits))
 }
 
+fn calls_args(calls: i64) -> [String; 2] {
+    ["-calls".into(), calls.to_string()]
+}
+
+/// One budgetloop run (`workload`: its arguments) under `profiler`.
 fn run_with_report(
     bench: &Bench,
     profiler: &Profiler,
-    calls: i64,
+    workload: &[String],
     extra_args: &[&str],
 ) -> anyhow::Result<(f64, Option<f64>, Option<serde_json::Value>)> {
     let mut command = pinned(TARGET_CPU, &bench.budgetloop);
-    command.args(["-calls", &calls.to_string()]);
+    command.args(workload);
     let mut fixture = Fixture::start(command)?;
     let profiler = match (profiler, extra_args.is_empty()) {
         (Profiler::Tool { args }, false) => Profiler::Tool {
