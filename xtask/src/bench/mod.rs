@@ -69,6 +69,14 @@ it instead of the "rare" ones taking it all. Attach/detach churn (a text-page sw
 TLB shootdown per attach and per detach) is not in the hit count; it is inside the
 measured spread.
 
+**A growth-heavy loop under `mapwatch run` (~1.2× over a 15 s run).** A loop that does
+nothing but grow slices is the budget's worst case: until the budget has measured the
+hit rate (the first second or so) every probe is on and the loop runs ~15× slower, and
+the windows after that slow it the same way while they last. Over a 15 s run that
+start-up is most of the 20%; the hits (0.002 per call × ~1.1 µs) say ~8%. Time-weighted
+scaling also undercounts such a loop (ARCHITECTURE.md, budget/). Next step: start a
+new process's hot probes duty-cycled at a guessed fraction instead of always on.
+
 **Tail latency (the table "What duty cycles do to tail latency").** Duty cycles cost
 latency as well as CPU. While the kernel closes the link of a probe the process keeps
 hitting (~100 ms, serialized), the process runs slowed down: not for want of CPU (the
