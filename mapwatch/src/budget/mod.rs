@@ -247,10 +247,12 @@ mod tuning {
     pub const DETACH_SPACING: Nanos = 200 * MILLISECOND;
     /// While the link of a probe that the process keeps hitting is closed (~100 ms),
     /// the process runs slowed down — not for want of CPU: with no hits it does not
-    /// happen. Measured (BENCHMARKS.md, "What duty cycles do to tail latency"): the
-    /// JSON service's p99 went from ~1.1 ms to ~5 ms with one such detach every 0.5 s,
-    /// ~1.6–4 ms every 1 s, ~1.3–1.9 ms every 2 s, and stayed ~1.1 ms every 4 s. So a
-    /// process's duty-cycled slots are spaced this far apart.
+    /// happen. Measured (BENCHMARKS.md, "What duty cycles do to tail latency", 3
+    /// rounds): the JSON service's p99 was ~7.2 ms with one such detach every 0.5 s and
+    /// ~3.3 ms every 1 s; every 2 s and 4 s it stayed within the spread of runs without a
+    /// probe (1.0–4.4 ms in that noisy run; a quieter hand run of 3 rounds: 1.1–1.3 ms
+    /// without a probe, 1.3–1.9 ms every 2 s, 1.0–1.1 ms every 4 s). So a process's
+    /// duty-cycled slots are spaced this far apart.
     pub const PROCESS_DETACH_SPACING: Nanos = 4 * SECOND;
     /// No group is cycled below this fraction: it must still be seen to be measured.
     pub const MIN_FRACTION: f64 = 0.001;
@@ -677,12 +679,13 @@ impl Controller {
             |group: &Group| group.mode == Mode::AlwaysOn && group.fraction < 1.0 && !group.busy;
         for process in self.processes.values_mut() {
             // The groups that start cycling now count too: their detaches begin now.
-            let in_process: usize = process
-                .groups
-                .iter()
-                .filter(|g| matches!(g.mode, Mode::Cycling(_)) || starts(g))
-                .map(|g| g.slots.len())
-                .sum();
+            let in_process = process.cycling_slots()
+                + process
+                    .groups
+                    .iter()
+                    .filter(|g| starts(g))
+                    .map(|g| g.slots.len())
+                    .sum::<usize>();
             for group in &mut process.groups {
                 if !starts(group) {
                     continue;

@@ -153,9 +153,9 @@ pub fn section(bench: &Bench) -> anyhow::Result<ProbeCost> {
             "| {} | {} | {} | {} | {} | {} |",
             variant.label,
             show(Summary::of(&per_call[variant.label]), 0),
+            // A variant compared with another, or one that others are compared with.
             if variant.baseline.is_some()
-                || variant.label.starts_with("empty")
-                || variant.label.starts_with("bpftrace")
+                || variants.iter().any(|v| v.baseline == Some(variant.label))
             {
                 show(Summary::of(&extras), 0)
             } else {
