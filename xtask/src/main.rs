@@ -8,6 +8,7 @@ mod fuzz;
 mod offsets;
 mod setup;
 mod util;
+mod vendor;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,8 @@ enum Task {
         #[arg(long, default_value = "20")]
         seconds: u64,
     },
+    /// Check that vendor/aya is aya 0.14.0 plus its documented patch (also part of `test`).
+    VendorCheck,
     /// Check deploy/ offline: kustomize, Kubernetes and CRD schemas, promtool, hadolint,
     /// dashboards, and a smoke test of the image's root filesystem.
     DeployCheck {
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             fuzz::run(seconds)
         }
         Task::Demo { seconds } => demo::run(seconds),
+        Task::VendorCheck => vendor::check(),
         Task::DeployCheck { write } => {
             let env = setup::run()?;
             let fixtures_dir = fixtures::build_all(&env)?;
@@ -96,6 +100,7 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let env = setup::run()?;
     let fixtures_dir = fixtures::build_all(&env)?;
+    util::step("vendor/aya is aya 0.14.0 + its patch", vendor::check)?;
     util::step("cargo fmt --check", || {
         util::cargo(&["fmt", "--all", "--check"]).run()
     })?;

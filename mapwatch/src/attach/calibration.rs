@@ -20,19 +20,15 @@
 //! instructions vary by version anyway; what sets the cost is how the kernel treats the
 //! probed instruction, and these two are the two classes (`budget::SiteClass`). The
 //! functions are written in assembly so the instructions at the probed offsets are
-//! known exactly. About 0.1–0.2 s; the two links are closed on a background thread
-//! (closing blocks ~100 ms each).
+//! known exactly. About 0.1–0.2 s; the link is closed on a background thread (closing
+//! blocks for a kernel grace period).
 use std::time::{Duration, Instant};
 
-use aya::programs::{
-    UProbe,
-    uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-};
 use tracing::{debug, info, warn};
 
 use mapwatch_common::{MemoryLoad, ProbeKind, ProbeSpec};
 
-use super::{AttachError, PROGRAM, Probes};
+use super::{AttachError, Probes, links::Site};
 use crate::{budget::HitCost, goelf::procmaps::parse_maps};
 
 // Three identical functions: `push rbp; pop rbp; ret`. The PUSH is at offset 0, the
@@ -117,8 +113,9 @@ impl Probes {
             }
             Err(e) => {
                 warn!(
-                    "calibrating the per-hit cost of a uprobe failed ({e}); assuming {} ns \
+                    "calibrating the per-hit cost of a uprobe failed ({}); assuming {} ns \
                      (emulated), {} ns (single-stepped) and {} ns per field read",
+                    super::error_chain(&e),
                     HitCost::FALLBACK.emulated_ns,
                     HitCost::FALLBACK.single_stepped_ns,
                     HitCost::FALLBACK.per_read_ns
@@ -238,24 +235,15 @@ impl Probes {
                 .set(slot, mapwatch_common::DirectoryLayout::default(), 0)
                 .map_err(AttachError::from)?;
         }
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(AttachError::Missing("go_probe program"))?
-            .try_into()
-            .map_err(AttachError::from)?;
-        let pid_nz = std::num::NonZeroU32::new(pid).ok_or(CalibrationError::NotMapped)?;
-        let mut links = Vec::new();
-        for (site, slot) in sites.into_iter().zip([slots[0], slots[0], slots[1]]) {
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(site),
-                cookie: Some(u64::from(slot)),
-            };
-            let id = program
-                .attach(point, exe, UProbeScope::OneProcess(pid_nz))
-                .map_err(AttachError::from)?;
-            links.push(program.take_link(id).map_err(AttachError::from)?);
-        }
+        let sites: Vec<Site> = sites
+            .into_iter()
+            .zip([slots[0], slots[0], slots[1]])
+            .map(|(file_offset, slot)| Site {
+                file_offset,
+                cookie: u64::from(slot),
+            })
+            .collect();
+        let links = self.attach_sites(pid, exe, &sites)?;
 
         let data = [24u64, 8u64];
         let functions: [unsafe extern "C" fn(*const u64); 4] = [
@@ -285,7 +273,7 @@ impl Probes {
                 }
             }
         }
-        // Closing links blocks ~100 ms each: not on the start-up path.
+        // Closing a link blocks for a grace period: not on the start-up path.
         std::thread::spawn(move || drop(links));
 
         let median_extra = |probed: usize| -> f64 {

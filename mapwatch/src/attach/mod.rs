@@ -1,5 +1,6 @@
 //! Load the BPF object, attach a ProbePlan to a process, detach cleanly.
 pub mod calibration;
+pub mod links;
 pub mod notices;
 pub mod privileges;
 pub mod reader;
@@ -16,15 +17,13 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
-    },
+    programs::UProbe,
 };
 use mapwatch_common::{DirectoryLayout, MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
 use tracing::{debug, info, warn};
 
 use crate::plan::{PlannedProbe, ProbePlan};
+use links::{LinkError, LinkMode, ProbeLink, Site};
 
 pub(crate) const PROGRAM: &str = "go_probe";
 
@@ -36,6 +35,16 @@ pub enum AttachError {
     Load(#[from] aya::EbpfError),
     #[error("BPF program {PROGRAM}: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the kernel refused to attach uprobes to process {pid} ({cause}). {hint}")]
+    LinkRefused {
+        pid: u32,
+        cause: String,
+        hint: &'static str,
+    },
+    #[error("cannot read {path}: permission denied; {advice}")]
+    ExeUnreadable { path: PathBuf, advice: String },
     #[error("BPF map: {0}")]
     Map(#[from] aya::maps::MapError),
     #[error("the BPF object has no {0}")]
@@ -90,7 +99,8 @@ impl AttachError {
         match self {
             AttachError::Privileges(_) => "privileges",
             AttachError::Load(_) | AttachError::Missing(_) => "load",
-            AttachError::Program(_) => "attach",
+            AttachError::Program(_) | AttachError::Link(_) => "attach",
+            AttachError::LinkRefused { .. } | AttachError::ExeUnreadable { .. } => "privileges",
             AttachError::Map(_) => "map",
             AttachError::ProcessGone { .. } => "process_gone",
             AttachError::BinaryChanged { .. } => "binary_changed",
@@ -213,7 +223,8 @@ pub struct Probes {
     next_slot: u32,
     /// Slots of detached probes, reused before new ones are taken.
     free_slots: Vec<u32>,
-    attached: Vec<(AttachedProbe, UProbeLinkId)>,
+    attached: Vec<(AttachedProbe, ProbeLink)>,
+    link_mode: LinkMode,
     /// Probes detached by the overhead budget for a while: their slots stay reserved,
     /// with their spec, counters and aggregator registration ([`Probes::suspend`]).
     suspended: Vec<AttachedProbe>,
@@ -247,7 +258,7 @@ impl Probes {
             .program_mut(PROGRAM)
             .ok_or(AttachError::Missing("go_probe program"))?
             .try_into()?;
-        program.load()?;
+        let link_mode = load_program(program)?;
         let specs = Array::try_from(
             ebpf.take_map("PROBE_SPECS")
                 .ok_or(AttachError::Missing("PROBE_SPECS map"))?,
@@ -280,6 +291,7 @@ impl Probes {
             next_slot: 0,
             free_slots: Vec::new(),
             attached: Vec::new(),
+            link_mode,
             suspended: Vec::new(),
             sites: HashMap::new(),
             counters: Arc::new(Mutex::new(KernelCounters {
@@ -307,6 +319,11 @@ impl Probes {
     /// Starts the exec/exit notices the daemon follows processes with.
     pub fn follow_processes(&mut self) -> Result<notices::ProcessNotices, AttachError> {
         notices::ProcessNotices::start(&mut self.ebpf)
+    }
+
+    /// How probes are attached (fixed at load).
+    pub fn link_mode(&self) -> LinkMode {
+        self.link_mode
     }
 
     pub fn counters(&self) -> Arc<Mutex<KernelCounters>> {
@@ -361,12 +378,7 @@ impl Probes {
             plan.probes.len(),
             "one reserved slot per probe"
         );
-        let exe = exe_path(pid);
-        let current = FileIdentity::of(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
-        if current != analysed {
-            return Err(AttachError::BinaryChanged { pid });
-        }
-        let file = File::open(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
+        let (exe, file) = open_exe(pid, analysed)?;
         for probe in &plan.probes {
             verify_bytes(&file, &exe, probe)?;
         }
@@ -382,6 +394,11 @@ impl Probes {
                 self.sites.remove(&probe.slot);
             }
             self.detach(added, false);
+            // A process that exits while its probes are being attached is not an attach
+            // failure (short-lived Go tools do this all the time).
+            if !process_exists(pid) {
+                return Err(AttachError::ProcessGone { pid });
+            }
             return Err(e);
         }
         for (probe, &slot) in plan.probes.iter().zip(slots) {
@@ -441,18 +458,33 @@ impl Probes {
         exe: &std::path::Path,
         file_offset: u64,
         slot: u32,
-    ) -> Result<UProbeLinkId, AttachError> {
+    ) -> Result<ProbeLink, AttachError> {
+        self.attach_sites(
+            pid,
+            exe,
+            &[Site {
+                file_offset,
+                cookie: u64::from(slot),
+            }],
+        )
+    }
+
+    /// One link for `sites` of `pid`'s executable, with the error a user can act on.
+    fn attach_sites(
+        &mut self,
+        pid: u32,
+        exe: &std::path::Path,
+        sites: &[Site],
+    ) -> Result<ProbeLink, AttachError> {
+        let mode = self.link_mode;
         let program: &mut UProbe = self
             .ebpf
             .program_mut(PROGRAM)
             .ok_or(AttachError::Missing("go_probe program"))?
             .try_into()?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
-            cookie: Some(u64::from(slot)),
-        };
         let pid_nz = NonZeroU32::new(pid).ok_or(AttachError::ProcessGone { pid })?;
-        Ok(program.attach(point, exe, UProbeScope::OneProcess(pid_nz))?)
+        links::attach(program, mode, exe, pid_nz, sites)
+            .map_err(|e| explain_link_error(pid, mode, e))
     }
 
     /// Takes the probe in `slot` out of the kernel's way for a while (the overhead
@@ -461,19 +493,14 @@ impl Probes {
     /// `Probes`. The slot stays reserved with its spec, counters (hits keep their
     /// total) and site, so [`Probes::resume`] is one attach call.
     /// `pid` guards against a slot freed and reused by another process meanwhile.
-    pub fn suspend(&mut self, pid: u32, slot: u32) -> Option<UProbeLink> {
+    pub fn suspend(&mut self, pid: u32, slot: u32) -> Option<ProbeLink> {
         let index = self
             .attached
             .iter()
             .position(|(p, _)| p.slot == slot && p.pid == pid)?;
         let (probe, link) = self.attached.remove(index);
-        let program: &mut UProbe = self.ebpf.program_mut(PROGRAM)?.try_into().ok()?;
-        // Suspended either way: a link the program no longer knows is not attached.
         self.suspended.push(probe);
-        program
-            .take_link(link)
-            .inspect_err(|e| warn!(slot, "suspending a probe: {e}"))
-            .ok()
+        Some(link)
     }
 
     /// Attaches a suspended probe again, after checking that its process still runs
@@ -489,12 +516,7 @@ impl Probes {
             .get(&slot)
             .cloned()
             .ok_or(AttachError::Missing("probe site"))?;
-        let exe = exe_path(pid);
-        let current = FileIdentity::of(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
-        if current != site.identity {
-            return Err(AttachError::BinaryChanged { pid });
-        }
-        let file = File::open(&exe).map_err(|_| AttachError::ProcessGone { pid })?;
+        let (exe, file) = open_exe(pid, site.identity)?;
         verify_bytes(&file, &exe, &site.probe)?;
         let link = self.attach_link(pid, &exe, site.probe.file_offset, slot)?;
         let probe = self.suspended.remove(index);
@@ -506,25 +528,15 @@ impl Probes {
     /// into the per-probe totals; `free` returns their slots for reuse (attach failures
     /// keep them reserved for the caller to release).
     ///
-    /// Closing a uprobe link waits for the kernel to unregister the uprobe: ~100 ms
-    /// each on this VM (kernel 6.18). The links are taken out of the program and closed
-    /// on several threads at once in case the kernel can overlap them — measured, it
-    /// does not here (70 probes: 6.8 s from 16 threads, ~7 s from one), so detach time
-    /// grows with the number of probes (see BENCHMARKS.md and the DaemonSet's
+    /// Closing a link waits for the kernel to unregister its uprobes with a grace
+    /// period (tens of ms per link; ~130 ms per perf-event uprobe, serialized by the
+    /// kernel): the links are closed on several threads at once in case the kernel can
+    /// overlap them (see BENCHMARKS.md and the DaemonSet's
     /// terminationGracePeriodSeconds).
-    fn detach(&mut self, probes: Vec<(AttachedProbe, UProbeLinkId)>, free: bool) {
-        let Some(program) = self.ebpf.program_mut(PROGRAM) else {
-            return;
-        };
-        let Ok(program): Result<&mut UProbe, _> = program.try_into() else {
-            return;
-        };
+    fn detach(&mut self, probes: Vec<(AttachedProbe, ProbeLink)>, free: bool) {
         let mut links = Vec::with_capacity(probes.len());
         for (probe, link) in probes {
-            match program.take_link(link) {
-                Ok(link) => links.push(link),
-                Err(e) => warn!(slot = probe.slot, "detach failed: {e}"),
-            }
+            links.push(link);
             self.counters
                 .lock()
                 .expect("kernel counters")
@@ -578,6 +590,108 @@ impl Probes {
 struct ProbeSite {
     identity: FileIdentity,
     probe: PlannedProbe,
+}
+
+/// Loads the program for uprobe_multi links where the kernel has them (6.6+), else for
+/// perf-event uprobes; [`links::MODE_VARIABLE`] can force either.
+fn load_program(program: &mut UProbe) -> Result<LinkMode, AttachError> {
+    let mode = match LinkMode::requested()? {
+        Some(LinkMode::PerfEvent) => {
+            program.load()?;
+            LinkMode::PerfEvent
+        }
+        Some(LinkMode::Multi) => {
+            program.load_for_multi_link()?;
+            LinkMode::Multi
+        }
+        None => match program.load_for_multi_link() {
+            Ok(()) if links::multi_links_work(program) => LinkMode::Multi,
+            outcome => {
+                if let Err(e) = outcome {
+                    debug!("no uprobe_multi links ({e}); using perf-event uprobes");
+                } else {
+                    debug!("uprobe_multi links refused; using perf-event uprobes");
+                    program.unload()?;
+                }
+                program.load()?;
+                LinkMode::PerfEvent
+            }
+        },
+    };
+    info!(links = mode.label(), "BPF program loaded");
+    if mode == LinkMode::PerfEvent && !privileges::has_sys_admin() {
+        warn!(
+            "uprobes are attached as perf events (no uprobe_multi links: Linux < 6.6, or {} \
+             says so), which need CAP_SYS_ADMIN on many kernels; mapwatch lacks it, so \
+             attaching may be refused",
+            links::MODE_VARIABLE
+        );
+    }
+    Ok(mode)
+}
+
+/// Turns a refused attach into an error that names the missing privilege.
+fn explain_link_error(pid: u32, mode: LinkMode, error: LinkError) -> AttachError {
+    if matches!(error.errno(), Some(libc::ENOENT | libc::ESRCH)) || !process_exists(pid) {
+        return AttachError::ProcessGone { pid };
+    }
+    if !error.is_permission_denied() {
+        return AttachError::Link(error);
+    }
+    let hint = match mode {
+        // The link opens /proc/PID/exe itself, as mapwatch already did to analyse it.
+        LinkMode::Multi => {
+            "mapwatch needs CAP_BPF, CAP_PERFMON and, for another user's \
+             process, CAP_SYS_PTRACE; a security module (AppArmor, SELinux) can deny it too"
+        }
+        // perf_event_open(2) of a uprobe: measured on Linux 6.18, CAP_PERFMON is not enough.
+        LinkMode::PerfEvent => {
+            "Perf-event uprobes need CAP_SYS_ADMIN on this kernel; grant it, or run on Linux \
+             6.6+ where mapwatch uses uprobe_multi links, which need only CAP_BPF and CAP_PERFMON"
+        }
+    };
+    AttachError::LinkRefused {
+        pid,
+        cause: error_chain(&error),
+        hint,
+    }
+}
+
+/// An error and its causes on one line, for logs (the CLI prints chains itself).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Opens `pid`'s executable, checking it is still the file that was analysed.
+fn open_exe(pid: u32, analysed: FileIdentity) -> Result<(PathBuf, File), AttachError> {
+    let exe = exe_path(pid);
+    let classify = |source: std::io::Error, exe: &std::path::Path| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied && process_exists(pid) {
+            AttachError::ExeUnreadable {
+                path: exe.to_owned(),
+                advice: privileges::unreadable_exe_advice(),
+            }
+        } else {
+            AttachError::ProcessGone { pid }
+        }
+    };
+    let current = FileIdentity::of(&exe).map_err(|e| classify(e, &exe))?;
+    if current != analysed {
+        return Err(AttachError::BinaryChanged { pid });
+    }
+    let file = File::open(&exe).map_err(|e| classify(e, &exe))?;
+    Ok((exe, file))
 }
 
 fn verify_bytes(

@@ -208,8 +208,8 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
 fn exe_error(pid: u32, error: &std::io::Error) -> UsageError {
     match error.kind() {
         std::io::ErrorKind::PermissionDenied => UsageError(format!(
-            "cannot read /proc/{pid}/exe: permission denied; run as root or with CAP_SYS_PTRACE \
-             and CAP_DAC_READ_SEARCH to profile another user's process"
+            "cannot read /proc/{pid}/exe: permission denied; {}",
+            crate::attach::privileges::unreadable_exe_advice()
         )),
         std::io::ErrorKind::NotFound => UsageError(format!(
             "process {pid} has no executable (a kernel thread, or it exited)"

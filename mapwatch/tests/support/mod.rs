@@ -222,9 +222,14 @@ impl Mapwatch {
     }
 
     fn spawn(args: &[&str], extra: &[&str]) -> Mapwatch {
-        let mut child = mapwatch_command()
-            .args(args)
-            .args(extra)
+        let mut command = mapwatch_command();
+        command.args(args).args(extra);
+        Self::start(command)
+    }
+
+    /// Starts a mapwatch command line built by the caller (e.g. under setpriv).
+    pub fn start(mut command: Command) -> Mapwatch {
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("start mapwatch");
