@@ -62,6 +62,30 @@ const ARM64: Variant = Variant {
 };
 
 /// Binaries for other architectures: mapwatch must refuse them clearly.
+/// Real Go command-line tools (each toolchain's gofmt), for tests of short-lived
+/// processes. Kept apart from target/fixtures, whose binaries the analysis tests walk.
+pub fn go_clis_dir() -> PathBuf {
+    workspace_root().join("target/go-clis")
+}
+
+/// Copies each toolchain's gofmt to `go_clis_dir()/<toolchain>/gofmt`.
+fn copy_go_clis(env: &Env) -> anyhow::Result<()> {
+    for go in &env.go {
+        let dir = go_clis_dir().join(&go.name);
+        let from = go.root.join("bin/gofmt");
+        let to = dir.join("gofmt");
+        let stale = std::fs::metadata(&to)
+            .and_then(|t| Ok(t.len() != std::fs::metadata(&from)?.len()))
+            .unwrap_or(true);
+        if stale {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn cross_fixtures_dir() -> PathBuf {
     workspace_root().join("target/fixtures-cross")
 }
@@ -143,6 +167,7 @@ pub fn build_all(env: &Env) -> anyhow::Result<PathBuf> {
                 fresh += 1;
             }
         }
+        copy_go_clis(env)?;
         println!(
             "    {built} built, {fresh} up to date ({} fixtures, {} toolchain flavors) in {}",
             sources.len(),

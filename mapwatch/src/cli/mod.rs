@@ -1,6 +1,7 @@
 //! The command line: clap definitions here, one file per command.
 mod attach;
 mod inspect;
+pub mod logging;
 mod run;
 pub mod run_flags;
 mod session;
@@ -25,11 +26,35 @@ slice growth (runtime.growslice), map growth (hashGrow, or the Swiss tables' gro
 split), make(map) hints, stop-the-world pauses and GC cycles — and serves what it sees \
 as Prometheus metrics. No recompile, no restart, no change to the program.\n\n\
 Example:\n  sudo mapwatch attach --pid $(pidof myservice) --listen 127.0.0.1:9433\n  \
-curl -s 127.0.0.1:9433/metrics | grep mapwatch_slice_grow"
+curl -s 127.0.0.1:9433/metrics | grep mapwatch_slice_grow",
+    after_help = "Logs go to stderr. MAPWATCH_LOG (or RUST_LOG) sets what is logged, e.g. \
+MAPWATCH_LOG=debug or MAPWATCH_LOG=mapwatch::budget=debug; default: info for `run`, warn \
+for the other commands."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: `auto` is plain text, coloured only on a terminal; `json`
+    /// is one object per line, for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = logging::LogFormat::Auto,
+        env = "MAPWATCH_LOG_FORMAT"
+    )]
+    pub log_format: logging::LogFormat,
+}
+
+impl Cli {
+    /// Installs logging for this command line (see [`logging::init`]).
+    pub fn init_logging(&self) {
+        let default_level = match self.command {
+            Command::Run(_) => "info",
+            Command::Attach(_) | Command::Inspect(_) => "warn",
+        };
+        logging::init(self.log_format, default_level);
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,9 +136,34 @@ pub struct InspectArgs {
 
 /// Runs the parsed command. Errors that are the user's to fix are [`UsageError`]s.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    raise_open_files_limit();
     match cli.command {
         Command::Run(flags) => run::run(*flags),
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: the daemon holds a file per
+/// analysed binary, per link and per HTTP client, and running out of them means a Go
+/// process that starts then is not attached. The soft limit is often 1024 while the
+/// hard one is far higher.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!(
+                    "raising the open files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }
