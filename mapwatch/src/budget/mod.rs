@@ -32,10 +32,11 @@ use std::collections::{BTreeMap, VecDeque};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use mapwatch_common::ProbeKind;
 
-use crate::{metrics::WorkloadLabels, plan::ProbePlan};
-
-/// Nanoseconds on CLOCK_MONOTONIC.
-pub type Nanos = u64;
+use crate::{
+    aggregate::{Nanos, ScaleUpdate},
+    metrics::WorkloadLabels,
+    plan::ProbePlan,
+};
 
 const SECOND: Nanos = 1_000_000_000;
 const MILLISECOND: Nanos = 1_000_000;
@@ -268,26 +269,6 @@ mod tuning {
     pub const CPU_SPAN: Nanos = 20 * SECOND;
 }
 pub use tuning::MIN_FRACTION;
-
-/// What the aggregator must do with the records of duty-cycled slots.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ScaleUpdate {
-    /// Records of `slots` stamped at or after `from` wait for the weight of their cycle;
-    /// `planned_weight` applies if too many wait.
-    Hold {
-        slots: Vec<u32>,
-        from: Nanos,
-        planned_weight: f64,
-    },
-    /// A cycle ended at `until`: the waiting records of each slot stamped before it (and
-    /// late ones) weigh `weight` (cycle length / time the slot was attached in it).
-    Close {
-        weights: Vec<(u32, f64)>,
-        until: Nanos,
-    },
-    /// Records of `slots` stamped at or after `from` weigh 1 again (always on).
-    Release { slots: Vec<u32>, from: Nanos },
-}
 
 /// Attach or detach the slots of one group of a process (the task does it and reports
 /// the times back with [`Controller::attached`] / [`Controller::detached`]).
