@@ -70,8 +70,8 @@ impl Controller {
         self.config
     }
 
-    /// A process whose probes were all attached at `now`, with its kernel hit counters at
-    /// `hits(slot)` (0 for new slots).
+    /// A process whose probes were all attached at `now`, their kernel hit counters
+    /// starting from 0.
     pub fn add_process(
         &mut self,
         pid: u32,
@@ -306,9 +306,9 @@ impl Controller {
                 state.attached_since = at;
             }
         }
-        // An attach that came late (uprobe registration can wait ~1 s for the kernel
-        // under load, measured) still gets its whole window: a window of a fraction of
-        // a millisecond would give its records weights in the thousands.
+        // An attach that came late (uprobe registration can wait for the kernel under
+        // load) still gets its whole window: a window of a fraction of a millisecond
+        // would give its records weights in the thousands.
         let started = slots.iter().filter_map(|&(_, at)| at).max();
         if let (Mode::Cycling(cycle), Some(started)) = (&mut group.mode, started) {
             let length = cycle.window_until - cycle.window_from;

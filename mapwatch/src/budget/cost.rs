@@ -8,7 +8,8 @@ pub enum SiteClass {
     /// The kernel emulates it (PUSH, as Go's first instruction after the stack check
     /// usually is): the trap and the BPF program only.
     Emulated,
-    /// Copied out and single-stepped (RET, SUB, MOV, …): a second trap, ~4× the cost.
+    /// Copied out and single-stepped (RET, SUB, MOV, …): a second trap, and a hit costs
+    /// many times an emulated one (measured: BENCHMARKS.md, "Per-hit cost of a probe").
     SingleStepped,
 }
 
@@ -32,14 +33,14 @@ pub struct HitCost {
     pub emulated_ns: f64,
     pub single_stepped_ns: f64,
     /// Each struct field the probe reads from the target's memory (hardened usercopy
-    /// checks make a read ~100 ns here).
+    /// checks make such a read costly; measured: BENCHMARKS.md, "Where the cost goes").
     pub per_read_ns: f64,
 }
 
 impl HitCost {
-    /// Used when the calibration could not run: mapwatch's probe measured in a Go loop
-    /// on a 2-vCPU VM (~1.7–2.6 µs after the stack check; a RET adds ~4 µs of single
-    /// step), rounded up.
+    /// Used when the calibration could not run: mapwatch's probe as measured in a Go
+    /// loop, rounded up (a cost overestimated errs on the safe side, see
+    /// [`site_class`]).
     pub const FALLBACK: HitCost = HitCost {
         emulated_ns: 2500.0,
         single_stepped_ns: 7000.0,
@@ -48,10 +49,9 @@ impl HitCost {
 
     /// What a hit costs a real Go program beyond what the calibration sees: the
     /// calibration calls an empty function in a loop, while Go code between two hits
-    /// has its caches and TLB to refill after each trap. Measured on a 2-vCPU VM
-    /// (tests/budget.rs, growslice in a Go loop vs /proc/PID/stat): the Go program's
-    /// extra CPU was 1.5–1.7× the calibrated cost (2.2–2.5 µs vs 1.47 µs per hit).
-    /// An estimate, not a law: tests/budget.rs reports the ratio it finds.
+    /// has its caches and TLB to refill after each trap. An estimate from a Go loop's
+    /// extra CPU against the calibrated cost, not a law: tests/budget.rs measures the
+    /// ratio again and reports it.
     pub const INDIRECT_FACTOR: f64 = 1.55;
 
     /// From the calibration (`attach::calibration`): ns per hit of mapwatch's program

@@ -4,25 +4,24 @@
 use super::{MILLISECOND, SECOND};
 use crate::aggregate::Nanos;
 
-/// Shortest attached window to aim for: attaching takes 1–10 ms here, and the
-/// window must hold enough hits to measure the on-cost.
+/// Shortest attached window to aim for: long against the time an attach takes, and
+/// holding enough hits to measure the on-cost.
 pub(super) const MIN_WINDOW: Nanos = 50 * MILLISECOND;
 /// Cycle lengths (before the ±50% randomization). Detaching takes ~100 ms of
 /// blocking-pool time per probe: cycles are seconds, not milliseconds.
 pub(super) const MIN_CYCLE: Nanos = SECOND;
 /// Long enough for ~10 cycling slots of one process at PROCESS_DETACH_SPACING.
 pub(super) const MAX_CYCLE: Nanos = 40 * SECOND;
-/// The kernel serializes uprobe detaches (~100 ms each, measured): the node's
-/// duty-cycled slots together should not need more than about half of that time.
+/// The kernel serializes uprobe detaches (~100 ms each; measured: BENCHMARKS.md, "Where
+/// the cost goes"): the node's duty-cycled slots together should not need more than
+/// about half of that time.
 pub(super) const DETACH_SPACING: Nanos = 200 * MILLISECOND;
 /// While the link of a probe that the process keeps hitting is closed (~100 ms),
 /// the process runs slowed down — not for want of CPU: with no hits it does not
-/// happen. Measured (BENCHMARKS.md, "What duty cycles do to tail latency", 3
-/// rounds): the JSON service's p99 was ~7.2 ms with one such detach every 0.5 s and
-/// ~3.3 ms every 1 s; every 2 s and 4 s it stayed within the spread of runs without a
-/// probe (1.0–4.4 ms in that noisy run; a quieter hand run of 3 rounds: 1.1–1.3 ms
-/// without a probe, 1.3–1.9 ms every 2 s, 1.0–1.1 ms every 4 s). So a process's
-/// duty-cycled slots are spaced this far apart.
+/// happen. One such detach every 0.5–1 s raised the JSON service's p99; one every
+/// 2–4 s kept it within the spread of runs without a probe (measured: BENCHMARKS.md,
+/// "What duty cycles do to tail latency"). So a process's duty-cycled slots are
+/// spaced this far apart.
 pub(super) const PROCESS_DETACH_SPACING: Nanos = 4 * SECOND;
 /// No group is cycled below this fraction: it must still be seen to be measured.
 pub const MIN_FRACTION: f64 = 0.001;

@@ -26,8 +26,7 @@
 //!   attached in that cycle (measured from the attach and detach calls, not planned):
 //!   a [`ScaleUpdate`](crate::aggregate::ScaleUpdate) tells the aggregator, which holds
 //!   the records of an open cycle until its weight is known. The budget sits above the
-//!   aggregator: that message and [`Nanos`](crate::aggregate::Nanos) are the
-//!   aggregator's types.
+//!   aggregator: that message and [`Nanos`] are the aggregator's types.
 //!
 //! The files, in the order the numbers flow:
 //! - `cost.rs`: what one hit costs ([`SiteClass`], [`HitCost`]).
