@@ -3,6 +3,7 @@
 //! metric handles are atomics that scrapes read.
 mod children;
 pub mod map_assign;
+mod weighting;
 
 use std::{
     collections::HashSet,
@@ -18,8 +19,9 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+pub use weighting::{Nanos, ScaleUpdate};
+
 use crate::{
-    budget::{Nanos, ScaleUpdate},
     goruntime::{
         RuntimeFacts,
         slice_growth::grown_capacity,
@@ -143,7 +145,7 @@ pub struct Aggregator {
     /// Go 1.26+: the append site of the latest growsliceBuf call per (tgid, goroutine),
     /// for the growslice it calls (whose own caller is growsliceBuf).
     buf_callers: HashMap<(u32, u64), u64>,
-    /// Duty-cycled slots (see `crate::budget`).
+    /// Duty-cycled slots (see [`ScaleUpdate`]).
     sampled: HashMap<u32, Sampled>,
     /// How many events the record being applied stands for (1 unless duty-cycled):
     /// every counter and histogram update is made this many times over.

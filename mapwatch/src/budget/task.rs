@@ -12,9 +12,9 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::{Action, Controller, GroupSpec, Nanos, ProcessReport};
+use super::{Action, Controller, GroupSpec, ProcessReport};
 use crate::{
-    aggregate::Input,
+    aggregate::{Input, Nanos},
     attach::{KernelCounters, Probes, calibration::monotonic_ns},
     metrics::{Metrics, WorkloadLabels},
 };

@@ -1,0 +1,468 @@
+//! The controller: each control step turns kernel hit counts into on-costs and shares
+//! the budget out again; between steps it says which attaches and detaches are due,
+//! hears back when they happened, and closes the cycles whose weights the aggregator
+//! waits for.
+use std::collections::BTreeMap;
+
+use super::{
+    cycles::{Cycle, CyclingSlots, close_weights, cycle_fraction, plan_cycle},
+    groups::GroupSpec,
+    shares::{BudgetConfig, group_fractions, process_budgets},
+    state::{Group, Mode, Process},
+};
+use crate::{
+    aggregate::{Nanos, ScaleUpdate},
+    metrics::WorkloadLabels,
+};
+
+/// Attach or detach the slots of one group of a process (the task does it and reports
+/// the times back with [`Controller::attached`] / [`Controller::detached`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Attach {
+        pid: u32,
+        group: &'static str,
+        slots: Vec<u32>,
+    },
+    Detach {
+        pid: u32,
+        group: &'static str,
+        slots: Vec<u32>,
+    },
+}
+
+/// What the controller reports per process (for the gauges and `attach`'s summary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub labels: WorkloadLabels,
+    /// Estimated CPU of the probes over the last ~60 s, in cores.
+    pub overhead: f64,
+    /// Estimated CPU of the probes since they were attached, ns, and over how long.
+    pub total_cost_ns: f64,
+    pub elapsed_ns: Nanos,
+    /// (group, on-fraction of its last cycle; 1 = always on).
+    pub duty: Vec<(&'static str, f64)>,
+    /// (group, estimated CPU while attached, in cores; None until measured).
+    pub on_cost: Vec<(&'static str, Option<f64>)>,
+    /// (group, duty cycles finished so far; 0 = never duty-cycled).
+    pub windows: Vec<(&'static str, u64)>,
+}
+
+pub struct Controller {
+    config: BudgetConfig,
+    processes: BTreeMap<u32, Process>,
+    rng: fastrand::Rng,
+    scale_updates: Vec<ScaleUpdate>,
+}
+
+impl Controller {
+    pub fn new(config: BudgetConfig, seed: u64) -> Controller {
+        Controller {
+            config,
+            processes: BTreeMap::new(),
+            rng: fastrand::Rng::with_seed(seed),
+            scale_updates: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> BudgetConfig {
+        self.config
+    }
+
+    /// A process whose probes were all attached at `now`, their kernel hit counters
+    /// starting from 0.
+    pub fn add_process(
+        &mut self,
+        pid: u32,
+        labels: WorkloadLabels,
+        groups: Vec<GroupSpec>,
+        now: Nanos,
+    ) {
+        self.processes.insert(
+            pid,
+            Process::new(labels, groups, now, self.config.per_process),
+        );
+    }
+
+    /// The process is gone (its probes are detached by the caller). Closes its open
+    /// cycles at `now` so the aggregator can weigh their records.
+    pub fn remove_process(&mut self, pid: u32, now: Nanos) -> Option<ProcessReport> {
+        self.close_open_cycles(pid, now);
+        let report = self.report_of(pid);
+        self.processes.remove(&pid);
+        report
+    }
+
+    /// Closes every open cycle of `pid` at `now` (the process exits, or mapwatch stops).
+    pub fn close_open_cycles(&mut self, pid: u32, now: Nanos) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        for group in &mut process.groups {
+            let Mode::Cycling(cycle) = group.mode else {
+                continue;
+            };
+            for slot in &mut group.slots {
+                if let Some(since) = slot.attached_since.take() {
+                    slot.on_in_cycle += now.saturating_sub(since.max(cycle.start));
+                }
+            }
+            let weights = close_weights(group.on_in_cycle(), cycle.start, now);
+            self.scale_updates.push(ScaleUpdate::Close {
+                weights,
+                until: now,
+            });
+            group.windows += 1;
+            group.mode = Mode::AlwaysOn;
+        }
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes.keys().copied()
+    }
+
+    /// Every slot of every process (the task reads their kernel counters).
+    pub fn slots(&self) -> Vec<u32> {
+        self.processes
+            .values()
+            .flat_map(|p| p.groups.iter().flat_map(|g| g.slot_numbers()))
+            .collect()
+    }
+
+    /// The CPU time `pid` has used so far (ns, user + system, probes included), for the
+    /// budget relative to it (`BudgetConfig::share_of_process`). Call before `update`.
+    pub fn process_cpu(&mut self, pid: u32, now: Nanos, cpu_ns: u64) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.add_cpu_time(now, cpu_ns);
+        }
+    }
+
+    /// A control step: the kernel's hit totals per slot (`hits`), the on-costs they
+    /// imply, a new allocation of the budget, and groups moved between always-on and
+    /// duty-cycled. Call every second or so.
+    pub fn update(&mut self, now: Nanos, hits: &dyn Fn(u32) -> Option<u64>) {
+        for process in self.processes.values_mut() {
+            let mut cost_ns = 0.0;
+            for group in &mut process.groups {
+                for slot in &mut group.slots {
+                    let Some(total) = hits(slot.cost.slot) else {
+                        continue;
+                    };
+                    let delta = total.saturating_sub(slot.last_hits);
+                    slot.last_hits = total;
+                    cost_ns += delta as f64 * slot.cost.per_hit_ns;
+                    slot.pending_hits += delta;
+                    if let Some(since) = slot.attached_since {
+                        slot.pending_on += now.saturating_sub(since);
+                        slot.attached_since = Some(now);
+                        // What was just moved into pending_on is attached time of the
+                        // cycle too (the rest is added when the window closes).
+                        if let Mode::Cycling(cycle) = group.mode {
+                            slot.on_in_cycle += now.saturating_sub(since.max(cycle.start));
+                        }
+                    }
+                }
+                group.measure_on_cost();
+            }
+            process.add_cost(now, cost_ns);
+        }
+        self.allocate();
+        if self.config.enforce {
+            self.start_cycles(now);
+        }
+    }
+
+    /// Shares the budgets: node → processes → groups (rare first).
+    fn allocate(&mut self) {
+        let config = self.config;
+        let demands: Vec<f64> = self.processes.values().map(Process::demand).collect();
+        let limits: Vec<f64> = self.processes.values().map(|p| p.limit(&config)).collect();
+        let budgets = process_budgets(config.node, &demands, &limits);
+        for (process, budget) in self.processes.values_mut().zip(budgets) {
+            process.budget = budget;
+            let groups: Vec<_> = process
+                .groups
+                .iter()
+                .map(|g| (g.priority, g.on_cost))
+                .collect();
+            let fractions = group_fractions(budget, &groups);
+            for (group, fraction) in process.groups.iter_mut().zip(fractions) {
+                group.fraction = fraction;
+            }
+        }
+    }
+
+    /// Moves over-budget always-on groups into duty cycles (their first window is now:
+    /// they are attached already).
+    fn start_cycles(&mut self, now: Nanos) {
+        let cycling = self.cycling_slots();
+        let starts =
+            |group: &Group| group.mode == Mode::AlwaysOn && group.fraction < 1.0 && !group.busy;
+        for process in self.processes.values_mut() {
+            // The groups that start cycling now count too: their detaches begin now.
+            let in_process = process.cycling_slots()
+                + process
+                    .groups
+                    .iter()
+                    .filter(|g| starts(g))
+                    .map(|g| g.slots.len())
+                    .sum::<usize>();
+            for group in &mut process.groups {
+                if !starts(group) {
+                    continue;
+                }
+                let mut cycle = plan_cycle(
+                    &mut self.rng,
+                    now,
+                    group.fraction,
+                    CyclingSlots {
+                        node: cycling,
+                        process: in_process,
+                    },
+                    true,
+                    group.overrun,
+                );
+                cycle.opened = true;
+                for slot in &mut group.slots {
+                    slot.on_in_cycle = 0;
+                    if slot.attached_since.is_some() {
+                        slot.attached_since = Some(now);
+                    }
+                }
+                self.scale_updates.push(ScaleUpdate::Hold {
+                    slots: group.slot_numbers(),
+                    from: now,
+                    planned_weight: cycle.planned_weight,
+                });
+                group.duty = cycle_fraction(&cycle);
+                group.mode = Mode::Cycling(cycle);
+            }
+        }
+    }
+
+    fn cycling_slots(&self) -> usize {
+        self.processes.values().map(Process::cycling_slots).sum()
+    }
+
+    /// The attaches and detaches due at `now`, and cycles that ended.
+    pub fn due(&mut self, now: Nanos) -> Vec<Action> {
+        let cycling = self.cycling_slots();
+        let mut actions = Vec::new();
+        for (&pid, process) in &mut self.processes {
+            let cycling = CyclingSlots {
+                node: cycling,
+                process: process.cycling_slots(),
+            };
+            for group in &mut process.groups {
+                if group.busy {
+                    continue;
+                }
+                let Mode::Cycling(cycle) = group.mode else {
+                    continue;
+                };
+                let step = advance_cycle(
+                    group,
+                    cycle,
+                    now,
+                    cycling,
+                    &mut self.rng,
+                    &mut self.scale_updates,
+                );
+                if let Some(step) = step {
+                    // Busy until the task reports the attach or detach back.
+                    group.busy = true;
+                    actions.push(step.action(pid, group));
+                }
+            }
+        }
+        actions
+    }
+
+    /// When [`Controller::due`] next has something to do (None: nothing planned).
+    pub fn next_due(&self) -> Option<Nanos> {
+        self.processes
+            .values()
+            .flat_map(|p| &p.groups)
+            .filter(|g| !g.busy)
+            .filter_map(|g| match g.mode {
+                Mode::AlwaysOn => None,
+                Mode::Cycling(c) if !c.opened => Some(c.window_from),
+                Mode::Cycling(c) if !c.closed => Some(c.window_until),
+                Mode::Cycling(c) => Some(c.end),
+            })
+            .min()
+    }
+
+    /// The task attached `slots` of a group; each entry: when that slot's probe started
+    /// recording (the attach call returned), or None if it failed.
+    pub fn attached(&mut self, pid: u32, group: &str, slots: &[(u32, Option<Nanos>)]) {
+        let Some(group) = self.group_mut(pid, group) else {
+            return;
+        };
+        group.busy = false;
+        for &(slot, at) in slots {
+            if let Some(state) = group.slots.iter_mut().find(|s| s.cost.slot == slot) {
+                state.attached_since = at;
+            }
+        }
+        // An attach that came late (uprobe registration can wait for the kernel under
+        // load) still gets its whole window: a window of a fraction of a millisecond
+        // would give its records weights in the thousands.
+        let started = slots.iter().filter_map(|&(_, at)| at).max();
+        if let (Mode::Cycling(cycle), Some(started)) = (&mut group.mode, started) {
+            let length = cycle.window_until - cycle.window_from;
+            let late = (started + length).saturating_sub(cycle.window_until);
+            cycle.window_until += late;
+            cycle.end += late;
+        }
+    }
+
+    /// The task detached `slots` of a group; each entry: when that slot's probe stopped
+    /// recording (right before its link was closed).
+    pub fn detached(&mut self, pid: u32, group: &str, slots: &[(u32, Nanos)]) {
+        let Some(group) = self.group_mut(pid, group) else {
+            return;
+        };
+        group.busy = false;
+        let cycle_start = match group.mode {
+            Mode::Cycling(c) => c.start,
+            Mode::AlwaysOn => 0,
+        };
+        for &(slot, at) in slots {
+            if let Some(state) = group.slots.iter_mut().find(|s| s.cost.slot == slot)
+                && let Some(since) = state.attached_since.take()
+            {
+                state.pending_on += at.saturating_sub(since);
+                state.on_in_cycle += at.saturating_sub(since.max(cycle_start));
+            }
+        }
+    }
+
+    fn group_mut(&mut self, pid: u32, name: &str) -> Option<&mut Group> {
+        self.processes
+            .get_mut(&pid)?
+            .groups
+            .iter_mut()
+            .find(|g| g.name == name)
+    }
+
+    /// Updates for the aggregator since the last call.
+    pub fn take_scale_updates(&mut self) -> Vec<ScaleUpdate> {
+        std::mem::take(&mut self.scale_updates)
+    }
+
+    pub fn reports(&self, now: Nanos) -> Vec<ProcessReport> {
+        self.processes
+            .keys()
+            .filter_map(|&pid| self.report_of(pid))
+            .map(|mut r| {
+                r.elapsed_ns = now.saturating_sub(self.processes[&r.pid].since);
+                r
+            })
+            .collect()
+    }
+
+    fn report_of(&self, pid: u32) -> Option<ProcessReport> {
+        let process = self.processes.get(&pid)?;
+        let elapsed = process
+            .cost_history
+            .back()
+            .map_or(0, |&(t, _)| t.saturating_sub(process.since));
+        Some(ProcessReport {
+            pid,
+            labels: process.labels.clone(),
+            overhead: process.overhead(),
+            total_cost_ns: process.total_cost_ns,
+            elapsed_ns: elapsed,
+            duty: process.groups.iter().map(|g| (g.name, g.duty)).collect(),
+            on_cost: process.groups.iter().map(|g| (g.name, g.on_cost)).collect(),
+            windows: process.groups.iter().map(|g| (g.name, g.windows)).collect(),
+        })
+    }
+}
+
+/// What a duty-cycled group needs from the task next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Attach,
+    Detach,
+}
+
+impl Step {
+    fn action(self, pid: u32, group: &Group) -> Action {
+        let (name, slots) = (group.name, group.slot_numbers());
+        match self {
+            Step::Attach => Action::Attach {
+                pid,
+                group: name,
+                slots,
+            },
+            Step::Detach => Action::Detach {
+                pid,
+                group: name,
+                slots,
+            },
+        }
+    }
+}
+
+/// Moves `group`, in `cycle`, along at `now`: opens its window, closes it, or ends the
+/// cycle (its weights to `scale_updates`) and starts the next one or goes back to
+/// always on. Returns the attach or detach that needs, if any.
+fn advance_cycle(
+    group: &mut Group,
+    mut cycle: Cycle,
+    now: Nanos,
+    cycling: CyclingSlots,
+    rng: &mut fastrand::Rng,
+    scale_updates: &mut Vec<ScaleUpdate>,
+) -> Option<Step> {
+    let attached = group.attached();
+    if !cycle.opened && now >= cycle.window_from {
+        cycle.opened = true;
+        group.mode = Mode::Cycling(cycle);
+        Some(Step::Attach)
+    } else if cycle.opened && !cycle.closed && now >= cycle.window_until {
+        cycle.closed = true;
+        group.mode = Mode::Cycling(cycle);
+        attached.then_some(Step::Detach)
+    } else if cycle.closed && !attached && now >= cycle.end {
+        // A detach that finished late stretches the cycle to its end: the
+        // cycle always contains its window.
+        let weights = close_weights(group.on_in_cycle(), cycle.start, now);
+        let attached_ns: Nanos = group.slots.iter().map(|s| s.on_in_cycle).sum();
+        let per_slot = attached_ns / group.slots.len().max(1) as Nanos;
+        group.duty = per_slot as f64 / now.saturating_sub(cycle.start).max(1) as f64;
+        let planned = cycle.window_until - cycle.window_from;
+        group.overrun = (group.overrun + per_slot.saturating_sub(planned)) / 2;
+        scale_updates.push(ScaleUpdate::Close {
+            weights,
+            until: now,
+        });
+        group.windows += 1;
+        for slot in &mut group.slots {
+            slot.on_in_cycle = 0;
+        }
+        if group.fraction >= 1.0 {
+            group.mode = Mode::AlwaysOn;
+            group.duty = 1.0;
+            scale_updates.push(ScaleUpdate::Release {
+                slots: group.slot_numbers(),
+                from: now,
+            });
+            Some(Step::Attach)
+        } else {
+            let mut next = plan_cycle(rng, now, group.fraction, cycling, false, group.overrun);
+            // Degenerate plan (no off time before the window): open now.
+            next.opened = now >= next.window_from;
+            group.mode = Mode::Cycling(next);
+            next.opened.then_some(Step::Attach)
+        }
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! What the controller tracks per process, group and slot: hits and attached time not
+//! yet measured, each group's measured on-cost and duty-cycle mode, and the histories
+//! behind a process's overhead estimate and CPU use.
+use std::collections::VecDeque;
+
+use super::{
+    MILLISECOND, SECOND,
+    cycles::Cycle,
+    groups::{GroupSpec, Priority, SlotCost},
+    shares::BudgetConfig,
+};
+use crate::{aggregate::Nanos, metrics::WorkloadLabels};
+
+/// Attached time needed before a measurement of the on-cost counts.
+const MIN_MEASURED_ON: Nanos = 20 * MILLISECOND;
+/// A lower on-cost measurement moves the estimate this far towards it (a higher one
+/// replaces it at once: over budget is corrected fast, recovery is gradual).
+const DECAY: f64 = 0.3;
+/// Span of the exported overhead estimate: a sliding average that holds at least
+/// one whole cycle (up to MAX_CYCLE × 1.5), or it would swing with each window.
+const OVERHEAD_SPAN: Nanos = 60 * SECOND;
+/// Span over which a process's own CPU use is measured (for `--overhead-share`).
+const CPU_SPAN: Nanos = 20 * SECOND;
+
+#[derive(Debug, Clone)]
+pub(super) struct SlotState {
+    pub(super) cost: SlotCost,
+    pub(super) last_hits: u64,
+    /// When its probe (re)started recording; None while detached.
+    pub(super) attached_since: Option<Nanos>,
+    /// Attached time and hits not yet turned into an on-cost measurement.
+    pub(super) pending_on: Nanos,
+    pub(super) pending_hits: u64,
+    /// Attached time within the current cycle.
+    pub(super) on_in_cycle: Nanos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Mode {
+    AlwaysOn,
+    Cycling(Cycle),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Group {
+    pub(super) name: &'static str,
+    pub(super) priority: Priority,
+    pub(super) slots: Vec<SlotState>,
+    /// CPU (cores) the group costs while attached; None until measured.
+    pub(super) on_cost: Option<f64>,
+    /// The fraction of time it may be attached, from the last allocation.
+    pub(super) fraction: f64,
+    pub(super) mode: Mode,
+    /// An attach or detach of this group is under way.
+    pub(super) busy: bool,
+    /// On-fraction of the last finished cycle (1 while always on; the planned fraction
+    /// until the first cycle ends, which can take a minute: cycles are long).
+    pub(super) duty: f64,
+    /// Cycles finished so far.
+    pub(super) windows: u64,
+    /// Attached time per slot beyond the planned window, averaged over recent cycles.
+    pub(super) overrun: Nanos,
+}
+
+impl Group {
+    /// A group whose probes were all attached at `now`: always on, cost unmeasured.
+    fn new(spec: GroupSpec, now: Nanos) -> Group {
+        Group {
+            name: spec.name,
+            priority: spec.priority,
+            slots: spec
+                .slots
+                .into_iter()
+                .map(|cost| SlotState {
+                    cost,
+                    last_hits: 0,
+                    attached_since: Some(now),
+                    pending_on: 0,
+                    pending_hits: 0,
+                    on_in_cycle: 0,
+                })
+                .collect(),
+            on_cost: None,
+            fraction: 1.0,
+            mode: Mode::AlwaysOn,
+            busy: false,
+            duty: 1.0,
+            windows: 0,
+            overrun: 0,
+        }
+    }
+
+    pub(super) fn slot_numbers(&self) -> Vec<u32> {
+        self.slots.iter().map(|s| s.cost.slot).collect()
+    }
+
+    pub(super) fn attached(&self) -> bool {
+        self.slots.iter().any(|s| s.attached_since.is_some())
+    }
+
+    /// (slot, attached time within the current cycle) of each slot.
+    pub(super) fn on_in_cycle(&self) -> impl Iterator<Item = (u32, Nanos)> + '_ {
+        self.slots.iter().map(|s| (s.cost.slot, s.on_in_cycle))
+    }
+
+    /// Turns the pending hits and attached time into an on-cost measurement once
+    /// enough time was attached.
+    pub(super) fn measure_on_cost(&mut self) {
+        let on = self.slots.iter().map(|s| s.pending_on).max().unwrap_or(0);
+        if on < MIN_MEASURED_ON {
+            return;
+        }
+        let measured: f64 = self
+            .slots
+            .iter()
+            .filter(|s| s.pending_on > 0)
+            .map(|s| s.pending_hits as f64 * s.cost.per_hit_ns / s.pending_on as f64)
+            .sum();
+        self.on_cost = Some(match self.on_cost {
+            Some(old) if measured < old => old + DECAY * (measured - old),
+            _ => measured,
+        });
+        for slot in &mut self.slots {
+            slot.pending_on = 0;
+            slot.pending_hits = 0;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Process {
+    pub(super) labels: WorkloadLabels,
+    pub(super) groups: Vec<Group>,
+    /// (time, cumulative estimated CPU ns of all probes), oldest first, over
+    /// ~OVERHEAD_SPAN.
+    pub(super) cost_history: VecDeque<(Nanos, f64)>,
+    pub(super) total_cost_ns: f64,
+    pub(super) since: Nanos,
+    pub(super) budget: f64,
+    /// (time, the process's CPU time in ns), oldest first, over ~CPU_SPAN.
+    pub(super) cpu_history: VecDeque<(Nanos, u64)>,
+}
+
+impl Process {
+    /// A process whose probes were all attached at `now`.
+    pub(super) fn new(
+        labels: WorkloadLabels,
+        groups: Vec<GroupSpec>,
+        now: Nanos,
+        budget: f64,
+    ) -> Process {
+        Process {
+            labels,
+            groups: groups
+                .into_iter()
+                .map(|spec| Group::new(spec, now))
+                .collect(),
+            cost_history: VecDeque::from([(now, 0.0)]),
+            total_cost_ns: 0.0,
+            since: now,
+            budget,
+            cpu_history: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn cycling_slots(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| matches!(g.mode, Mode::Cycling(_)))
+            .map(|g| g.slots.len())
+            .sum()
+    }
+
+    /// What its groups cost while attached, in cores, as far as measured.
+    pub(super) fn demand(&self) -> f64 {
+        self.groups.iter().filter_map(|g| g.on_cost).sum()
+    }
+
+    /// The process's CPU time at `now` (ns); keeps ~CPU_SPAN of them.
+    pub(super) fn add_cpu_time(&mut self, now: Nanos, cpu_ns: u64) {
+        self.cpu_history.push_back((now, cpu_ns));
+        while self.cpu_history.len() > 2 && self.cpu_history[1].0 + CPU_SPAN <= now {
+            self.cpu_history.pop_front();
+        }
+    }
+
+    /// The process's CPU use over the last ~20 s, in cores; None until measured twice.
+    fn cpu_rate(&self) -> Option<f64> {
+        match (self.cpu_history.front(), self.cpu_history.back()) {
+            (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => {
+                Some(c1.saturating_sub(c0) as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the probes of this process may cost, in cores.
+    pub(super) fn limit(&self, config: &BudgetConfig) -> f64 {
+        match (config.share_of_process, self.cpu_rate()) {
+            (Some(share), Some(rate)) => config.per_process.min(share * rate),
+            _ => config.per_process,
+        }
+    }
+
+    /// `cost_ns` more estimated CPU of the probes, up to `now`; keeps ~OVERHEAD_SPAN of
+    /// the running total.
+    pub(super) fn add_cost(&mut self, now: Nanos, cost_ns: f64) {
+        self.total_cost_ns += cost_ns;
+        self.cost_history.push_back((now, self.total_cost_ns));
+        while self.cost_history.len() > 2 && self.cost_history[1].0 + OVERHEAD_SPAN <= now {
+            self.cost_history.pop_front();
+        }
+    }
+
+    /// Estimated CPU of the probes over the last ~OVERHEAD_SPAN, in cores.
+    pub(super) fn overhead(&self) -> f64 {
+        match (self.cost_history.front(), self.cost_history.back()) {
+            (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => (c1 - c0) / (t1 - t0) as f64,
+            _ => 0.0,
+        }
+    }
+}
