@@ -2,12 +2,17 @@
 //! the dashboards (deploy/grafana) and the alert rules is a registered metric, together
 //! the dashboards show every registered metric (but [`NOT_ON_DASHBOARDS`]), and every
 //! panel query is valid PromQL (promtool).
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
+use serde_json::Value;
 
 use super::dashboards;
-use crate::util::{Cmd, workspace_root};
+use crate::util::{Cmd, path_with_cargo_bin, workspace_root};
 
 /// The registry's metrics the dashboards need not show: `exact_checks_total` exists only
 /// under `mapwatch attach --exact`; `events_incomplete_total` has series only after a
@@ -20,82 +25,73 @@ const NOT_ON_DASHBOARDS: &[&str] = &[
     "events_orphaned_total",
 ];
 
-/// Contract metrics (../shared/DESIGN.md, "Metrics") that mapwatch/src/metrics does not
-/// register yet. Dashboards already show them; remove an entry when the registry gains
-/// it (the check fails while an entry is both here and registered).
+/// Metrics the dashboards already show that the registry does not register yet: remove
+/// an entry when the registry gains it (the check fails while an entry is both here and
+/// registered).
 const PLANNED_METRICS: &[&str] = &[];
 
-/// Metric names (without the `mapwatch_` prefix) registered in the metrics module's
-/// source: the string literal that opens each registration call. Read from the source,
-/// not the running daemon, so the check needs neither root nor a build.
-pub fn registry_metric_names(source: &str) -> BTreeSet<String> {
-    const CALLS: &[&str] = &[
-        "counter(",
-        "histogram(",
-        "HistogramOpts::new(",
-        "Opts::new(",
-        "IntGauge::new(",
-        "Gauge::new(",
-        "IntCounter::new(",
-        "Counter::new(",
+/// Names (without `mapwatch_`) of the metric families the registry registers:
+/// `mapwatch::metrics::families()` as the mapwatch crate's `metric_families` example
+/// prints it. Not a dependency of xtask: building the mapwatch library builds the BPF
+/// object, which needs the bpf-linker that `cargo xtask setup` installs.
+fn registered_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let args = [
+        "run",
+        "--quiet",
+        "--package",
+        "mapwatch",
+        "--example",
+        "metric_families",
     ];
-    let mut names = BTreeSet::new();
-    for call in CALLS {
-        for (at, _) in source.match_indices(call) {
-            let preceded_by_ident = source[..at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_');
-            if preceded_by_ident {
-                continue;
-            }
-            let rest = source[at + call.len()..].trim_start();
-            let Some(literal) = rest.strip_prefix('"') else {
-                continue;
-            };
-            let Some(end) = literal.find('"') else {
-                continue;
-            };
-            let name = &literal[..end];
-            let is_metric_name = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if is_metric_name {
-                names.insert(name.to_string());
-            }
-        }
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", path_with_cargo_bin())
+        // Compiler errors stay on the terminal; stdout is the JSON.
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !output.status.success() {
+        bail!("`cargo {}` failed: {}", args.join(" "), output.status);
     }
-    names
+    parse_families(&String::from_utf8(output.stdout)?)
+}
+
+/// The metric names in `metric_families`'s JSON (an array of `{"name": …}` objects).
+fn parse_families(json: &str) -> anyhow::Result<BTreeSet<String>> {
+    let families: Vec<Value> =
+        serde_json::from_str(json).context("metric_families did not print a JSON array")?;
+    let mut names = BTreeSet::new();
+    for family in &families {
+        let name = family
+            .get("name")
+            .and_then(Value::as_str)
+            .with_context(|| format!("a metric family without a name: {family}"))?;
+        let name = name
+            .strip_prefix("mapwatch_")
+            .with_context(|| format!("{name} does not start with mapwatch_"))?;
+        names.insert(name.to_string());
+    }
+    if names.is_empty() {
+        bail!("metric_families listed no metric");
+    }
+    Ok(names)
 }
 
 /// (every known metric, the metrics the dashboards must show together).
-fn contract_metrics() -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
-    let metrics_dir = workspace_root().join("mapwatch/src/metrics");
-    let mut registered = BTreeSet::new();
-    for entry in std::fs::read_dir(&metrics_dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            registered.extend(registry_metric_names(&std::fs::read_to_string(&path)?));
-        }
-    }
-    // Far fewer than the contract's ~25 means the registration code changed shape and
-    // registry_metric_names needs to follow.
-    if registered.len() < 15 {
-        bail!(
-            "found only {} metric registrations in {} ({registered:?}): update registry_metric_names in xtask/src/deploy/metric_contract.rs",
-            registered.len(),
-            metrics_dir.display()
-        );
-    }
+fn contract_metrics(
+    registered: BTreeSet<String>,
+) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
     let stale: Vec<&&str> = PLANNED_METRICS
         .iter()
         .filter(|m| registered.contains(**m))
         .collect();
     if !stale.is_empty() {
-        bail!("{stale:?} are registered now: remove them from PLANNED_METRICS in xtask/src/deploy/metric_contract.rs");
+        bail!(
+            "{stale:?} are registered now: remove them from PLANNED_METRICS in xtask/src/deploy/metric_contract.rs"
+        );
     }
-    let mut known = registered.clone();
+    let mut known = registered;
     known.extend(PLANNED_METRICS.iter().map(|m| m.to_string()));
     let required = known
         .iter()
@@ -152,7 +148,7 @@ fn dashboard_and_rule_problems(
 }
 
 pub fn check_dashboards_and_rules(deploy: &Path, scratch: &Path) -> anyhow::Result<()> {
-    let (known, required) = contract_metrics()?;
+    let (known, required) = contract_metrics(registered_metrics()?)?;
     let problems = dashboard_and_rule_problems(deploy, &known, &required)?;
     if !problems.is_empty() {
         bail!("dashboard problems:\n  {}", problems.join("\n  "));
@@ -190,37 +186,35 @@ mod tests {
     use super::*;
     use crate::deploy::deploy_dir;
 
+    /// The registry's names as `registered_metrics` gets them, without running cargo
+    /// inside a test: the same serialisation the example prints.
+    fn registry() -> BTreeSet<String> {
+        let families = mapwatch::metrics::families().unwrap();
+        parse_families(&serde_json::to_string_pretty(&families).unwrap()).unwrap()
+    }
+
     #[test]
-    fn registry_names_are_the_literals_opening_registration_calls() {
-        let source = r#"
-            let a = counter(
-                "slice_grow_total",
-                "help",
-            )?;
-            let b = histogram("map_size_at_grow", "Entries (help with \"quotes\")", buckets)?;
-            let c = HistogramOpts::new("stw_pause_seconds", "h");
-            let d = IntGauge::new("attached_processes", "h")?;
-            let e = Opts::new("build_info", "h");
-            let f = my_counter("not_this", "h");
-            let g = counter(name, "computed");
-        "#;
+    fn registered_names_come_without_the_prefix() {
+        let names = registry();
+        assert!(names.contains("slice_grow_total") && names.contains("stw_pause_seconds"));
+        assert!(names.iter().all(|n| !n.starts_with("mapwatch_")));
+        let json = r#"[{"name": "mapwatch_a_total", "type": "counter"}, {"name": "mapwatch_b"}]"#;
         assert_eq!(
-            registry_metric_names(source)
+            parse_families(json)
+                .unwrap()
                 .into_iter()
                 .collect::<Vec<_>>(),
-            [
-                "attached_processes",
-                "build_info",
-                "map_size_at_grow",
-                "slice_grow_total",
-                "stw_pause_seconds"
-            ]
+            ["a_total", "b"]
         );
+        assert!(parse_families("[]").is_err());
+        assert!(parse_families(r#"[{"name": "other_total"}]"#).is_err());
+        assert!(parse_families(r#"[{"type": "gauge"}]"#).is_err());
+        assert!(parse_families("cargo says hello").is_err());
     }
 
     #[test]
     fn the_dashboards_and_rules_satisfy_the_metric_contract() {
-        let (known, required) = contract_metrics().unwrap();
+        let (known, required) = contract_metrics(registry()).unwrap();
         assert!(known.contains("map_buckets_log2") && required.contains("stw_growth_correlation"));
         let problems = dashboard_and_rule_problems(&deploy_dir(), &known, &required).unwrap();
         assert_eq!(problems, Vec::<String>::new());
