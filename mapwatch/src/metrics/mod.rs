@@ -73,13 +73,14 @@ pub struct Metrics {
     families: Vec<Family>,
 }
 
-/// Appended to the HELP of every metric whose counts a duty-cycled probe scales.
-const ESTIMATED: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
+/// Appended to the HELP of every metric whose counts a duty-cycled probe scales: how a
+/// scrape (and docs/metrics.md's test) tells estimated families from exact ones.
+pub const ESTIMATED_HELP: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
                           duty-cycles the probe: see mapwatch_probe_duty_cycle_ratio.";
 
-/// `help` + [`ESTIMATED`].
+/// `help` + [`ESTIMATED_HELP`].
 fn estimated(help: &str) -> String {
-    format!("{help}{ESTIMATED}")
+    format!("{help}{ESTIMATED_HELP}")
 }
 
 impl Metrics {
