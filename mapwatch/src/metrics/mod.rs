@@ -1,13 +1,16 @@
-//! The Prometheus registry: every metric of the contract in ../shared/DESIGN.md,
-//! registered in one place with HELP text that names the unit. Labels identify the
-//! workload (namespace, pod, container, binary, go_version) — never a pid or address.
+//! The Prometheus registry: every metric mapwatch exports, registered in one place with
+//! HELP text that names the unit (docs/metrics.md describes each one). Labels identify
+//! the workload (namespace, pod, container, binary, go_version) — never a pid or
+//! address, so series stay few and outlive process restarts.
+mod families;
 pub mod http;
+
+pub use families::{Family, MetricKind, families};
 
 use std::collections::HashMap;
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use families::Registrar;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Labels of every per-workload metric. `namespace`, `pod` and `container` are empty
 /// outside Kubernetes.
@@ -67,29 +70,25 @@ pub struct Metrics {
     pub probe_duty_cycle_ratio: prometheus::GaugeVec,
     pub estimated_overhead_ratio: prometheus::GaugeVec,
     pub build_info: IntGaugeVec,
+    families: Vec<Family>,
 }
 
-/// Appended to the HELP of every metric whose counts a duty-cycled probe scales.
-const ESTIMATED: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
+/// Appended to the HELP of every metric whose counts a duty-cycled probe scales: how a
+/// scrape (and docs/metrics.md's test) tells estimated families from exact ones.
+pub const ESTIMATED_HELP: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
                           duty-cycles the probe: see mapwatch_probe_duty_cycle_ratio.";
 
-/// `help` + [`ESTIMATED`].
+/// `help` + [`ESTIMATED_HELP`].
 fn estimated(help: &str) -> String {
-    format!("{help}{ESTIMATED}")
+    format!("{help}{ESTIMATED_HELP}")
 }
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new_custom(Some("mapwatch".into()), None)?;
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
+        let mut r = Registrar::new("mapwatch")?;
         let mut elem_labels = WORKLOAD_LABELS.to_vec();
         elem_labels.push("elem_type");
-        let slice_grow_total = counter(
+        let slice_grow_total = r.counter(
             "slice_grow_total",
             &estimated(
                 "Heap growths of slices: calls of runtime.growslice (an append past capacity), by \
@@ -99,7 +98,7 @@ impl Metrics {
         )?;
         let mut site_labels = WORKLOAD_LABELS.to_vec();
         site_labels.extend(["function", "file", "line"]);
-        let site_grow_total = counter(
+        let site_grow_total = r.counter(
             "site_grow_total",
             &estimated(
                 "Slice growths per append call site (the caller of runtime.growslice; the first 50 \
@@ -107,38 +106,24 @@ impl Metrics {
             ),
             &site_labels,
         )?;
-        let slice_grow_bytes_total = counter(
+        let slice_grow_bytes_total = r.counter(
             "slice_grow_bytes_total",
             &estimated(
                 "Bytes of new backing arrays allocated by slice growth (new capacity x element size).",
             ),
             &WORKLOAD_LABELS,
         )?;
-        let slice_grow_new_cap = HistogramVec::new(
-            HistogramOpts::new(
-                "slice_grow_new_cap",
-                estimated(
-                    "New capacity in elements of each grown slice, derived from growslice's arguments with the Go version's growth rule.",
-                ),
-            )
-            .buckets(prometheus::exponential_buckets(1.0, 4.0, 13)?),
+        let slice_grow_new_cap = r.histogram(
+            "slice_grow_new_cap",
+            &estimated(
+                "New capacity in elements of each grown slice, derived from growslice's arguments with the Go version's growth rule.",
+            ),
+            prometheus::exponential_buckets(1.0, 4.0, 13)?,
             &WORKLOAD_LABELS,
         )?;
-        registry.register(Box::new(slice_grow_new_cap.clone()))?;
-        let histogram = |name: &str,
-                         help: &str,
-                         buckets: Vec<f64>|
-         -> Result<HistogramVec, prometheus::Error> {
-            let metric = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets),
-                &WORKLOAD_LABELS,
-            )?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
         let mut grow_labels = WORKLOAD_LABELS.to_vec();
         grow_labels.push("kind");
-        let map_grow_total = counter(
+        let map_grow_total = r.counter(
             "map_grow_total",
             &estimated(
                 "Map growth events. kind: double / same_size (classic maps: runtime.hashGrow), \
@@ -146,12 +131,13 @@ impl Metrics {
             ),
             &grow_labels,
         )?;
-        let map_size_at_grow = histogram(
+        let map_size_at_grow = r.histogram(
             "map_size_at_grow",
             &estimated("Entries in the map when it grew."),
             prometheus::exponential_buckets(1.0, 4.0, 12)?,
+            &WORKLOAD_LABELS,
         )?;
-        let map_buckets_log2 = histogram(
+        let map_buckets_log2 = r.histogram(
             "map_buckets_log2",
             &estimated(
                 "The map's size after growth as log2 of its 8-slot buckets/groups: B for classic \
@@ -159,35 +145,40 @@ impl Metrics {
              the kernel at the growth (a small map is 0, a first table 1).",
             ),
             prometheus::linear_buckets(0.0, 1.0, 25)?,
+            &WORKLOAD_LABELS,
         )?;
-        let map_directory_len = histogram(
+        let map_directory_len = r.histogram(
             "map_directory_len",
             &estimated("Swiss maps: directory length after a table split."),
             prometheus::exponential_buckets(1.0, 2.0, 16)?,
+            &WORKLOAD_LABELS,
         )?;
-        let map_load_factor_at_grow = histogram(
+        let map_load_factor_at_grow = r.histogram(
             "map_load_factor_at_grow",
             &estimated(
                 "Fraction of slots in use when the map (classic: count / (8 * 2^B)) or table \
              (Swiss: used / capacity) grew.",
             ),
             vec![0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0],
+            &WORKLOAD_LABELS,
         )?;
-        let map_overflow_buckets_at_grow = histogram(
+        let map_overflow_buckets_at_grow = r.histogram(
             "map_overflow_buckets_at_grow",
             &estimated(
                 "Classic maps: overflow buckets (hmap.noverflow, approximate above 2^16 buckets) at growth.",
             ),
             prometheus::exponential_buckets(1.0, 4.0, 10)?,
+            &WORKLOAD_LABELS,
         )?;
         let mut hint_buckets = vec![0.0];
         hint_buckets.extend(prometheus::exponential_buckets(1.0, 4.0, 12)?);
-        let map_make_hint = histogram(
+        let map_make_hint = r.histogram(
             "map_make_hint",
             &estimated("Size hint given to make(map) (0 = none: runtime.makemap_small)."),
             hint_buckets,
+            &WORKLOAD_LABELS,
         )?;
-        let map_assign_bucket_position = histogram(
+        let map_assign_bucket_position = r.histogram(
             "map_assign_bucket_position",
             &estimated(
                 "Opt-in (--hot-probes mapassign_fast64; int64-keyed maps only): where each \
@@ -196,8 +187,9 @@ impl Metrics {
              group index / groups of its table (a small map's single group is 0).",
             ),
             prometheus::linear_buckets(1.0 / 16.0, 1.0 / 16.0, 16)?,
+            &WORKLOAD_LABELS,
         )?;
-        let map_probe_length = histogram(
+        let map_probe_length = r.histogram(
             "map_probe_length",
             &estimated(
                 "Opt-in (--hot-probes mapassign_fast64): buckets or groups visited to reach each \
@@ -207,8 +199,9 @@ impl Metrics {
              the runtime may have probed further before reusing an earlier deleted slot.",
             ),
             vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0, 128.0],
+            &WORKLOAD_LABELS,
         )?;
-        let malloc_total = counter(
+        let malloc_total = r.counter(
             "malloc_total",
             &estimated(
                 "Opt-in (--hot-probes mallocgc): heap allocations, calls of runtime.mallocgc plus, \
@@ -216,7 +209,7 @@ impl Metrics {
             ),
             &WORKLOAD_LABELS,
         )?;
-        let malloc_bytes_total = counter(
+        let malloc_bytes_total = r.counter(
             "malloc_bytes_total",
             &estimated(
                 "Opt-in (--hot-probes mallocgc): bytes requested from the heap allocator (the size \
@@ -224,73 +217,69 @@ impl Metrics {
             ),
             &WORKLOAD_LABELS,
         )?;
-        let gc_cycles_total = counter(
+        let gc_cycles_total = r.counter(
             "gc_cycles_total",
             &estimated("GC cycles, counted at mark termination (runtime.gcMarkTermination)."),
             &WORKLOAD_LABELS,
         )?;
         let mut reason_labels = WORKLOAD_LABELS.to_vec();
         reason_labels.push("reason");
-        let stw_pause_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "stw_pause_seconds",
-                estimated(
-                    "Stop-the-world pauses: from when stopping began to when the world restarted \
+        let stw_pause_seconds = r.histogram(
+            "stw_pause_seconds",
+            &estimated(
+                "Stop-the-world pauses: from when stopping began to when the world restarted \
                  (the runtime's own clock), by reason (src/runtime/proc.go stwReasonStrings).",
-                ),
-            )
-            .buckets(prometheus::exponential_buckets(1e-5, 2.0, 16)?),
+            ),
+            prometheus::exponential_buckets(1e-5, 2.0, 16)?,
             &reason_labels,
         )?;
-        registry.register(Box::new(stw_pause_seconds.clone()))?;
-        let growth_bytes_per_gc_cycle = histogram(
+        let growth_bytes_per_gc_cycle = r.histogram(
             "growth_bytes_per_gc_cycle",
             "Bytes of new slice backing arrays allocated by growth between two GC mark terminations.",
             prometheus::exponential_buckets(1024.0, 4.0, 12)?,
+            &WORKLOAD_LABELS,
         )?;
-        let stw_growth_correlation = prometheus::GaugeVec::new(
+        let stw_growth_correlation = r.register(prometheus::GaugeVec::new(
             Opts::new(
                 "stw_growth_correlation",
                 "Pearson correlation, over the last 16 GC cycles, of each cycle's growth bytes \
                  with its total stop-the-world time (NaN-free: 0 until 3 cycles or no variance).",
             ),
             &WORKLOAD_LABELS,
-        )?;
-        registry.register(Box::new(stw_growth_correlation.clone()))?;
-        let probe_hits_total = counter(
+        )?)?;
+        let probe_hits_total = r.counter(
             "probe_hits_total",
             "Times a uprobe fired, counted in the kernel per probe.",
             &["probe"],
         )?;
-        let events_lost_total = counter(
+        let events_lost_total = r.counter(
             "events_lost_total",
             "Records the kernel could not write because the ring buffer was full, per probe.",
             &["probe"],
         )?;
-        let events_received_total = counter(
+        let events_received_total = r.counter(
             "events_received_total",
             "Records read from the ring buffer and applied by the aggregator, per probe. \
              Drained when probe_hits_total == events_received_total + events_lost_total.",
             &["probe"],
         )?;
-        let events_orphaned_total = IntCounter::new(
+        let events_orphaned_total = r.register(IntCounter::new(
             "events_orphaned_total",
             "Records read after their probe was detached (the process exited or exec'd in \
              the meantime): not attributed to any workload.",
-        )?;
-        registry.register(Box::new(events_orphaned_total.clone()))?;
-        let events_incomplete_total = counter(
+        )?)?;
+        let events_incomplete_total = r.counter(
             "events_incomplete_total",
             "Records whose struct reads failed in the kernel (counted, but without sizes).",
             &["probe"],
         )?;
-        let exact_checks_total = counter(
+        let exact_checks_total = r.counter(
             "exact_checks_total",
             "Exact mode only: values derived from entry arguments compared with the values \
              read at RET instructions (result = match, mismatch, unpaired).",
             &["check", "result"],
         )?;
-        let attach_errors_total = counter(
+        let attach_errors_total = r.counter(
             "attach_errors_total",
             "Processes or probes that could not be attached, by reason.",
             &["reason"],
@@ -300,7 +289,7 @@ impl Metrics {
         }
         let mut duty_labels = WORKLOAD_LABELS.to_vec();
         duty_labels.push("probe");
-        let probe_duty_cycle_ratio = prometheus::GaugeVec::new(
+        let probe_duty_cycle_ratio = r.register(prometheus::GaugeVec::new(
             Opts::new(
                 "probe_duty_cycle_ratio",
                 "Fraction of the time a probe group (growslice, map_growth, stw, gc, …) was \
@@ -309,9 +298,8 @@ impl Metrics {
                  on-fraction. Mean over the workload's processes.",
             ),
             &duty_labels,
-        )?;
-        registry.register(Box::new(probe_duty_cycle_ratio.clone()))?;
-        let estimated_overhead_ratio = prometheus::GaugeVec::new(
+        )?)?;
+        let estimated_overhead_ratio = r.register(prometheus::GaugeVec::new(
             Opts::new(
                 "estimated_overhead_ratio",
                 "Estimated CPU the probes cost the workload's processes, as a share of one \
@@ -321,25 +309,25 @@ impl Metrics {
                  --overhead-share of its own CPU use.",
             ),
             &WORKLOAD_LABELS,
-        )?;
-        registry.register(Box::new(estimated_overhead_ratio.clone()))?;
-        let attached_processes =
-            IntGauge::new("attached_processes", "Processes with probes attached.")?;
-        registry.register(Box::new(attached_processes.clone()))?;
-        let build_info = IntGaugeVec::new(
+        )?)?;
+        let attached_processes = r.register(IntGauge::new(
+            "attached_processes",
+            "Processes with probes attached.",
+        )?)?;
+        let build_info = r.register(IntGaugeVec::new(
             Opts::new(
                 "build_info",
                 "Always 1; labels say which mapwatch build runs.",
             ),
             &["version", "commit"],
-        )?;
-        registry.register(Box::new(build_info.clone()))?;
+        )?)?;
         build_info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
                 option_env!("MAPWATCH_COMMIT").unwrap_or("unknown"),
             ])
             .set(1);
+        let (registry, families) = r.finish();
         Ok(Metrics {
             registry,
             slice_grow_total,
@@ -372,6 +360,7 @@ impl Metrics {
             probe_duty_cycle_ratio,
             estimated_overhead_ratio,
             build_info,
+            families,
         })
     }
 
