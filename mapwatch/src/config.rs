@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::{HotProbe, run_flags::RunFlags},
-    discover::WorkloadIdentity,
+    discover::{KubernetesMode, WorkloadIdentity},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +49,6 @@ pub enum ConfigError {
     InvalidFile { path: PathBuf, message: String },
     #[error("printing the configuration as TOML: {0}")]
     Print(#[from] toml::ser::Error),
-}
-
-/// Whether workloads are named by their Kubernetes pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum KubernetesMode {
-    /// Resolve pods when running in a pod with a service account; else skip quietly.
-    #[default]
-    Auto,
-    /// Resolve pods; refuse to start outside Kubernetes.
-    On,
-    /// Never ask the Kubernetes API (labels: binary and go_version only).
-    Off,
 }
 
 /// A CPU share written as a percentage, like `1%` or `0.5%`.

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     cli::HotProbe,
-    config::{KubernetesMode, NamePattern, Percent},
+    config::{NamePattern, Percent},
+    discover::KubernetesMode,
 };
 
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -15,9 +15,26 @@ mod index;
 mod resolver;
 mod wire;
 
+use serde::{Deserialize, Serialize};
+
 pub use client::{ApiClient, InClusterConfig, KubeError, SERVICE_ACCOUNT_DIR, WatchStream};
 pub use index::{PodIdentity, PodIndex, WatchOutcome};
 pub use resolver::PodResolver;
 pub use wire::{
     ApiStatus, ContainerStatus, ListMeta, ObjectMeta, Pod, PodList, PodStatus, WatchEvent,
 };
+
+/// Whether workloads are named by their Kubernetes pod. Here rather than with the rest of
+/// the configuration because the resolver decides by it, and discovery sits below the
+/// configuration that chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    /// Resolve pods when running in a pod with a service account; else skip quietly.
+    #[default]
+    Auto,
+    /// Resolve pods; refuse to start outside Kubernetes.
+    On,
+    /// Never ask the Kubernetes API (labels: binary and go_version only).
+    Off,
+}

@@ -13,10 +13,11 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{
+    KubernetesMode,
     client::{ApiClient, InClusterConfig, KubeError, SERVICE_ACCOUNT_DIR, WATCH_TIMEOUT_SECONDS},
     index::{PodIdentity, PodIndex, WatchOutcome},
 };
-use crate::{config::KubernetesMode, discover::cgroup::CgroupContainer};
+use crate::discover::cgroup::CgroupContainer;
 
 /// Bookmarks arrive about once a minute, so a watch silent for much longer than its own
 /// timeout is a dead connection.
