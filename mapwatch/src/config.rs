@@ -1,6 +1,9 @@
 //! The `mapwatch run` configuration: defaults, then an optional TOML file, then the
 //! command-line flags — a flag that is given wins over the file's key of the same name
 //! (`--overhead-budget` ↔ `overhead_budget`; a list flag replaces the file's list).
+//! This module holds the defaults and the file; the CLI lays its flags over them
+//! (`RunFlags::apply_to` in cli/run_flags.rs), so the settings do not depend on the
+//! command line that sets them.
 //!
 //! ```toml
 //! listen = "0.0.0.0:9433"
@@ -25,8 +28,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cli::{HotProbe, run_flags::RunFlags},
-    discover::WorkloadIdentity,
+    discover::{KubernetesMode, WorkloadIdentity},
+    plan::HotProbe,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +52,6 @@ pub enum ConfigError {
     InvalidFile { path: PathBuf, message: String },
     #[error("printing the configuration as TOML: {0}")]
     Print(#[from] toml::ser::Error),
-}
-
-/// Whether workloads are named by their Kubernetes pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum KubernetesMode {
-    /// Resolve pods when running in a pod with a service account; else skip quietly.
-    #[default]
-    Auto,
-    /// Resolve pods; refuse to start outside Kubernetes.
-    On,
-    /// Never ask the Kubernetes API (labels: binary and go_version only).
-    Off,
 }
 
 /// A CPU share written as a percentage, like `1%` or `0.5%`.
@@ -307,21 +297,19 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Defaults, overridden by the file's keys (if a file is given), overridden by the
-    /// flags that were given.
-    pub fn effective(file: Option<&Path>, flags: &RunFlags) -> Result<RunConfig, ConfigError> {
-        let mut config = match file {
+    /// Defaults, overridden by the file's keys (if a file is given); the flags that were
+    /// given go on top of this.
+    pub fn load(file: Option<&Path>) -> Result<RunConfig, ConfigError> {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                RunConfig::from_toml(&text, path)?
+                RunConfig::from_toml(&text, path)
             }
-            None => RunConfig::default(),
-        };
-        config.apply_flags(flags);
-        Ok(config)
+            None => Ok(RunConfig::default()),
+        }
     }
 
     /// Parses a config file's text; `path` names it in errors.
@@ -341,33 +329,6 @@ impl RunConfig {
                 message: error.message().trim().to_string(),
             },
         })
-    }
-
-    fn apply_flags(&mut self, flags: &RunFlags) {
-        fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
-            if let Some(value) = flag {
-                *target = value.clone();
-            }
-        }
-        set(&mut self.listen, &flags.listen);
-        set(&mut self.overhead_budget, &flags.overhead_budget);
-        set(&mut self.overhead_share, &flags.overhead_share);
-        if flags.node_budget.is_some() {
-            self.node_budget = flags.node_budget;
-        }
-        set(&mut self.hot_probes, &flags.hot_probes);
-        set(&mut self.slice_growth, &flags.slice_growth);
-        set(&mut self.max_sites, &flags.max_sites);
-        set(&mut self.max_elem_types, &flags.max_elem_types);
-        set(&mut self.rescan_interval, &flags.rescan_interval);
-        set(&mut self.series_expiry, &flags.series_expiry);
-        set(&mut self.kubernetes, &flags.kubernetes);
-        set(&mut self.include.binary, &flags.include_binary);
-        set(&mut self.include.namespace, &flags.include_namespace);
-        set(&mut self.include.container, &flags.include_container);
-        set(&mut self.exclude.binary, &flags.exclude_binary);
-        set(&mut self.exclude.namespace, &flags.exclude_namespace);
-        set(&mut self.exclude.container, &flags.exclude_container);
     }
 
     /// The configuration as a config file (`mapwatch run --print-config`): feeding it
@@ -535,38 +496,6 @@ container = ["istio-proxy"]
     fn syntax_errors_have_a_place_too() {
         let message = error_text("listen = \"0.0.0.0:9433\"\nmax_sites = \n");
         assert!(message.starts_with("mapwatch.toml:2:"), "{message}");
-    }
-
-    #[test]
-    fn flags_win_over_the_file() {
-        let dir = std::env::temp_dir().join(format!("mapwatch-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("mapwatch.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:1\"\nmax_sites = 7\nslice_growth = true\n\
-             [include]\nnamespace = [\"a\", \"b\"]\n",
-        )
-        .unwrap();
-        let flags = RunFlags {
-            listen: Some("127.0.0.1:2".parse().unwrap()),
-            slice_growth: Some(false),
-            include_namespace: Some(vec![pattern("c")]),
-            ..RunFlags::default()
-        };
-        let config = RunConfig::effective(Some(&file), &flags).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:2".parse().unwrap());
-        assert!(!config.slice_growth);
-        assert_eq!(config.include.namespace, [pattern("c")]);
-        // Not given as a flag: the file's value stays.
-        assert_eq!(config.max_sites, 7);
-        // Neither: the default.
-        assert_eq!(config.max_elem_types, DEFAULT_MAX_ELEM_TYPES);
-
-        let missing = dir.join("absent.toml");
-        let error = RunConfig::effective(Some(&missing), &flags).unwrap_err();
-        assert!(error.to_string().contains("absent.toml"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

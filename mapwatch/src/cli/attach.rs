@@ -58,7 +58,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             map_growth: true,
             stw_gc: true,
             exact: args.exact,
-            hot: super::HotProbe::request(&args.hot_probes),
+            hot: plan::HotProbes::from_names(&args.hot_probes),
         },
     )
     .map_err(|e| UsageError(format!("process {pid}: {e}")))?;

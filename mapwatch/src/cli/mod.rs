@@ -10,6 +10,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::plan::HotProbe;
+
 /// Errors the user can fix (bad pid, not a Go program, unsupported version, missing
 /// privileges): one line, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -101,28 +103,6 @@ pub struct AttachArgs {
     /// second: for short investigations.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub hot_probes: Vec<HotProbe>,
-}
-
-/// Values of `--hot-probes` (and `hot_probes` in the run config file).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum HotProbe {
-    #[value(name = "mapassign_fast64")]
-    MapassignFast64,
-    #[value(name = "mallocgc")]
-    Mallocgc,
-}
-
-impl HotProbe {
-    /// The plan request's hot-probe switches for a `--hot-probes` list.
-    pub fn request(list: &[HotProbe]) -> crate::plan::HotProbes {
-        crate::plan::HotProbes {
-            map_assign: list.contains(&HotProbe::MapassignFast64),
-            malloc: list.contains(&HotProbe::Mallocgc),
-        }
-    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{HotProbe, UsageError, run_flags::RunFlags, session::Session};
+use super::{UsageError, run_flags::RunFlags, session::Session};
 use crate::{
     aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload},
     attach::{self, AttachError, FileIdentity, Probes, notices::NoticesLost},
@@ -50,7 +50,8 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 const POD_RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 pub fn run(flags: RunFlags) -> anyhow::Result<()> {
-    let config = RunConfig::effective(flags.config.as_deref(), &flags)
+    let config = flags
+        .effective_config()
         .map_err(|e| UsageError(e.to_string()))?;
     if flags.print_config {
         print!("{}", config.to_toml()?);
@@ -205,7 +206,7 @@ impl Daemon {
             map_growth: true,
             stw_gc: true,
             exact: false,
-            hot: HotProbe::request(&config.hot_probes),
+            hot: plan::HotProbes::from_names(&config.hot_probes),
         };
         let counters = probes.counters();
         let probes = Arc::new(Mutex::new(probes));

@@ -1,10 +1,11 @@
 //! Flags of `mapwatch run`. Every setting is an `Option` so that "not given" leaves the
-//! config file's value (or the default) in place: see `crate::config::RunConfig::effective`.
+//! config file's value (or the default) in place: see [`RunFlags::apply_to`].
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    cli::HotProbe,
-    config::{KubernetesMode, NamePattern, Percent},
+    config::{ConfigError, NamePattern, Percent, RunConfig},
+    discover::KubernetesMode,
+    plan::HotProbe,
 };
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -119,6 +120,45 @@ pub struct RunFlags {
     pub kubernetes: Option<KubernetesMode>,
 }
 
+impl RunFlags {
+    /// The configuration to run with: defaults, overridden by the `--config` file's keys,
+    /// overridden by the flags that were given.
+    pub fn effective_config(&self) -> Result<RunConfig, ConfigError> {
+        let mut config = RunConfig::load(self.config.as_deref())?;
+        self.apply_to(&mut config);
+        Ok(config)
+    }
+
+    /// Lays the flags that were given over `config`: each replaces its setting whole (a
+    /// list flag the file's list), and a flag not given leaves the setting as it is.
+    pub fn apply_to(&self, config: &mut RunConfig) {
+        fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *target = value.clone();
+            }
+        }
+        set(&mut config.listen, &self.listen);
+        set(&mut config.overhead_budget, &self.overhead_budget);
+        set(&mut config.overhead_share, &self.overhead_share);
+        if self.node_budget.is_some() {
+            config.node_budget = self.node_budget;
+        }
+        set(&mut config.hot_probes, &self.hot_probes);
+        set(&mut config.slice_growth, &self.slice_growth);
+        set(&mut config.max_sites, &self.max_sites);
+        set(&mut config.max_elem_types, &self.max_elem_types);
+        set(&mut config.rescan_interval, &self.rescan_interval);
+        set(&mut config.series_expiry, &self.series_expiry);
+        set(&mut config.kubernetes, &self.kubernetes);
+        set(&mut config.include.binary, &self.include_binary);
+        set(&mut config.include.namespace, &self.include_namespace);
+        set(&mut config.include.container, &self.include_container);
+        set(&mut config.exclude.binary, &self.exclude_binary);
+        set(&mut config.exclude.namespace, &self.exclude_namespace);
+        set(&mut config.exclude.container, &self.exclude_container);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -185,6 +225,58 @@ mod tests {
             parse(&["--slice-growth=false"]).unwrap().slice_growth,
             Some(false)
         );
+    }
+
+    fn pattern(text: &str) -> NamePattern {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("mapwatch-run-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mapwatch.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmax_sites = 7\nslice_growth = true\n\
+             [include]\nnamespace = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let flags = RunFlags {
+            config: Some(file),
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            slice_growth: Some(false),
+            include_namespace: Some(vec![pattern("c")]),
+            ..RunFlags::default()
+        };
+        let config = flags.effective_config().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:2".parse().unwrap());
+        assert!(!config.slice_growth);
+        assert_eq!(config.include.namespace, [pattern("c")]);
+        // Not given as a flag: the file's value stays.
+        assert_eq!(config.max_sites, 7);
+        // Neither: the default.
+        assert_eq!(config.max_elem_types, crate::config::DEFAULT_MAX_ELEM_TYPES);
+
+        let missing = RunFlags {
+            config: Some(dir.join("absent.toml")),
+            ..flags
+        };
+        let error = missing.effective_config().unwrap_err();
+        assert!(error.to_string().contains("absent.toml"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_flags_leave_the_config_as_it_was() {
+        let mut config = RunConfig {
+            max_sites: 7,
+            hot_probes: vec![HotProbe::Mallocgc],
+            ..RunConfig::default()
+        };
+        let before = config.clone();
+        RunFlags::default().apply_to(&mut config);
+        assert_eq!(config, before);
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod procs;
 pub mod tracker;
 
 pub use cgroup::{CgroupContainer, ContainerRuntime, parse_proc_cgroup};
-pub use kubernetes::{PodIdentity, PodIndex, PodResolver};
+pub use kubernetes::{KubernetesMode, PodIdentity, PodIndex, PodResolver};
 
 use crate::metrics::WorkloadLabels;
 

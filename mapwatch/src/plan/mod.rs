@@ -57,6 +57,32 @@ pub struct HotProbes {
     pub malloc: bool,
 }
 
+impl HotProbes {
+    /// The switches for a list of names, as `--hot-probes` and the run config give them.
+    pub fn from_names(names: &[HotProbe]) -> HotProbes {
+        HotProbes {
+            map_assign: names.contains(&HotProbe::MapassignFast64),
+            malloc: names.contains(&HotProbe::Mallocgc),
+        }
+    }
+}
+
+/// One of the [`HotProbes`] by the name users write: the values of `--hot-probes` and
+/// of `hot_probes` in the run config file. Defined here, next to the switches it names,
+/// so that the CLI and the config file share one vocabulary below both (the config must
+/// not depend on the CLI).
+// No doc comments on the variants: clap would print them as help for each value.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HotProbe {
+    #[value(name = "mapassign_fast64")]
+    MapassignFast64,
+    #[value(name = "mallocgc")]
+    Mallocgc,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Site {
