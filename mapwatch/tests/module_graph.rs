@@ -1,8 +1,7 @@
 //! The top-level modules of `mapwatch/src` are layers (ARCHITECTURE.md): a module may use
 //! the ones below it, never one above. Two modules that use each other cannot be
 //! understood, tested or changed one at a time, and the compiler does not object, so
-//! this test reads the source and fails on any cycle between top-level modules that is
-//! not in [`KNOWN_CYCLES_TO_REMOVE`].
+//! this test reads the source and fails on any cycle between top-level modules.
 //!
 //! What counts as a use: every `crate::<module>` path in code (in `use` items, grouped
 //! `use crate::{a::.., b}` included, and in paths inside expressions, types and
@@ -14,28 +13,6 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
 };
-
-/// Cycles the tree had when this test was written, each waiting for the restructuring
-/// that removes it. The list only shrinks: a cycle not listed here fails the test, and
-/// so does an entry whose cycle is gone (delete it, so the cycle cannot come back
-/// unnoticed). Each is written from its alphabetically first module.
-///
-/// All of them come from four uses that go up the layers (cli → budget/attach →
-/// aggregate → plan/symbolize → discover/goruntime → goelf/metrics): aggregate → budget
-/// (`Nanos`, `ScaleUpdate`), metrics → attach (`ATTACH_ERROR_REASONS`), discover →
-/// attach (`FileIdentity`), and attach ⇄ budget (`HitCost`; `Probes`, `KernelCounters`,
-/// `monotonic_ns`), two modules of one layer that use each other.
-const KNOWN_CYCLES_TO_REMOVE: &[&str] = &[
-    "aggregate->budget->aggregate",
-    "aggregate->budget->attach->aggregate",
-    "aggregate->metrics->attach->aggregate",
-    "attach->budget->attach",
-    "attach->budget->discover->attach",
-    "attach->budget->metrics->attach",
-    "attach->discover->attach",
-    "attach->discover->metrics->attach",
-    "attach->metrics->attach",
-];
 
 /// Who uses whom: `graph[from][to]` is the set of places (`file:line`) that make `from`
 /// use `to`.
@@ -458,14 +435,6 @@ fn cycles(graph: &Graph) -> Vec<Vec<String>> {
     found.into_iter().collect()
 }
 
-fn edges_of(cycle: &str) -> Vec<(String, String)> {
-    let modules: Vec<&str> = cycle.split("->").collect();
-    modules
-        .windows(2)
-        .map(|pair| (pair[0].to_string(), pair[1].to_string()))
-        .collect()
-}
-
 /// `a->b->a`, and under it where each edge comes from.
 fn describe(graph: &Graph, cycle: &[String]) -> String {
     let mut text = cycle.join("->");
@@ -499,12 +468,8 @@ fn no_new_cycles_between_top_level_modules() {
         graph["cli"].contains_key("plan") && graph["plan"].contains_key("goelf"),
         "edges known to exist were not found: {graph:?}"
     );
-    let known: BTreeSet<(String, String)> = KNOWN_CYCLES_TO_REMOVE
-        .iter()
-        .flat_map(|cycle| edges_of(cycle))
-        .collect();
     let new: BTreeSet<Vec<String>> = cycle_edges(&graph)
-        .difference(&known)
+        .iter()
         .map(|(from, to)| shortest_cycle_through(&graph, from, to))
         .collect();
     let new: Vec<String> = new.iter().map(|cycle| describe(&graph, cycle)).collect();
@@ -513,25 +478,6 @@ fn no_new_cycles_between_top_level_modules() {
         "import cycles between top-level modules of mapwatch/src (a lower layer must not \
          use a higher one; move the shared item down instead):\n  {}",
         new.join("\n  ")
-    );
-}
-
-#[test]
-fn known_cycles_are_still_there() {
-    let graph = real_graph();
-    let gone: Vec<&str> = KNOWN_CYCLES_TO_REMOVE
-        .iter()
-        .copied()
-        .filter(|cycle| {
-            edges_of(cycle)
-                .iter()
-                .any(|(from, to)| !graph.get(from).is_some_and(|edges| edges.contains_key(to)))
-        })
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "these cycles are gone — remove them from KNOWN_CYCLES_TO_REMOVE so they cannot \
-         come back: {gone:?}"
     );
 }
 

@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     num::NonZeroU32,
-    os::unix::fs::{FileExt as _, MetadataExt as _},
+    os::unix::fs::FileExt as _,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -22,7 +22,10 @@ use aya::{
 use mapwatch_common::{DirectoryLayout, MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
 use tracing::{debug, info, warn};
 
-use crate::plan::{PlannedProbe, ProbePlan};
+use crate::{
+    metrics::AttachErrorReason,
+    plan::{PlannedProbe, ProbePlan},
+};
 use links::{LinkError, LinkMode, ProbeLink, Site};
 
 pub(crate) const PROGRAM: &str = "go_probe";
@@ -73,64 +76,28 @@ pub enum AttachError {
     Btf(String),
 }
 
-/// Every value of `mapwatch_attach_errors_total{reason}`: [`AttachError::reason`] and
-/// the daemon's refusals of a binary (`cli/run.rs`). Exported at 0 from the start, so
-/// the first error is an increase Prometheus can see (a series born at 1 is not).
-pub const ATTACH_ERROR_REASONS: [&str; 13] = [
-    "privileges",
-    "load",
-    "attach",
-    "map",
-    "process_gone",
-    "binary_changed",
-    "bytes_mismatch",
-    "slots_exhausted",
-    "btf",
-    "unsupported_arch",
-    "unsupported_go_version",
-    "bad_binary",
-    "nothing_to_probe",
-];
-
 impl AttachError {
-    /// Bounded label for `mapwatch_attach_errors_total{reason}` (one of
-    /// [`ATTACH_ERROR_REASONS`]).
-    pub fn reason(&self) -> &'static str {
+    /// The `reason` label of `mapwatch_attach_errors_total` this error is counted under.
+    pub fn reason(&self) -> AttachErrorReason {
         match self {
-            AttachError::Privileges(_) => "privileges",
-            AttachError::Load(_) | AttachError::Missing(_) => "load",
-            AttachError::Program(_) | AttachError::Link(_) => "attach",
-            AttachError::LinkRefused { .. } | AttachError::ExeUnreadable { .. } => "privileges",
-            AttachError::Map(_) => "map",
-            AttachError::ProcessGone { .. } => "process_gone",
-            AttachError::BinaryChanged { .. } => "binary_changed",
-            AttachError::BytesMismatch { .. } => "bytes_mismatch",
-            AttachError::SlotsExhausted => "slots_exhausted",
-            AttachError::Btf(_) => "btf",
+            AttachError::Privileges(_)
+            | AttachError::LinkRefused { .. }
+            | AttachError::ExeUnreadable { .. } => AttachErrorReason::Privileges,
+            AttachError::Load(_) | AttachError::Missing(_) => AttachErrorReason::Load,
+            AttachError::Program(_) | AttachError::Link(_) => AttachErrorReason::Attach,
+            AttachError::Map(_) => AttachErrorReason::Map,
+            AttachError::ProcessGone { .. } => AttachErrorReason::ProcessGone,
+            AttachError::BinaryChanged { .. } => AttachErrorReason::BinaryChanged,
+            AttachError::BytesMismatch { .. } => AttachErrorReason::BytesMismatch,
+            AttachError::SlotsExhausted => AttachErrorReason::SlotsExhausted,
+            AttachError::Btf(_) => AttachErrorReason::Btf,
         }
-    }
-}
-
-/// The identity of an executable file: a process that exec'd has another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileIdentity {
-    pub fn of(path: &std::path::Path) -> std::io::Result<FileIdentity> {
-        let meta = std::fs::metadata(path)?;
-        Ok(FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
     }
 }
 
 /// Path through which a process's executable is attached: /proc/PID/exe names the
 /// exact inode, even if the file was deleted or lives in another mount namespace.
-pub use crate::discover::procs::exe_path;
+pub use crate::discover::procs::{FileIdentity, exe_path};
 
 /// One attached uprobe.
 #[derive(Debug, Clone)]

@@ -1,6 +1,9 @@
 //! The cost model: what one probe hit costs the probed process, set mostly by how the
 //! kernel runs the probed instruction, plus each struct field the probe reads.
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use tracing::{info, warn};
+
+use crate::attach::{Probes, error_chain};
 
 /// How the kernel runs the probed instruction, which sets most of a hit's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,34 @@ impl HitCost {
             emulated_ns: emulated_ns * Self::INDIRECT_FACTOR,
             single_stepped_ns: single_stepped_ns * Self::INDIRECT_FACTOR,
             per_read_ns: per_read_ns * Self::INDIRECT_FACTOR,
+        }
+    }
+
+    /// Calibrates the per-hit cost on this machine (`attach::calibration`); on failure,
+    /// says why and returns [`HitCost::FALLBACK`].
+    pub fn calibrate(probes: &mut Probes) -> HitCost {
+        match probes.calibrate() {
+            Ok(c) => {
+                info!(
+                    emulated_ns = c.emulated_ns.round(),
+                    single_stepped_ns = c.single_stepped_ns.round(),
+                    per_read_ns = c.per_read_ns.round(),
+                    ms = c.took.as_millis() as u64,
+                    "calibrated the per-hit cost of mapwatch's probe"
+                );
+                HitCost::measured(c.emulated_ns, c.single_stepped_ns, c.per_read_ns)
+            }
+            Err(e) => {
+                warn!(
+                    "calibrating the per-hit cost of a uprobe failed ({}); assuming {} ns \
+                     (emulated), {} ns (single-stepped) and {} ns per field read",
+                    error_chain(&e),
+                    HitCost::FALLBACK.emulated_ns,
+                    HitCost::FALLBACK.single_stepped_ns,
+                    HitCost::FALLBACK.per_read_ns
+                );
+                HitCost::FALLBACK
+            }
         }
     }
 

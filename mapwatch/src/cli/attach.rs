@@ -99,7 +99,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
         other => anyhow::Error::from(other),
     })?;
-    let hit_cost = probes.calibrate_hit_cost();
+    let hit_cost = crate::budget::HitCost::calibrate(&mut probes);
     let budget_config = BudgetConfig {
         per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
         share_of_process: None,
@@ -145,7 +145,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         let new_probes = match probes.attach_process(pid, identity, &plan, &slots) {
             Ok(new_probes) => new_probes,
             Err(e) => {
-                metrics.attach_errors_total.with_label_values(&[e.reason()]).inc();
+                metrics.count_attach_error(e.reason());
                 return Err(anyhow::Error::from(e).context(format!("attaching to process {pid}")));
             }
         };

@@ -39,7 +39,7 @@ use crate::{
         tracker::{Change, Tracker},
     },
     goelf::{GoBinary, GoElfError},
-    metrics::{Metrics, http},
+    metrics::{AttachErrorReason, Metrics, http},
     plan::{self, PlanError, PlanRequest, ProbePlan},
     symbolize::Symbolizer,
 };
@@ -67,7 +67,7 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
         other => anyhow::Error::from(other),
     })?;
-    let hit_cost = probes.calibrate_hit_cost();
+    let hit_cost = crate::budget::HitCost::calibrate(&mut probes);
     let notices = match probes.follow_processes() {
         Ok(notices) => Some(notices),
         Err(e) => {
@@ -101,7 +101,7 @@ enum Refusal {
     /// remembered, the next process of the same binary tries again.
     Unreadable,
     /// A Go program mapwatch cannot probe: counted in attach_errors_total{reason}.
-    Unsupported { reason: &'static str },
+    Unsupported { reason: AttachErrorReason },
 }
 
 /// The cache key of an analysis: the file (device, inode) and its size and mtime, which
@@ -138,7 +138,7 @@ struct Daemon {
     tracker: Tracker,
     analyses: HashMap<BinaryKey, Result<Arc<Analysis>, Refusal>>,
     /// (binary, reason) pairs already logged.
-    logged: HashSet<(String, &'static str)>,
+    logged: HashSet<(String, AttachErrorReason)>,
     to_aggregator: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     pods: Option<PodResolver>,
@@ -349,10 +349,7 @@ impl Daemon {
             Ok(analysis) => analysis,
             Err(Refusal::NotGo | Refusal::Unreadable) => return,
             Err(Refusal::Unsupported { reason }) => {
-                self.metrics
-                    .attach_errors_total
-                    .with_label_values(&[reason])
-                    .inc();
+                self.metrics.count_attach_error(reason);
                 return;
             }
         };
@@ -378,10 +375,7 @@ impl Daemon {
                 info!(pid, probes = count, "attached");
             }
             Err(e) => {
-                self.metrics
-                    .attach_errors_total
-                    .with_label_values(&[e.reason()])
-                    .inc();
+                self.metrics.count_attach_error(e.reason());
                 let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
                 // A process that exits while probes are being attached is ordinary
                 // churn; anything else is worth one line per binary.
@@ -409,7 +403,15 @@ impl Daemon {
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || analyse(&path, request))
             .await
-            .unwrap_or_else(|e| Err((Refusal::Unsupported { reason: "analysis" }, e.to_string())));
+            .unwrap_or_else(|e| {
+                // The analysis panicked: a binary our parsers could not cope with.
+                Err((
+                    Refusal::Unsupported {
+                        reason: AttachErrorReason::BadBinary,
+                    },
+                    e.to_string(),
+                ))
+            });
         let result = match result {
             Ok(analysis) => {
                 info!(
@@ -541,9 +543,9 @@ impl Daemon {
         }
     }
 
-    fn log_once(&mut self, binary: &str, reason: &'static str, message: &str) {
+    fn log_once(&mut self, binary: &str, reason: AttachErrorReason, message: &str) {
         if self.logged.insert((binary.to_string(), reason)) {
-            warn!(binary, reason, "{message}");
+            warn!(binary, reason = reason.label(), "{message}");
         }
     }
 }
@@ -566,18 +568,20 @@ fn analysis_label(analysis: &Analysis) -> String {
 /// Opens and plans a binary (blocking: reads and parses the file).
 fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, String)> {
     let unsupported =
-        |reason: &'static str, message: String| (Refusal::Unsupported { reason }, message);
+        |reason: AttachErrorReason, message: String| (Refusal::Unsupported { reason }, message);
     let binary = GoBinary::open(path).map_err(|e| match e {
         GoElfError::NotGo { .. } | GoElfError::NotElf { .. } => (Refusal::NotGo, e.to_string()),
         GoElfError::Io { .. } => (Refusal::Unreadable, e.to_string()),
-        GoElfError::UnsupportedArch { .. } => unsupported("unsupported_arch", e.to_string()),
-        other => unsupported("bad_binary", other.to_string()),
+        GoElfError::UnsupportedArch { .. } => {
+            unsupported(AttachErrorReason::UnsupportedArch, e.to_string())
+        }
+        other => unsupported(AttachErrorReason::BadBinary, other.to_string()),
     })?;
     let plan = plan::plan_probes(&binary, request).map_err(|e| match e {
         PlanError::UnsupportedGoVersion { .. } => {
-            unsupported("unsupported_go_version", e.to_string())
+            unsupported(AttachErrorReason::UnsupportedGoVersion, e.to_string())
         }
-        other => unsupported("bad_binary", other.to_string()),
+        other => unsupported(AttachErrorReason::BadBinary, other.to_string()),
     })?;
     if plan.probes.is_empty() {
         let reasons: Vec<String> = plan
@@ -586,7 +590,7 @@ fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, Stri
             .map(|u| format!("{}: {}", u.signal, u.reason))
             .collect();
         return Err(unsupported(
-            "nothing_to_probe",
+            AttachErrorReason::NothingToProbe,
             format!("nothing to probe ({})", reasons.join("; ")),
         ));
     }

@@ -1,8 +1,26 @@
 //! Processes as /proc shows them: which exist, since when, running which executable.
 //! Reads only; what to do about a process is [`super::tracker`]'s decision.
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use crate::attach::FileIdentity;
+/// The identity of an executable file: a process that exec'd has another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        let meta = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
 
 /// One process at the time of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! reuse, exec and exit is unit-tested.
 use std::collections::{HashMap, HashSet};
 
+use super::procs::FileIdentity;
 use super::procs::ProcessInfo;
-use crate::attach::FileIdentity;
 
 /// Something the daemon must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

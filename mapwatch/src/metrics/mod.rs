@@ -38,6 +38,76 @@ impl WorkloadLabels {
     }
 }
 
+/// Why a process or probe was not attached: the `reason` label of
+/// `mapwatch_attach_errors_total`. Every value is exported at 0 from the start, so the
+/// first error is an increase Prometheus can see (a series born at 1 is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachErrorReason {
+    /// mapwatch lacks a capability, or a security module denied access.
+    Privileges,
+    /// The BPF object did not load.
+    Load,
+    /// The kernel refused a uprobe for another reason.
+    Attach,
+    /// Writing a BPF map failed.
+    Map,
+    /// The process exited before or while it was attached (not an error of mapwatch;
+    /// counted so short-lived processes are visible).
+    ProcessGone,
+    /// The process exec'd another binary between analysis and attach.
+    BinaryChanged,
+    /// The bytes at a probe site differ from the analysed binary: not attached.
+    BytesMismatch,
+    /// Every probe slot is in use.
+    SlotsExhausted,
+    /// The kernel has no BTF for the exec/exit tracepoints.
+    Btf,
+    /// Not an x86-64 binary.
+    UnsupportedArch,
+    /// A Go version mapwatch has no runtime facts for.
+    UnsupportedGoVersion,
+    /// A Go binary mapwatch cannot read (truncated, corrupt).
+    BadBinary,
+    /// A Go binary with none of the runtime functions mapwatch probes.
+    NothingToProbe,
+}
+
+impl AttachErrorReason {
+    pub const ALL: [AttachErrorReason; 13] = [
+        AttachErrorReason::Privileges,
+        AttachErrorReason::Load,
+        AttachErrorReason::Attach,
+        AttachErrorReason::Map,
+        AttachErrorReason::ProcessGone,
+        AttachErrorReason::BinaryChanged,
+        AttachErrorReason::BytesMismatch,
+        AttachErrorReason::SlotsExhausted,
+        AttachErrorReason::Btf,
+        AttachErrorReason::UnsupportedArch,
+        AttachErrorReason::UnsupportedGoVersion,
+        AttachErrorReason::BadBinary,
+        AttachErrorReason::NothingToProbe,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AttachErrorReason::Privileges => "privileges",
+            AttachErrorReason::Load => "load",
+            AttachErrorReason::Attach => "attach",
+            AttachErrorReason::Map => "map",
+            AttachErrorReason::ProcessGone => "process_gone",
+            AttachErrorReason::BinaryChanged => "binary_changed",
+            AttachErrorReason::BytesMismatch => "bytes_mismatch",
+            AttachErrorReason::SlotsExhausted => "slots_exhausted",
+            AttachErrorReason::Btf => "btf",
+            AttachErrorReason::UnsupportedArch => "unsupported_arch",
+            AttachErrorReason::UnsupportedGoVersion => "unsupported_go_version",
+            AttachErrorReason::BadBinary => "bad_binary",
+            AttachErrorReason::NothingToProbe => "nothing_to_probe",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub slice_grow_total: IntCounterVec,
@@ -284,8 +354,8 @@ impl Metrics {
             "Processes or probes that could not be attached, by reason.",
             &["reason"],
         )?;
-        for reason in crate::attach::ATTACH_ERROR_REASONS {
-            attach_errors_total.with_label_values(&[reason]);
+        for reason in AttachErrorReason::ALL {
+            attach_errors_total.with_label_values(&[reason.label()]);
         }
         let mut duty_labels = WORKLOAD_LABELS.to_vec();
         duty_labels.push("probe");
@@ -362,6 +432,13 @@ impl Metrics {
             build_info,
             families,
         })
+    }
+
+    /// Counts one process or probe that was not attached.
+    pub fn count_attach_error(&self, reason: AttachErrorReason) {
+        self.attach_errors_total
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     /// Brings a kernel-side running total into a counter (counters only move forward).
