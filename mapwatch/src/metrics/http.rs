@@ -1,14 +1,38 @@
 //! /metrics, /healthz, /readyz.
+//!
+//! Any pod on the node can reach the daemon's port, so the server bounds what a client
+//! can hold: at most [`MAX_CONNECTIONS`] open connections (a new one closes the oldest,
+//! so idle connections cannot lock a scraper out), [`HEADER_READ_TIMEOUT`] to send a
+//! request's headers (idle keep-alive included), [`CONNECTION_LIFETIME`] in all. Before
+//! this, ~20,000 idle connections exhausted the daemon's file descriptors: /metrics
+//! stopped answering and /proc scans failed.
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use tokio::net::TcpListener;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, task::AbortHandle};
+use tracing::{debug, warn};
+
+/// Open connections kept at most (Prometheus needs one or two).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers, and to send the next request on a
+/// kept-alive connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long whatever it does.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Pause after `accept` fails for lack of file descriptors (it would fail again at once).
+const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 use super::Metrics;
 
@@ -62,6 +86,7 @@ fn serve(
     before_scrape: ScrapeHook,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let local = listener.local_addr()?;
+    let counted = Arc::clone(&metrics);
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -71,7 +96,60 @@ fn serve(
             ready,
             before_scrape,
         });
-    Ok((local, async move { axum::serve(listener, app).await }))
+    Ok((local, accept_loop(listener, app, counted)))
+}
+
+/// Accepts connections for ever, within the limits in the module doc.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let mut open: VecDeque<AbortHandle> = VecDeque::with_capacity(MAX_CONNECTIONS + 1);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let seen = metrics.http_accept_fd_exhausted_total.get();
+                metrics.http_accept_fd_exhausted_total.inc();
+                // Logged at 1, 2, 4, 8… so a flood does not flood the log too.
+                if seen == 0 || seen.is_power_of_two() {
+                    warn!(
+                        open = open.len(),
+                        "out of file descriptors accepting an HTTP connection ({e}); \
+                         {} so far",
+                        seen + 1
+                    );
+                }
+                tokio::time::sleep(FD_EXHAUSTED_PAUSE).await;
+                continue;
+            }
+            // The client gave up before we accepted (ECONNABORTED) and the like.
+            Err(e) => {
+                debug!("accepting an HTTP connection: {e}");
+                continue;
+            }
+        };
+        open.retain(|task| !task.is_finished());
+        if open.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = open.pop_front()
+        {
+            oldest.abort();
+            metrics.http_connections_evicted_total.inc();
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let task = tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                debug!("HTTP connection: {e}");
+            }
+        });
+        open.push_back(task.abort_handle());
+    }
 }
 
 async fn metrics_handler(

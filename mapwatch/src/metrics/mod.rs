@@ -134,6 +134,8 @@ pub struct Metrics {
     pub events_received_total: IntCounterVec,
     pub events_incomplete_total: IntCounterVec,
     pub events_orphaned_total: IntCounter,
+    pub http_connections_evicted_total: IntCounter,
+    pub http_accept_fd_exhausted_total: IntCounter,
     pub exact_checks_total: IntCounterVec,
     pub attached_processes: IntGauge,
     pub attach_errors_total: IntCounterVec,
@@ -338,6 +340,16 @@ impl Metrics {
             "Records read after their probe was detached (the process exited or exec'd in \
              the meantime): not attributed to any workload.",
         )?)?;
+        let http_connections_evicted_total = r.register(IntCounter::new(
+            "http_connections_evicted_total",
+            "HTTP connections closed to make room for a newer one (at most 64 are kept \
+             open): a client that holds connections idle.",
+        )?)?;
+        let http_accept_fd_exhausted_total = r.register(IntCounter::new(
+            "http_accept_fd_exhausted_total",
+            "HTTP connections not accepted because mapwatch or the system ran out of file \
+             descriptors.",
+        )?)?;
         let events_incomplete_total = r.counter(
             "events_incomplete_total",
             "Records whose struct reads failed in the kernel (counted, but without sizes).",
@@ -424,6 +436,8 @@ impl Metrics {
             events_received_total,
             events_incomplete_total,
             events_orphaned_total,
+            http_connections_evicted_total,
+            http_accept_fd_exhausted_total,
             exact_checks_total,
             attached_processes,
             attach_errors_total,
