@@ -52,6 +52,54 @@ pub enum ConfigError {
     InvalidFile { path: PathBuf, message: String },
     #[error("printing the configuration as TOML: {0}")]
     Print(#[from] toml::ser::Error),
+    /// A value that parses but cannot work (checked once flags and file are merged).
+    #[error("{key} (--{flag}) = {value}: {rule}")]
+    OutOfRange {
+        key: &'static str,
+        flag: String,
+        value: String,
+        rule: &'static str,
+    },
+}
+
+/// Limits of the settings that are numbers or durations (see [`RunConfig::validate`]).
+pub const MIN_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_SERIES_EXPIRY: Duration = Duration::from_secs(1);
+/// Per-workload label caps: each kept value is a few series per metric family, and the
+/// node's series budget is finite.
+pub const MAX_LABEL_CAP: u32 = 1000;
+
+/// Resolves a listen address written as `IP:PORT` or `HOST:PORT` (configs name hosts:
+/// `localhost:9433`); an IPv4 address is preferred when a name has both.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?} is not an address to listen on (HOST:PORT): {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// serde: a listen address as [`parse_listen`] reads it.
+mod listen_text {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_listen(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A CPU share written as a percentage, like `1%` or `0.5%`.
@@ -247,6 +295,7 @@ pub const DEFAULT_SERIES_EXPIRY: Duration = Duration::from_secs(600);
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     /// Where /metrics, /healthz and /readyz are served.
+    #[serde(with = "listen_text")]
     pub listen: SocketAddr,
     /// CPU the probes may cost each process, as a share of one core.
     pub overhead_budget: Percent,
@@ -338,6 +387,48 @@ impl RunConfig {
             "# mapwatch run: effective configuration (defaults < config file < flags)\n{}",
             toml::to_string(self)?
         ))
+    }
+
+    /// Checks what parsing cannot: every duration and number can work. Called on the
+    /// effective configuration, so a value from a flag and one from the file are
+    /// checked alike (a zero rescan interval used to reach a panic).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let out_of_range = |key: &'static str, value: String, rule: &'static str| {
+            Err(ConfigError::OutOfRange {
+                key,
+                flag: key.replace('_', "-"),
+                value,
+                rule,
+            })
+        };
+        if self.rescan_interval < MIN_RESCAN_INTERVAL {
+            return out_of_range(
+                "rescan_interval",
+                humantime::format_duration(self.rescan_interval).to_string(),
+                "must be at least 1s (a /proc scan costs the node CPU; exec notices find \
+                 new processes in between)",
+            );
+        }
+        if self.series_expiry < MIN_SERIES_EXPIRY {
+            return out_of_range(
+                "series_expiry",
+                humantime::format_duration(self.series_expiry).to_string(),
+                "must be at least 1s",
+            );
+        }
+        for (key, cap) in [
+            ("max_sites", self.max_sites),
+            ("max_elem_types", self.max_elem_types),
+        ] {
+            if cap == 0 || cap > MAX_LABEL_CAP {
+                return out_of_range(
+                    key,
+                    cap.to_string(),
+                    "must be between 1 and 1000 (each kept value adds series)",
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn filters(&self) -> Filters {
@@ -586,5 +677,66 @@ container = ["istio-proxy"]
         for bad in ["", "%", "1", "0%", "-1%", "NaN%", "inf%", "101%"] {
             assert!(bad.parse::<Percent>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn durations_and_caps_that_cannot_work_are_refused() {
+        let valid = RunConfig::default();
+        assert!(valid.validate().is_ok());
+        let refused = |config: RunConfig| config.validate().unwrap_err().to_string();
+        let error = refused(RunConfig {
+            rescan_interval: Duration::ZERO,
+            ..valid.clone()
+        });
+        assert!(
+            error.starts_with("rescan_interval (--rescan-interval) = 0s: must be at least 1s"),
+            "{error}"
+        );
+        assert!(
+            refused(RunConfig {
+                series_expiry: Duration::from_millis(10),
+                ..valid.clone()
+            })
+            .contains("series_expiry")
+        );
+        assert!(
+            refused(RunConfig {
+                max_sites: 0,
+                ..valid.clone()
+            })
+            .contains("max_sites")
+        );
+        assert!(
+            refused(RunConfig {
+                max_elem_types: MAX_LABEL_CAP + 1,
+                ..valid.clone()
+            })
+            .contains("max_elem_types")
+        );
+        assert!(
+            RunConfig {
+                max_sites: MAX_LABEL_CAP,
+                rescan_interval: MIN_RESCAN_INTERVAL,
+                ..valid
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn listen_addresses_may_name_a_host() {
+        assert_eq!(
+            parse_listen("localhost:9433").unwrap(),
+            "127.0.0.1:9433".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(parse_listen("9433").is_err());
+        let config =
+            RunConfig::from_toml("listen = \"localhost:1\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1".parse().unwrap());
     }
 }

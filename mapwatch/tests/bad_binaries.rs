@@ -72,8 +72,38 @@ fn truncated_binaries_never_panic_or_plan_past_the_end() {
     cuts.extend((1..64).map(|i| bytes.len() * i / 64));
     cuts.push(bytes.len() - 1);
     for cut in cuts {
-        let _ = analyse(&format!("truncated-at-{cut}"), bytes[..cut].to_vec());
+        let error = analyse(&format!("truncated-at-{cut}"), bytes[..cut].to_vec());
+        // Past the ELF identification, a cut copy is named as one (it used to read as
+        // "not a Go program" or an unreadable symbol table).
+        if cut >= 64 {
+            let error = error.unwrap_or_else(|| panic!("cut at {cut}: analysed as whole"));
+            assert!(
+                error.contains("is truncated or corrupt"),
+                "cut at {cut}: {error}"
+            );
+        }
     }
+}
+
+#[test]
+fn inspect_names_what_is_not_a_file() {
+    let empty = std::env::temp_dir().join(format!("mapwatch-empty-{}", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    for (path, expected) in [
+        (Path::new("/dev/null"), "is a device, socket or pipe"),
+        (Path::new("/"), "is a directory"),
+        (empty.as_path(), "is empty (0 bytes)"),
+    ] {
+        let output = mapwatch_command()
+            .arg("inspect")
+            .arg(path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{}: {stderr}", path.display());
+    }
+    let _ = std::fs::remove_file(&empty);
 }
 
 #[test]

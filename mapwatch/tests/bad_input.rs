@@ -134,3 +134,55 @@ fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { geteuid() }
 }
+
+/// `mapwatch run` settings: every number and duration is checked when the flags and
+/// the file are merged — no value reaches a panic (a zero rescan interval did). No root
+/// needed: nothing is loaded before the configuration is valid.
+#[test]
+fn run_settings_out_of_range_are_refused_from_flags_and_file() {
+    let run = |args: &[&str]| -> Output {
+        mapwatch_command()
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run mapwatch")
+    };
+    for (flag, value, key) in [
+        ("--rescan-interval", "0s", "rescan_interval"),
+        ("--series-expiry", "0s", "series_expiry"),
+        ("--max-sites", "0", "max_sites"),
+        ("--max-elem-types", "100000", "max_elem_types"),
+    ] {
+        assert_refused(&run(&[flag, value]), key);
+    }
+    let file = std::env::temp_dir().join(format!("mapwatch-bad-{}.toml", std::process::id()));
+    std::fs::write(&file, "rescan_interval = \"0s\"\n").unwrap();
+    assert_refused(
+        &run(&["--config", file.to_str().unwrap()]),
+        "rescan_interval (--rescan-interval) = 0s: must be at least 1s",
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Configs name hosts: `--listen localhost:PORT` is resolved, not refused.
+#[test]
+fn listen_takes_a_host_name() {
+    let output = mapwatch_command()
+        .args(["run", "--listen", "localhost:9433", "--print-config"])
+        .output()
+        .expect("run mapwatch");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("listen = \"127.0.0.1:9433\""), "{stdout}");
+}
+
+#[test]
+fn a_zero_duration_is_refused() {
+    let output = mapwatch_command()
+        .args(["attach", "--pid", "1", "--duration", "0s"])
+        .output()
+        .expect("run mapwatch");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must be more than 0s"), "{stderr}");
+}

@@ -117,7 +117,6 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
         let hook = attach::scrape_hook(probes.counters());
         let (addr, server) = http::bind(args.listen, Arc::clone(&metrics), Arc::clone(&ready), hook)
-            .await
             .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
         let server = tokio::spawn(server);
         if let Some(logger) = probes.take_logger() {

@@ -75,12 +75,13 @@ pub struct AttachArgs {
     /// Process id of the Go program to profile.
     #[arg(long)]
     pub pid: u32,
-    /// Address to serve /metrics, /healthz and /readyz on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:9433")]
+    /// Address to serve /metrics, /healthz and /readyz on, IP:PORT or HOST:PORT (port
+    /// 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9433", value_parser = crate::config::parse_listen)]
     pub listen: SocketAddr,
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C, SIGTERM or the
     /// process exits.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = positive_duration)]
     pub duration: Option<std::time::Duration>,
     /// Also probe RET instructions and check every derived value against the real one
     /// (mapwatch_exact_checks_total). Each RET hit is single-stepped by the kernel,
@@ -112,6 +113,16 @@ pub struct InspectArgs {
     /// Print the probe plan as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A duration flag that must be more than zero (`--duration 0s` would measure nothing
+/// and divide by nothing).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0s".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Runs the parsed command. Errors that are the user's to fix are [`UsageError`]s.

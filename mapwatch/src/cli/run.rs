@@ -57,7 +57,7 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
+    let listener = http::bind_listener(config.listen).map_err(|e| {
         UsageError(format!(
             "cannot listen on {}: {e}; choose another address with --listen or `listen` in the config file",
             config.listen

@@ -30,8 +30,9 @@ pub struct RunFlags {
     #[arg(long)]
     pub print_config: bool,
 
-    /// Address to serve /metrics, /healthz and /readyz on [default: 0.0.0.0:9433].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to serve /metrics, /healthz and /readyz on, IP:PORT or HOST:PORT
+    /// [default: 0.0.0.0:9433].
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
 
     /// CPU the probes may cost each process, as a share of one core, like 1% or 0.5%
@@ -126,6 +127,7 @@ impl RunFlags {
     pub fn effective_config(&self) -> Result<RunConfig, ConfigError> {
         let mut config = RunConfig::load(self.config.as_deref())?;
         self.apply_to(&mut config);
+        config.validate()?;
         Ok(config)
     }
 

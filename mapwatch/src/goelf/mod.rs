@@ -28,6 +28,16 @@ pub enum GoElfError {
     },
     #[error("{path} is not an ELF executable: {reason}")]
     NotElf { path: PathBuf, reason: String },
+    #[error("{path} is {what}, not an executable file")]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is truncated or corrupt: its ELF headers describe {described} bytes, the file has {actual}"
+    )]
+    Truncated {
+        path: PathBuf,
+        described: u64,
+        actual: u64,
+    },
     #[error("{path} is built for {arch}; mapwatch supports x86_64 (amd64) Go binaries only")]
     UnsupportedArch { path: PathBuf, arch: String },
     #[error("{path} is not a Go program: it has no Go build info (.go.buildinfo)")]
@@ -112,6 +122,20 @@ impl GoBinary {
             source,
         };
         let file = File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let not_a_file = |what| GoElfError::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        };
+        if meta.is_dir() {
+            return Err(not_a_file("a directory"));
+        }
+        if !meta.is_file() {
+            return Err(not_a_file("a device, socket or pipe"));
+        }
+        if meta.len() == 0 {
+            return Err(not_a_file("empty (0 bytes)"));
+        }
         // SAFETY: the mapping is read-only; a concurrent truncation of the file could
         // fault, which is the same risk every ELF tool takes (and binaries being run
         // cannot be written: ETXTBSY).
@@ -129,6 +153,15 @@ impl GoBinary {
             path: path.to_path_buf(),
             reason,
         };
+        if let Some(described) = described_length(&map)
+            && described > map.len() as u64
+        {
+            return Err(GoElfError::Truncated {
+                path: path.to_path_buf(),
+                described,
+                actual: map.len() as u64,
+            });
+        }
         let elf = object::File::parse(&*map).map_err(|e| not_elf(e.to_string()))?;
         if elf.format() != object::BinaryFormat::Elf {
             return Err(not_elf(format!("{:?} object", elf.format())));
@@ -425,6 +458,55 @@ fn go_build_id_from_note(note: &[u8]) -> Option<String> {
     let desc_start = 12usize.checked_add(name_len.checked_add(3)? & !3)?;
     let desc = note.get(desc_start..desc_start.checked_add(desc_len)?)?;
     String::from_utf8(desc.to_vec()).ok()
+}
+
+/// How long a 64-bit ELF file must be for everything its headers point to (program
+/// segments, section contents, the header tables) to be in it; None when the headers
+/// themselves cannot be read (then the full parse says why). A copy cut short — a
+/// download or a full disk — otherwise fails with a confusing message deep in a
+/// section.
+fn described_length(data: &[u8]) -> Option<u64> {
+    use object::{
+        Endianness,
+        elf::{FileHeader64, SHT_NOBITS},
+        read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _},
+    };
+    let header = FileHeader64::<Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    // Saturating: the numbers are the file's word, and a hostile file's overflow must
+    // read as "longer than the file", not wrap.
+    let table_end = |offset: u64, count: u16, size: u16| {
+        offset.saturating_add(u64::from(count) * u64::from(size))
+    };
+    let mut end = table_end(
+        header.e_shoff(endian),
+        header.e_shnum(endian),
+        header.e_shentsize(endian),
+    )
+    .max(table_end(
+        header.e_phoff(endian),
+        header.e_phnum(endian),
+        header.e_phentsize(endian),
+    ));
+    if let Ok(segments) = header.program_headers(endian, data) {
+        for segment in segments {
+            end = end.max(
+                segment
+                    .p_offset(endian)
+                    .saturating_add(segment.p_filesz(endian)),
+            );
+        }
+    }
+    if let Ok(sections) = header.section_headers(endian, data) {
+        for section in sections.iter().filter(|s| s.sh_type(endian) != SHT_NOBITS) {
+            end = end.max(
+                section
+                    .sh_offset(endian)
+                    .saturating_add(section.sh_size(endian)),
+            );
+        }
+    }
+    Some(end)
 }
 
 #[cfg(test)]

@@ -46,20 +46,36 @@ struct AppState {
     before_scrape: ScrapeHook,
 }
 
+/// How long a taken port is tried again: a mapwatch that was just killed holds its
+/// port while the kernel tears its uprobes down (~0.8 s measured), and a restarting pod
+/// must not lose that race.
+pub const BIND_RETRY_FOR: Duration = Duration::from_secs(3);
+
+/// Binds `addr`, trying again for [`BIND_RETRY_FOR`] while it is in use.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY_FOR;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Binds `addr` now (so a bad address fails before any probe is attached) and returns
 /// the server future.
-pub async fn bind(
+pub fn bind(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     before_scrape: ScrapeHook,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    serve(
-        TcpListener::bind(addr).await?,
-        metrics,
-        ready,
-        before_scrape,
-    )
+    serve_bound(bind_listener(addr)?, metrics, ready, before_scrape)
 }
 
 /// Like [`bind`], on a socket bound earlier (before privileges were used, so a taken

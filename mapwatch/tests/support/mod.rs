@@ -478,6 +478,11 @@ pub fn uprobe_links() -> usize {
     settled(|| bpf_links(&["go_probe"], false))
 }
 
+/// Links of the BPF programs named `names` right now.
+pub fn bpf_link_count(names: &[&str]) -> usize {
+    bpf_links(names, false)
+}
+
 fn settled(count: impl Fn() -> usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
