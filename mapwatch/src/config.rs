@@ -307,8 +307,9 @@ pub struct RunConfig {
     pub node_budget: Option<Percent>,
     /// Opt-in probes on hot runtime functions.
     pub hot_probes: Vec<HotProbe>,
-    /// Probe runtime.growslice. Always on, it cost a busy JSON service 27–43% of its
-    /// throughput (DESIGN.md); under the overhead budget it is duty-cycled like the rest.
+    /// Probe runtime.growslice. A JSON service calls it tens of times per request, so
+    /// always on it would cost several times the service's own CPU (BENCHMARKS.md,
+    /// `attach --exact`); under the overhead budget it is duty-cycled like the rest.
     pub slice_growth: bool,
     /// Call sites kept as labels per workload; later ones are counted as `other`.
     pub max_sites: u32,

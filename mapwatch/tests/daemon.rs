@@ -161,7 +161,7 @@ fn run_counts_unsupported_binaries_and_survives_deleted_ones() {
     let Some(mapgrow) = fixture("go1.22.10", "mapgrow") else {
         return;
     };
-    // Go 1.20 is between supported versions (go-runtime.md): a clear refusal.
+    // Go 1.20 is between supported versions (docs/go-runtime.md): a clear refusal.
     let old_go = patched_copy(&mapgrow, "oldgo", "go1.22.10", "go1.20.10");
     let deleted = patched_copy(&mapgrow, "gone", "", "");
     let mut gone = Fixture::start(&deleted, &[]);

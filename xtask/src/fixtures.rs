@@ -91,7 +91,8 @@ pub fn cross_fixtures_dir() -> PathBuf {
 }
 
 /// Go minors whose classic (pre-Swiss) maps are still one GOEXPERIMENT away;
-/// `GOEXPERIMENT=noswissmap` fails from 1.26 (go-runtime.md §1).
+/// `GOEXPERIMENT=noswissmap` fails from 1.26 (docs/go-runtime.md, "Versions and map
+/// implementations").
 const NOSWISSMAP_MINORS: &[&str] = &["go1.24.", "go1.25."];
 
 /// A toolchain plus GOEXPERIMENT: one directory of fixtures.

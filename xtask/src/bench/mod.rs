@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The Go version the bench workloads are built with: Swiss maps, no stack-buffered
-/// appends yet (go-runtime.md §5), so one append that grows is one growslice call.
+/// appends yet (docs/go-runtime.md, "Compiler stack buffers"), so one append that grows is one growslice call.
 const BENCH_GO: &str = "go1.24.";
 
 /// Where the CPU goes, from `perf` profiles taken by hand (not by this command, whose

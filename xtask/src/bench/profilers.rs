@@ -386,7 +386,7 @@ fn wait_ready(
 }
 
 /// bpftrace attaches uprobes at raw offsets through tracefs (uprobe_events), which is
-/// not mounted by default here (TOOLCHAIN.md).
+/// not mounted on many machines (docs/building.md).
 fn ensure_tracefs() -> anyhow::Result<()> {
     if Path::new("/sys/kernel/tracing/uprobe_events").exists() {
         return Ok(());
