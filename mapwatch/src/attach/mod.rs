@@ -190,7 +190,10 @@ pub struct Probes {
     next_slot: u32,
     /// Slots of detached probes, reused before new ones are taken.
     free_slots: Vec<u32>,
-    attached: Vec<(AttachedProbe, ProbeLink)>,
+    /// Slots recording now, each with its link. A link may hold several slots: the
+    /// budget re-attaches a group of probes as one link, closed with one kernel grace
+    /// period; it closes when the last of its slots lets go of it.
+    attached: Vec<(AttachedProbe, Arc<ProbeLink>)>,
     link_mode: LinkMode,
     /// Probes detached by the overhead budget for a while: their slots stay reserved,
     /// with their spec, counters and aggregator registration ([`Probes::suspend`]).
@@ -415,7 +418,7 @@ impl Probes {
             kind: probe.kind,
             probe: probe.probe,
         };
-        self.attached.push((attached, link));
+        self.attached.push((attached, Arc::new(link)));
         Ok(())
     }
 
@@ -454,40 +457,79 @@ impl Probes {
             .map_err(|e| explain_link_error(pid, mode, e))
     }
 
-    /// Takes the probe in `slot` out of the kernel's way for a while (the overhead
-    /// budget's off time) and returns its link: the probe stops recording as soon as
-    /// the link is dropped, which blocks ~100 ms — drop it after releasing the lock on
-    /// `Probes`. The slot stays reserved with its spec, counters (hits keep their
-    /// total) and site, so [`Probes::resume`] is one attach call.
-    /// `pid` guards against a slot freed and reused by another process meanwhile.
-    pub fn suspend(&mut self, pid: u32, slot: u32) -> Option<ProbeLink> {
-        let index = self
-            .attached
-            .iter()
-            .position(|(p, _)| p.slot == slot && p.pid == pid)?;
-        let (probe, link) = self.attached.remove(index);
-        self.suspended.push(probe);
-        Some(link)
+    /// Takes the probes in `slots` (one budget group) out of the kernel's way for a
+    /// while (the overhead budget's off time) and returns their links: the probes stop
+    /// recording as soon as the links are dropped, which blocks for a kernel grace
+    /// period — drop them after releasing the lock on `Probes`. The slots stay
+    /// reserved with their specs, counters (hits keep their totals) and sites, so
+    /// [`Probes::resume`] is one attach call. `pid` guards against a slot freed and
+    /// reused by another process meanwhile.
+    pub fn suspend(&mut self, pid: u32, slots: &[u32]) -> Vec<Arc<ProbeLink>> {
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(p, _)| p.pid == pid && slots.contains(&p.slot));
+        self.attached = kept;
+        let mut links: Vec<Arc<ProbeLink>> = Vec::new();
+        for (probe, link) in taken {
+            self.suspended.push(probe);
+            if !links.iter().any(|l| Arc::ptr_eq(l, &link)) {
+                links.push(link);
+            }
+        }
+        // A link shared with a slot that stays attached would keep recording: the
+        // budget always suspends whole groups, so this is a bug if it happens.
+        for (probe, link) in &self.attached {
+            if links.iter().any(|l| Arc::ptr_eq(l, link)) {
+                warn!(
+                    slot = probe.slot,
+                    "a suspended probe's link is shared with a probe that stays attached"
+                );
+            }
+        }
+        links
     }
 
-    /// Attaches a suspended probe again, after checking that its process still runs
-    /// the binary it was planned for and the bytes at the site are still as planned.
-    pub fn resume(&mut self, pid: u32, slot: u32) -> Result<(), AttachError> {
-        let index = self
-            .suspended
+    /// Attaches the suspended probes in `slots` again, as one link, after checking
+    /// that their process still runs the binary they were planned for and the bytes at
+    /// each site are still as planned.
+    pub fn resume(&mut self, pid: u32, slots: &[u32]) -> Result<(), AttachError> {
+        let mut sites = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            if !self
+                .suspended
+                .iter()
+                .any(|p| p.slot == slot && p.pid == pid)
+            {
+                return Err(AttachError::ProcessGone { pid });
+            }
+            let site = self
+                .sites
+                .get(&slot)
+                .cloned()
+                .ok_or(AttachError::Missing("probe site"))?;
+            sites.push((slot, site));
+        }
+        let Some((_, first)) = sites.first() else {
+            return Ok(());
+        };
+        let (exe, file) = open_exe(pid, first.identity)?;
+        for (_, site) in &sites {
+            verify_bytes(&file, &exe, &site.probe)?;
+        }
+        let link_sites: Vec<Site> = sites
             .iter()
-            .position(|p| p.slot == slot && p.pid == pid)
-            .ok_or(AttachError::ProcessGone { pid })?;
-        let site = self
-            .sites
-            .get(&slot)
-            .cloned()
-            .ok_or(AttachError::Missing("probe site"))?;
-        let (exe, file) = open_exe(pid, site.identity)?;
-        verify_bytes(&file, &exe, &site.probe)?;
-        let link = self.attach_link(pid, &exe, site.probe.file_offset, slot)?;
-        let probe = self.suspended.remove(index);
-        self.attached.push((probe, link));
+            .map(|(slot, site)| Site {
+                file_offset: site.probe.file_offset,
+                cookie: u64::from(*slot),
+            })
+            .collect();
+        let link = Arc::new(self.attach_sites(pid, &exe, &link_sites)?);
+        let (resumed, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.suspended)
+            .into_iter()
+            .partition(|p| p.pid == pid && slots.contains(&p.slot));
+        self.suspended = still;
+        self.attached
+            .extend(resumed.into_iter().map(|probe| (probe, Arc::clone(&link))));
         Ok(())
     }
 
@@ -500,10 +542,12 @@ impl Probes {
     /// kernel): the links are closed on several threads at once in case the kernel can
     /// overlap them (see BENCHMARKS.md and the DaemonSet's
     /// terminationGracePeriodSeconds).
-    fn detach(&mut self, probes: Vec<(AttachedProbe, ProbeLink)>, free: bool) {
-        let mut links = Vec::with_capacity(probes.len());
+    fn detach(&mut self, probes: Vec<(AttachedProbe, Arc<ProbeLink>)>, free: bool) {
+        let mut links: Vec<Arc<ProbeLink>> = Vec::with_capacity(probes.len());
         for (probe, link) in probes {
-            links.push(link);
+            if !links.iter().any(|l| Arc::ptr_eq(l, &link)) {
+                links.push(link);
+            }
             self.counters
                 .lock()
                 .expect("kernel counters")

@@ -147,40 +147,28 @@ impl BudgetTask {
     fn execute(&self, action: Action, done: mpsc::UnboundedSender<Done>) {
         let probes = Arc::clone(&self.probes);
         tokio::task::spawn_blocking(move || match action {
+            // A group is attached and detached as one link (one kernel grace period
+            // per detach with uprobe_multi links).
             Action::Attach { pid, group, slots } => {
-                let mut probes = probes.lock().expect("probes");
-                let times = slots
-                    .into_iter()
-                    .map(|slot| match probes.resume(pid, slot) {
-                        Ok(()) => (slot, Some(monotonic_ns())),
-                        Err(e) => {
-                            debug!(pid, slot, "re-attaching a duty-cycled probe: {e}");
-                            (slot, None)
-                        }
-                    })
-                    .collect();
-                drop(probes);
+                let result = probes.lock().expect("probes").resume(pid, &slots);
+                let at = match result {
+                    Ok(()) => Some(monotonic_ns()),
+                    Err(e) => {
+                        debug!(pid, group, "re-attaching a duty-cycled group: {e}");
+                        None
+                    }
+                };
+                let times = slots.into_iter().map(|slot| (slot, at)).collect();
                 let _ = done.send(Done::Attached { pid, group, times });
             }
             Action::Detach { pid, group, slots } => {
-                let links: Vec<_> = {
-                    let mut probes = probes.lock().expect("probes");
-                    slots
-                        .into_iter()
-                        .filter_map(|slot| probes.suspend(pid, slot).map(|link| (slot, link)))
-                        .collect()
-                };
-                // The probe stops recording when its link is closed, which then waits
-                // for the kernel (~100 ms): the time before the close is the end of
-                // its window.
-                let times = links
-                    .into_iter()
-                    .map(|(slot, link)| {
-                        let at = monotonic_ns();
-                        drop(link);
-                        (slot, at)
-                    })
-                    .collect();
+                let links = probes.lock().expect("probes").suspend(pid, &slots);
+                // The probes stop recording when their link is closed, which then
+                // waits for the kernel: the time before the close is the end of the
+                // window.
+                let at = monotonic_ns();
+                drop(links);
+                let times = slots.into_iter().map(|slot| (slot, at)).collect();
                 let _ = done.send(Done::Detached { pid, group, times });
             }
         });
