@@ -333,15 +333,18 @@ impl Probes {
     }
 
     /// Attaches every probe of `plan` to process `pid`, whose executable had identity
-    /// `analysed` when the plan was made, to the slots reserved for it. All or nothing:
-    /// on error, what was attached for this process is detached again (the slots stay
-    /// reserved: release them).
+    /// `analysed` when the plan was made, to the slots reserved for it — except the
+    /// slots in `start_suspended`, which are made ready but left detached, for the
+    /// overhead budget to attach in their first window ([`Probes::resume`]). All or
+    /// nothing: on error, what was attached for this process is detached again (the
+    /// slots stay reserved: release them).
     pub fn attach_process(
         &mut self,
         pid: u32,
         analysed: FileIdentity,
         plan: &ProbePlan,
         slots: &[u32],
+        start_suspended: &[u32],
     ) -> Result<Vec<AttachedProbe>, AttachError> {
         assert_eq!(
             slots.len(),
@@ -353,17 +356,26 @@ impl Probes {
             verify_bytes(&file, &exe, probe)?;
         }
         let before = self.attached.len();
+        let suspended_before = self.suspended.len();
         let result = plan
             .probes
             .iter()
             .zip(slots)
-            .try_for_each(|(probe, &slot)| self.attach_one(pid, &exe, probe, slot));
+            .try_for_each(|(probe, &slot)| {
+                self.attach_one(pid, &exe, probe, slot, start_suspended.contains(&slot))
+            });
         if let Err(e) = result {
             let added: Vec<_> = self.attached.drain(before..).collect();
             for (probe, _) in &added {
                 self.sites.remove(&probe.slot);
             }
             self.detach(added, false);
+            for probe in self.suspended.drain(suspended_before..) {
+                self.counters
+                    .lock()
+                    .expect("kernel counters")
+                    .retire(probe.slot);
+            }
             // A process that exits while its probes are being attached is not an attach
             // failure (short-lived Go tools do this all the time).
             if !process_exists(pid) {
@@ -380,19 +392,27 @@ impl Probes {
                 },
             );
         }
-        info!(pid, probes = plan.probes.len(), "attached");
+        info!(
+            pid,
+            probes = plan.probes.len(),
+            later = start_suspended.len(),
+            "attached"
+        );
         Ok(self.attached[before..]
             .iter()
             .map(|(probe, _)| probe.clone())
+            .chain(self.suspended[suspended_before..].iter().cloned())
             .collect())
     }
 
+    /// Makes `slot` ready for `probe` and attaches it, or leaves it `suspended`.
     fn attach_one(
         &mut self,
         pid: u32,
         exe: &std::path::Path,
         probe: &PlannedProbe,
         slot: u32,
+        suspended: bool,
     ) -> Result<(), AttachError> {
         self.specs.set(slot, probe.spec, 0)?;
         self.counters
@@ -404,6 +424,16 @@ impl Probes {
             .set(slot, probe.map_assign.unwrap_or_default(), 0)?;
         self.directory_layouts
             .set(slot, probe.directory.unwrap_or_default(), 0)?;
+        let attached = AttachedProbe {
+            slot,
+            pid,
+            kind: probe.kind,
+            probe: probe.probe,
+        };
+        if suspended {
+            self.suspended.push(attached);
+            return Ok(());
+        }
         let link = self.attach_link(pid, exe, probe.file_offset, slot)?;
         debug!(
             pid,
@@ -412,12 +442,6 @@ impl Probes {
             offset = probe.file_offset,
             "probe attached"
         );
-        let attached = AttachedProbe {
-            slot,
-            pid,
-            kind: probe.kind,
-            probe: probe.probe,
-        };
         self.attached.push((attached, Arc::new(link)));
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{
     cycles::{Cycle, CyclingSlots, close_weights, cycle_fraction, plan_cycle},
-    groups::GroupSpec,
+    groups::{GroupSpec, Priority},
     shares::{BudgetConfig, group_fractions, process_budgets},
     state::{Group, Mode, Process},
 };
@@ -49,11 +49,45 @@ pub struct ProcessReport {
     pub windows: Vec<(&'static str, u64)>,
 }
 
+/// What a hot group is assumed to cost while attached when its workload has no history:
+/// a whole core, as in a loop that does little else than call the probed function. The
+/// first window measures the real cost; guessing high only shortens that window.
+pub const UNKNOWN_HOT_ON_COST: f64 = 1.0;
+
+/// Whether a new process's group starts detached, at a guessed duty cycle, rather than
+/// attached until measured: hot groups, when the budget is enforced.
+pub fn starts_detached(group: &GroupSpec, enforce: bool) -> bool {
+    enforce && group.priority == Priority::Hot
+}
+
+/// The slots of `groups` that [`starts_detached`] leaves detached at first: what
+/// `Probes::attach_process` is told not to attach yet.
+pub fn slots_detached_at_start(groups: &[GroupSpec], enforce: bool) -> Vec<u32> {
+    groups
+        .iter()
+        .filter(|g| starts_detached(g, enforce))
+        .flat_map(|g| g.slots.iter().map(|s| s.slot))
+        .collect()
+}
+
+/// Workloads are remembered by their labels (namespace, pod, container, binary, Go
+/// version); a pod's name changes with each replica, so without the pod.
+fn history_key(labels: &WorkloadLabels) -> Vec<String> {
+    let [namespace, _pod, container, binary, go_version] = labels.values();
+    [namespace, container, binary, go_version]
+        .iter()
+        .map(|v| v.to_string())
+        .collect()
+}
+
 pub struct Controller {
     config: BudgetConfig,
     processes: BTreeMap<u32, Process>,
     rng: fastrand::Rng,
     scale_updates: Vec<ScaleUpdate>,
+    /// The last measured on-cost of each group, per workload ([`history_key`]), for
+    /// the first cycles of its next process. Bounded by the workloads a node runs.
+    history: BTreeMap<Vec<String>, BTreeMap<&'static str, f64>>,
 }
 
 impl Controller {
@@ -63,6 +97,7 @@ impl Controller {
             processes: BTreeMap::new(),
             rng: fastrand::Rng::with_seed(seed),
             scale_updates: Vec::new(),
+            history: BTreeMap::new(),
         }
     }
 
@@ -70,8 +105,15 @@ impl Controller {
         self.config
     }
 
-    /// A process whose probes were all attached at `now`, their kernel hit counters
-    /// starting from 0.
+    /// A new process, its kernel hit counters starting from 0: the groups for which
+    /// [`starts_detached`] holds were not attached — each starts duty-cycled at a
+    /// guessed fraction, its first window at a random time of its first cycle — and
+    /// the others were all attached at `now`.
+    ///
+    /// The guess: what the group cost while attached in the workload's last process
+    /// (the same binary restarted, another replica), else [`UNKNOWN_HOT_ON_COST`].
+    /// Attached first and measured after, a hot group cost a growth-heavy loop its
+    /// whole on-cost until the first control step (1.21× CPU over its first 15 s).
     pub fn add_process(
         &mut self,
         pid: u32,
@@ -79,10 +121,55 @@ impl Controller {
         groups: Vec<GroupSpec>,
         now: Nanos,
     ) {
-        self.processes.insert(
-            pid,
-            Process::new(labels, groups, now, self.config.per_process),
-        );
+        let detached: Vec<bool> = groups
+            .iter()
+            .map(|g| starts_detached(g, self.config.enforce))
+            .collect();
+        let known = self.history.get(&history_key(&labels)).cloned();
+        let mut process = Process::new(labels, groups, now, self.config.per_process);
+        let cycling = self.cycling_slots();
+        let in_process = process
+            .groups
+            .iter()
+            .zip(&detached)
+            .filter(|(_, d)| **d)
+            .map(|(g, _)| g.slots.len())
+            .sum();
+        for (group, _) in process
+            .groups
+            .iter_mut()
+            .zip(&detached)
+            .filter(|(_, d)| **d)
+        {
+            let on_cost = known
+                .as_ref()
+                .and_then(|k| k.get(group.name).copied())
+                .unwrap_or(UNKNOWN_HOT_ON_COST);
+            let fraction = (self.config.per_process / on_cost).min(1.0);
+            let cycle = plan_cycle(
+                &mut self.rng,
+                now,
+                fraction,
+                CyclingSlots {
+                    node: cycling,
+                    process: in_process,
+                },
+                false,
+                0,
+            );
+            for slot in &mut group.slots {
+                slot.attached_since = None;
+            }
+            self.scale_updates.push(ScaleUpdate::Hold {
+                slots: group.slot_numbers(),
+                from: now,
+                planned_weight: cycle.planned_weight,
+            });
+            group.fraction = fraction;
+            group.duty = cycle_fraction(&cycle);
+            group.mode = Mode::Cycling(cycle);
+        }
+        self.processes.insert(pid, process);
     }
 
     /// The process is gone (its probes are detached by the caller). Closes its open
@@ -90,7 +177,19 @@ impl Controller {
     pub fn remove_process(&mut self, pid: u32, now: Nanos) -> Option<ProcessReport> {
         self.close_open_cycles(pid, now);
         let report = self.report_of(pid);
-        self.processes.remove(&pid);
+        if let Some(process) = self.processes.remove(&pid) {
+            let measured: BTreeMap<&'static str, f64> = process
+                .groups
+                .iter()
+                .filter_map(|g| Some((g.name, g.on_cost?)))
+                .collect();
+            if !measured.is_empty() {
+                self.history
+                    .entry(history_key(&process.labels))
+                    .or_default()
+                    .extend(measured);
+            }
+        }
         report
     }
 

@@ -47,7 +47,10 @@ mod shares;
 mod state;
 pub mod task;
 
-pub use controller::{Action, Controller, ProcessReport};
+pub use controller::{
+    Action, Controller, ProcessReport, UNKNOWN_HOT_ON_COST, slots_detached_at_start,
+    starts_detached,
+};
 pub use cost::{HitCost, SiteClass, site_class};
 pub use cycles::MIN_FRACTION;
 pub use groups::{GroupSpec, Priority, SlotCost, group_of, groups_for, groups_for_plan};

@@ -141,7 +141,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             .send(Input::Register(SlotRegistration::for_plan(pid, &plan, &slots, &workload)))
             .await
             .context("aggregator stopped")?;
-        let new_probes = match probes.attach_process(pid, identity, &plan, &slots) {
+        let groups = budget::groups_for_plan(&plan, &slots, hit_cost);
+        let later = budget::slots_detached_at_start(&groups, budget_config.enforce);
+        let new_probes = match probes.attach_process(pid, identity, &plan, &slots, &later) {
             Ok(new_probes) => new_probes,
             Err(e) => {
                 metrics.count_attach_error(e.reason());
@@ -149,7 +151,6 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             }
         };
         metrics.attached_processes.set(1);
-        let groups = budget::groups_for_plan(&plan, &slots, hit_cost);
 
         let ring = probes.take_ring_buf().context("ring buffer already taken")?;
         let counters = probes.counters();

@@ -495,12 +495,15 @@ impl Daemon {
             return Err(AttachError::Missing("aggregator (stopped)"));
         }
         let groups = budget::groups_for_plan(&analysis.plan, &slots, self.hit_cost);
+        // `run` enforces the budget: hot groups start detached (the budget opens
+        // their first window).
+        let later = budget::slots_detached_at_start(&groups, true);
         let probes = Arc::clone(&self.probes);
         let analysis = Arc::clone(analysis);
         let file = key.file;
         let count = tokio::task::spawn_blocking(move || {
             let mut probes = probes.lock().expect("probes");
-            match probes.attach_process(pid, file, &analysis.plan, &slots) {
+            match probes.attach_process(pid, file, &analysis.plan, &slots, &later) {
                 Ok(attached) => Ok(attached.len()),
                 Err(e) => {
                     probes.release_slots(slots);

@@ -65,7 +65,7 @@ impl Simulation {
         for (group, rate) in &groups {
             for slot in &group.slots {
                 rates.insert(slot.slot, *rate);
-                attached.insert(slot.slot, true);
+                attached.insert(slot.slot, !starts_detached(group, config.enforce));
             }
         }
         controller.add_process(
@@ -302,9 +302,37 @@ fn a_late_attach_still_gets_its_whole_window() {
         })
         .collect();
     assert!(weights.len() >= 10, "{weights:?}");
+    // The first cycle runs at the guessed fraction (a new process's hot group starts
+    // detached); the later ones at the measured ~0.2.
     assert!(
-        weights.iter().all(|&w| w < 10.0),
+        weights.iter().skip(1).all(|&w| w < 10.0),
         "weights {weights:?} for a fraction of ~0.2"
+    );
+}
+
+#[test]
+fn a_new_process_starts_its_hot_groups_detached_at_a_guess_from_its_workload() {
+    let config = enforced(0.01);
+    assert!(starts_detached(&hot_group(0, 1000.0), true));
+    assert!(!starts_detached(&rare_group(1, 1000.0), true));
+    assert!(!starts_detached(&hot_group(0, 1000.0), false));
+    let mut controller = Controller::new(config, 3);
+    let groups = || vec![hot_group(1, 1000.0), rare_group(2, 1000.0)];
+    // No history: the guess is a whole core while attached.
+    controller.add_process(1, labels(), groups(), 0);
+    let first = &controller.processes[&1].groups;
+    assert!(matches!(first[0].mode, Mode::Cycling(_)) && !first[0].attached());
+    assert!((first[0].fraction - 0.01 / UNKNOWN_HOT_ON_COST).abs() < 1e-12);
+    assert!(first[1].mode == Mode::AlwaysOn && first[1].attached());
+    // Measured at 0.2 cores while attached; the workload's next process starts there.
+    controller.processes.get_mut(&1).unwrap().groups[0].on_cost = Some(0.2);
+    controller.remove_process(1, SECOND);
+    controller.add_process(2, labels(), groups(), 2 * SECOND);
+    let next = &controller.processes[&2].groups[0];
+    assert!(
+        (next.fraction - 0.01 / 0.2).abs() < 1e-12,
+        "{}",
+        next.fraction
     );
 }
 
@@ -445,6 +473,8 @@ fn the_node_budget_is_shared_between_processes() {
     );
     for pid in [1, 2, 3] {
         controller.add_process(pid, labels(), vec![hot_group(pid, 1000.0)], 0);
+        // Their first windows open at once (new hot groups start detached).
+        controller.attached(pid, "growslice", &[(pid, Some(0))]);
     }
     // pid 1: 1% of a core; pids 2 and 3: 50% each.
     let rates: BTreeMap<u32, u64> = [(1, 10_000), (2, 500_000), (3, 500_000)].into();
