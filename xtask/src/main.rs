@@ -7,6 +7,7 @@ mod fixtures;
 mod fuzz;
 mod offsets;
 mod setup;
+mod soak;
 mod util;
 mod vendor;
 
@@ -58,6 +59,14 @@ enum Task {
         #[arg(long, default_value = "20")]
         seconds: u64,
     },
+    /// Run `mapwatch run` under steady load and process churn for a while, printing its
+    /// memory, open files, lost records and attach errors; fail on growth (root; not
+    /// part of `test`).
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Check that vendor/aya is aya 0.14.0 plus its documented patch (also part of `test`).
     VendorCheck,
     /// Check deploy/ offline: kustomize, Kubernetes and CRD schemas, promtool, hadolint,
@@ -85,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo { seconds } => demo::run(seconds),
         Task::VendorCheck => vendor::check(),
+        Task::Soak { minutes } => soak::run(minutes),
         Task::DeployCheck { write } => {
             let env = setup::run()?;
             let fixtures_dir = fixtures::build_all(&env)?;

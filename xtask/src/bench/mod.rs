@@ -10,7 +10,7 @@ mod daemon;
 mod detach;
 mod inspect;
 mod probe_cost;
-mod procs;
+pub(crate) mod procs;
 mod profilers;
 mod service;
 mod stats;

@@ -108,6 +108,12 @@ impl Fixture {
         })
     }
 
+    /// Says "start" without waiting for the workload to end.
+    pub fn start_workload(&mut self) -> anyhow::Result<()> {
+        writeln!(self.stdin.as_mut().context("stdin closed")?, "start")?;
+        Ok(())
+    }
+
     /// Says "start", waits for "done k=v …" and returns the fields.
     pub fn run(&mut self) -> anyhow::Result<Vec<(String, i64)>> {
         writeln!(self.stdin.as_mut().context("stdin closed")?, "start")?;
