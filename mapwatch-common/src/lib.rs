@@ -126,6 +126,72 @@ impl ProbeKind {
             _ => ProbeKind::None,
         }
     }
+
+    /// The kind's name in the `probe` label of the metrics and in `inspect`. Here, next
+    /// to the kinds, so that a new kind cannot be added without one; one per kind keeps
+    /// the label's cardinality bounded.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ProbeKind::GrowsliceEntry => "growslice",
+            ProbeKind::GrowsliceRet => "growslice_ret",
+            ProbeKind::HashGrow => "hashgrow",
+            ProbeKind::MapGrowToSmall => "map_grow_to_small",
+            ProbeKind::MapGrowToTable => "map_grow_to_table",
+            ProbeKind::MapTableGrow => "map_table_grow",
+            ProbeKind::MapTableSplit => "map_table_split",
+            ProbeKind::MakeMap => "makemap",
+            ProbeKind::MakeMapSmall => "makemap_small",
+            ProbeKind::StartTheWorldEntry => "start_the_world",
+            ProbeKind::StartTheWorldRet => "start_the_world_ret",
+            ProbeKind::StopTheWorldEntry => "stop_the_world",
+            ProbeKind::GcMarkTermination => "gc_mark_termination",
+            ProbeKind::GrowsliceBufEntry => "growslice_buf",
+            ProbeKind::MapAssignEntry => "mapassign_fast64",
+            ProbeKind::MapAssignHash => "mapassign_fast64_hash",
+            ProbeKind::MapAssignRet => "mapassign_fast64_ret",
+            ProbeKind::Mallocgc => "mallocgc",
+            ProbeKind::MallocgcSpecialized => "mallocgc_specialized",
+            ProbeKind::None => "none",
+        }
+    }
+}
+
+/// The names of the BPF maps, by which userspace takes them from the loaded object
+/// (`Ebpf::take_map`). aya-ebpf's `#[map]` accepts only a string literal as its name, so
+/// the BPF side cannot use these: there the static's identifier is the name, and
+/// `mapwatch/tests/bpf_map_names.rs` fails when the built object and this list differ.
+pub mod map_names {
+    /// The ring buffer of [`Event`](crate::Event) records.
+    pub const EVENTS: &str = "EVENTS";
+    /// [`ProbeSpec`](crate::ProbeSpec) per slot.
+    pub const PROBE_SPECS: &str = "PROBE_SPECS";
+    /// Hits per slot, per CPU.
+    pub const PROBE_HITS: &str = "PROBE_HITS";
+    /// Records that did not fit in [`EVENTS`], per slot, per CPU.
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    /// [`MapAssignLayout`](crate::MapAssignLayout) per slot.
+    pub const MAP_ASSIGN_LAYOUTS: &str = "MAP_ASSIGN_LAYOUTS";
+    /// [`DirectoryLayout`](crate::DirectoryLayout) per slot.
+    pub const DIRECTORY_LAYOUTS: &str = "DIRECTORY_LAYOUTS";
+    /// mapassign_fast64 entry → RET state; the kernel's own, never taken by userspace.
+    pub const ASSIGN_STATE: &str = "ASSIGN_STATE";
+    /// The ring buffer of [`ProcessNotice`](crate::ProcessNotice)s.
+    pub const PROCESS_NOTICES: &str = "PROCESS_NOTICES";
+    /// Notices that did not fit in [`PROCESS_NOTICES`].
+    pub const PROCESS_NOTICES_LOST: &str = "PROCESS_NOTICES_LOST";
+
+    /// Every map mapwatch's BPF object defines (aya-log's own map aside).
+    pub const ALL: [&str; 9] = [
+        EVENTS,
+        PROBE_SPECS,
+        PROBE_HITS,
+        EVENTS_LOST,
+        MAP_ASSIGN_LAYOUTS,
+        DIRECTORY_LAYOUTS,
+        ASSIGN_STATE,
+        PROCESS_NOTICES,
+        PROCESS_NOTICES_LOST,
+    ];
 }
 
 /// Read `size` bytes at `regs[reg] + offset` from the target's memory.
@@ -317,6 +383,25 @@ mod tests {
             assert_eq!(ProbeKind::from_u16(kind as u16), kind);
         }
         assert_eq!(ProbeKind::from_u16(0xffff), ProbeKind::None);
+    }
+
+    #[test]
+    fn probe_kinds_have_distinct_labels() {
+        // Two kinds under one label would merge their series in every metric.
+        for (i, a) in ProbeKind::ALL.iter().enumerate() {
+            assert!(!a.label().is_empty());
+            assert_ne!(a.label(), ProbeKind::None.label(), "{a:?}");
+            for b in &ProbeKind::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label(), "{a:?} and {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn map_names_are_distinct() {
+        for (i, a) in map_names::ALL.iter().enumerate() {
+            assert!(!map_names::ALL[i + 1..].contains(a), "{a}");
+        }
     }
 }
 

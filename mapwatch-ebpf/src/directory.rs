@@ -9,6 +9,7 @@ use mapwatch_common::{
 
 use crate::{arg, read_u8, read_u64};
 
+// Named by its identifier, as `mapwatch_common::map_names` says (see main.rs).
 #[map]
 static DIRECTORY_LAYOUTS: Array<DirectoryLayout> = Array::with_max_entries(MAX_PROBE_SLOTS, 0);
 

@@ -28,6 +28,11 @@ use mapwatch_common::{
     ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, RING_WAKEUP_BYTES,
 };
 
+// A map's name is its static's identifier, and userspace takes the map by that name
+// from `mapwatch_common::map_names`: aya-ebpf's `#[map(name = …)]` accepts only a string
+// literal, so the constants cannot be used here. mapwatch/tests/bpf_map_names.rs fails
+// when the built object's maps and that list differ (here, in process_notices.rs and in
+// directory.rs).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use mapwatch_common::{PROCESS_RING_BYTES, ProcessNotice};
 
+// Named by its identifier, as `mapwatch_common::map_names` says (see main.rs).
 #[map]
 static PROCESS_NOTICES: RingBuf = RingBuf::with_byte_size(PROCESS_RING_BYTES, 0);
 

@@ -36,9 +36,10 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 use mapwatch::{
     aggregate::Input,
     goelf::GoBinary,
+    goruntime::functions::{GROWSLICE, GROWSLICE_BUF},
     plan::{self, PlanRequest, PlannedProbe, Site},
 };
-use mapwatch_common::{ProbeKind, ProbeSpec};
+use mapwatch_common::{ProbeKind, ProbeSpec, map_names};
 
 #[derive(Parser)]
 struct Cli {
@@ -128,7 +129,7 @@ struct CallSite {
 /// main module (its path prefix), or to a third-party module (a dot in the first path
 /// element: `github.com/…`) — code whose owner can pre-size; std is everything else.
 fn find_call_sites(binary: &GoBinary) -> anyhow::Result<Vec<CallSite>> {
-    let targets: Vec<u64> = [plan::GROWSLICE, plan::GROWSLICE_BUF]
+    let targets: Vec<u64> = [GROWSLICE, GROWSLICE_BUF]
         .iter()
         .filter_map(|name| binary.function(name).map(|f| f.vaddr))
         .collect();
@@ -227,7 +228,10 @@ impl Loaded {
                 .try_into()?;
             program.load()?;
         }
-        let specs = Array::try_from(ebpf.take_map("PROBE_SPECS").context("PROBE_SPECS")?)?;
+        let specs = Array::try_from(
+            ebpf.take_map(map_names::PROBE_SPECS)
+                .context(map_names::PROBE_SPECS)?,
+        )?;
         Ok(Loaded {
             ebpf,
             specs,
@@ -261,7 +265,10 @@ impl Loaded {
     }
 
     fn hits(&self, slots: std::ops::Range<u32>) -> anyhow::Result<Vec<u64>> {
-        let map = self.ebpf.map("PROBE_HITS").context("PROBE_HITS")?;
+        let map = self
+            .ebpf
+            .map(map_names::PROBE_HITS)
+            .context(map_names::PROBE_HITS)?;
         let hits: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         slots
             .map(|slot| Ok(hits.get(&slot, 0)?.iter().sum()))
@@ -295,7 +302,10 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Drain {
     fn start(ebpf: &mut Ebpf, slot_with_caller: Option<u32>) -> anyhow::Result<Drain> {
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS")?)?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map(map_names::EVENTS)
+                .context(map_names::EVENTS)?,
+        )?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -352,7 +362,7 @@ fn growslice_plan(binary: &GoBinary, exact: bool) -> anyhow::Result<Vec<PlannedP
     Ok(plan
         .probes
         .into_iter()
-        .filter(|p| p.function == plan::GROWSLICE)
+        .filter(|p| p.function == GROWSLICE)
         .collect())
 }
 
@@ -406,7 +416,7 @@ fn cost(pid: u32, variant: Variant, bpf_stats: bool) -> anyhow::Result<()> {
         .find(|p| p.site == Site::Entry)
         .context("no growslice entry probe")?;
     let rets: Vec<&PlannedProbe> = probes.iter().filter(|p| p.site == Site::Ret).collect();
-    let function = binary.function(plan::GROWSLICE).context("growslice")?;
+    let function = binary.function(GROWSLICE).context("growslice")?;
     let start_offset = binary
         .file_offset(function.vaddr)
         .context("growslice's file offset")?;

@@ -8,7 +8,7 @@ use std::{path::Path, process::Command};
 
 use mapwatch::{
     goelf::{GoBinary, decode},
-    plan::{
+    goruntime::functions::{
         GC_MARK_TERMINATION, GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, GROWSLICE_BUF, HASH_GROW,
         MAKEMAP, MAKEMAP_SMALL, START_THE_WORLD, STOP_THE_WORLD, TABLE_GROW, TABLE_SPLIT,
     },

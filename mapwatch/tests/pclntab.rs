@@ -15,7 +15,7 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use mapwatch::{
     goelf::pclntab::{PclnFunction, Pclntab},
-    plan::{
+    goruntime::functions::{
         GC_MARK_TERMINATION, GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, GROWSLICE_BUF, HASH_GROW,
         MAKEMAP, MAKEMAP_SMALL, START_THE_WORLD, STOP_THE_WORLD, TABLE_GROW, TABLE_SPLIT,
     },

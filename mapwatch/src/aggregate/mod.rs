@@ -24,11 +24,11 @@ pub use weighting::{Nanos, ScaleUpdate};
 use crate::{
     goruntime::{
         RuntimeFacts,
+        functions::{GROWSLICE_BUF, MALLOCGC},
         slice_growth::grown_capacity,
         versions::{GROWSLICE_RESULT_CAP, RAX, RBX, RDI, StwAbi, stw_reason_name},
     },
     metrics::{Metrics, WorkloadLabels},
-    plan::{GROWSLICE_BUF, MALLOCGC, probe_name},
     symbolize::Symbolizer,
 };
 
@@ -321,7 +321,7 @@ impl Aggregator {
                     let received = self
                         .metrics
                         .events_received_total
-                        .with_label_values(&[probe_name(r.kind)]);
+                        .with_label_values(&[r.kind.label()]);
                     self.slots.insert(
                         r.slot,
                         Slot {
@@ -851,7 +851,7 @@ impl Aggregator {
     fn incomplete(&self, kind: ProbeKind) {
         self.metrics
             .events_incomplete_total
-            .with_label_values(&[probe_name(kind)])
+            .with_label_values(&[kind.label()])
             .inc();
     }
 

@@ -230,27 +230,27 @@ impl Probes {
             .try_into()?;
         let link_mode = load_program(program)?;
         let specs = Array::try_from(
-            ebpf.take_map("PROBE_SPECS")
+            ebpf.take_map(mapwatch_common::map_names::PROBE_SPECS)
                 .ok_or(AttachError::Missing("PROBE_SPECS map"))?,
         )?;
         let map_assign_layouts = Array::try_from(
-            ebpf.take_map("MAP_ASSIGN_LAYOUTS")
+            ebpf.take_map(mapwatch_common::map_names::MAP_ASSIGN_LAYOUTS)
                 .ok_or(AttachError::Missing("MAP_ASSIGN_LAYOUTS map"))?,
         )?;
         let directory_layouts = Array::try_from(
-            ebpf.take_map("DIRECTORY_LAYOUTS")
+            ebpf.take_map(mapwatch_common::map_names::DIRECTORY_LAYOUTS)
                 .ok_or(AttachError::Missing("DIRECTORY_LAYOUTS map"))?,
         )?;
         let hits = PerCpuArray::try_from(
-            ebpf.take_map("PROBE_HITS")
+            ebpf.take_map(mapwatch_common::map_names::PROBE_HITS)
                 .ok_or(AttachError::Missing("PROBE_HITS map"))?,
         )?;
         let lost = PerCpuArray::try_from(
-            ebpf.take_map("EVENTS_LOST")
+            ebpf.take_map(mapwatch_common::map_names::EVENTS_LOST)
                 .ok_or(AttachError::Missing("EVENTS_LOST map"))?,
         )?;
         let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
+            ebpf.take_map(mapwatch_common::map_names::EVENTS)
                 .ok_or(AttachError::Missing("EVENTS map"))?,
         )?;
         Ok(Probes {

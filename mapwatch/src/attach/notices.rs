@@ -51,11 +51,11 @@ impl ProcessNotices {
             program.attach()?;
         }
         let ring = RingBuf::try_from(
-            ebpf.take_map("PROCESS_NOTICES")
+            ebpf.take_map(mapwatch_common::map_names::PROCESS_NOTICES)
                 .ok_or(AttachError::Missing("PROCESS_NOTICES map"))?,
         )?;
         let lost = PerCpuArray::try_from(
-            ebpf.take_map("PROCESS_NOTICES_LOST")
+            ebpf.take_map(mapwatch_common::map_names::PROCESS_NOTICES_LOST)
                 .ok_or(AttachError::Missing("PROCESS_NOTICES_LOST map"))?,
         )?;
         Ok(ProcessNotices {

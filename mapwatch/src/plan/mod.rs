@@ -10,6 +10,11 @@ use crate::{
     goelf::{GoBinary, GoElfError, decode},
     goruntime::{
         self, GoVersion, MapImplementation, RuntimeFacts, UnsupportedGoVersion,
+        functions::{
+            GC_MARK_TERMINATION, GROW_TO_SMALL, GROW_TO_TABLE, GROWSLICE, GROWSLICE_BUF, HASH_GROW,
+            MAKEMAP, MAKEMAP_SMALL, MALLOCGC, MALLOCGC_SPECIALIZED, MAPASSIGN_FAST64, MEMHASH64,
+            START_THE_WORLD, STOP_THE_WORLD, TABLE_GROW, TABLE_SPLIT,
+        },
         offsets::{Field, StructOffsets, table_offsets},
         versions::{RAX, RBX, RCX},
     },
@@ -146,89 +151,6 @@ pub enum PlanError {
     #[error(transparent)]
     Binary(#[from] GoElfError),
 }
-
-pub const GROWSLICE: &str = "runtime.growslice";
-/// Go 1.26+ (src/runtime/slice.go): appends that start in a stack buffer; linked only
-/// when the compiler emitted a call to it.
-pub const GROWSLICE_BUF: &str = "runtime.growsliceBuf";
-
-/// Probe names as exported in `probe` labels. Bounded: one per probe site kind.
-pub fn probe_name(kind: ProbeKind) -> &'static str {
-    match kind {
-        ProbeKind::GrowsliceEntry => "growslice",
-        ProbeKind::GrowsliceRet => "growslice_ret",
-        ProbeKind::HashGrow => "hashgrow",
-        ProbeKind::MapGrowToSmall => "map_grow_to_small",
-        ProbeKind::MapGrowToTable => "map_grow_to_table",
-        ProbeKind::MapTableGrow => "map_table_grow",
-        ProbeKind::MapTableSplit => "map_table_split",
-        ProbeKind::MakeMap => "makemap",
-        ProbeKind::MakeMapSmall => "makemap_small",
-        ProbeKind::StartTheWorldEntry => "start_the_world",
-        ProbeKind::StartTheWorldRet => "start_the_world_ret",
-        ProbeKind::StopTheWorldEntry => "stop_the_world",
-        ProbeKind::GcMarkTermination => "gc_mark_termination",
-        ProbeKind::GrowsliceBufEntry => "growslice_buf",
-        ProbeKind::MapAssignEntry => "mapassign_fast64",
-        ProbeKind::MapAssignHash => "mapassign_fast64_hash",
-        ProbeKind::MapAssignRet => "mapassign_fast64_ret",
-        ProbeKind::Mallocgc => "mallocgc",
-        ProbeKind::MallocgcSpecialized => "mallocgc_specialized",
-        ProbeKind::None => "none",
-    }
-}
-
-/// Classic map growth: `hashGrow(t *maptype, h *hmap)` (src/runtime/map.go ≤1.23,
-/// map_noswiss.go 1.24–1.25).
-pub const HASH_GROW: &str = "runtime.hashGrow";
-/// Swiss map growth (src/internal/runtime/maps/map.go, table.go; 1.24+). `rehash` only
-/// dispatches to grow or split, so it is not probed (it would double count).
-pub const GROW_TO_SMALL: &str = "internal/runtime/maps.(*Map).growToSmall";
-pub const GROW_TO_TABLE: &str = "internal/runtime/maps.(*Map).growToTable";
-pub const TABLE_GROW: &str = "internal/runtime/maps.(*table).grow";
-pub const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
-/// `makemap(t, hint int, h) ` and `makemap_small()` (src/runtime/map*.go): hint in RBX.
-pub const MAKEMAP: &str = "runtime.makemap";
-pub const MAKEMAP_SMALL: &str = "runtime.makemap_small";
-/// Stop-the-world and GC (src/runtime/proc.go, mgc.go). GC cycles are counted at mark
-/// termination: `gcStart` returns early and is called by several goroutines per cycle.
-pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
-pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
-pub const GC_MARK_TERMINATION: &str = "runtime.gcMarkTermination";
-/// `mapassign_fast64(t, h/m, key uint64) unsafe.Pointer` (src/runtime/map_fast64.go;
-/// Swiss: src/internal/runtime/maps/runtime_fast64*.go, linknamed to this name).
-pub const MAPASSIGN_FAST64: &str = "runtime.mapassign_fast64";
-/// Go 1.27 hashes int64 keys with direct calls to these (runtime_fast64.go:
-/// `memHash64AES` when the CPU has AES, else `memHash64Fallback`); earlier versions
-/// call the map type's Hasher, a func value (the function's first indirect CALL).
-pub const MEMHASH64: [&str; 2] = [
-    "internal/runtime/maps.memHash64AES",
-    "internal/runtime/maps.memHash64Fallback",
-];
-/// `mallocgc(size uintptr, typ *_type, needzero bool)` (src/runtime/malloc.go): size
-/// in RAX in every version.
-pub const MALLOCGC: &str = "runtime.mallocgc";
-/// Go 1.27 (src/runtime/malloc_generated.go, GOEXPERIMENT SizeSpecializedMalloc, on by
-/// default): compiled code calls these directly for `new(T)` of at most 80 bytes,
-/// bypassing mallocgc; mallocgc also calls them (those calls are not counted twice:
-/// the aggregator skips hits whose caller is mallocgc). Same signature as mallocgc.
-/// Only the size classes ≤ 80 bytes exist (SC1–SC7; tiny: SC2 only).
-pub const MALLOCGC_SPECIALIZED: [&str; 14] = [
-    "runtime.mallocgcTinySC2",
-    "runtime.mallocgcSmallNoScanSC2",
-    "runtime.mallocgcSmallNoScanSC3",
-    "runtime.mallocgcSmallNoScanSC4",
-    "runtime.mallocgcSmallNoScanSC5",
-    "runtime.mallocgcSmallNoScanSC6",
-    "runtime.mallocgcSmallNoScanSC7",
-    "runtime.mallocgcSmallScanNoHeaderSC1",
-    "runtime.mallocgcSmallScanNoHeaderSC2",
-    "runtime.mallocgcSmallScanNoHeaderSC3",
-    "runtime.mallocgcSmallScanNoHeaderSC4",
-    "runtime.mallocgcSmallScanNoHeaderSC5",
-    "runtime.mallocgcSmallScanNoHeaderSC6",
-    "runtime.mallocgcSmallScanNoHeaderSC7",
-];
 
 pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan, PlanError> {
     let info = binary.build_info();
@@ -395,7 +317,7 @@ impl Decoded<'_> {
             .map_or(self.code.len() as u64 - offset, |next| next - offset);
         let kind = ProbeKind::from_u16(spec.kind);
         Ok(PlannedProbe {
-            probe: probe_name(kind),
+            probe: kind.label(),
             kind,
             function: name,
             site,
@@ -453,8 +375,9 @@ fn plan_growslice(
     Ok(probes)
 }
 
-/// hashGrow(t, h): h in RBX. Reads count, B, noverflow and flags before the growth;
-/// same-size vs doubling follows from them (src/runtime/map.go `hashGrow`).
+/// hashGrow(t, h): h in RBX. Reads count, B, noverflow and flags before the growth
+/// because same-size vs doubling follows from them (`hashGrow` in src/runtime/map.go,
+/// map_noswiss.go in 1.24–1.25).
 fn plan_hash_grow(
     binary: &GoBinary,
     offsets: Option<&StructOffsets>,
@@ -472,9 +395,10 @@ fn plan_hash_grow(
     )?])
 }
 
-/// Swiss growth, one probe per growth kind. Receivers and arguments per
-/// go-runtime.md §3: growToSmall/growToTable(m=RAX), grow(t=RAX, typ, m=RCX,
-/// newCapacity=DI), split(t=RAX, typ, m=RCX).
+/// Swiss growth, one probe per growth kind. Receivers and arguments in ABI order
+/// (go-runtime.md §3; signatures in src/internal/runtime/maps/map.go and table.go):
+/// growToSmall/growToTable(m=RAX), grow(t=RAX, typ, m=RCX, newCapacity=DI),
+/// split(t=RAX, typ, m=RCX).
 fn plan_swiss_growth(
     binary: &GoBinary,
     offsets: Option<&StructOffsets>,
@@ -538,7 +462,8 @@ fn plan_swiss_growth(
     .collect()
 }
 
-/// makemap(t, hint, h): hint in RBX (both map implementations); makemap_small(): none.
+/// makemap(t, hint, h): hint in RBX in both map implementations (src/runtime/map.go,
+/// map_swiss.go and map_noswiss.go in 1.24–1.25); makemap_small() takes none.
 fn plan_makemap(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
     let flags = ProbeSpec::FLAG_CALLER_PC;
     Ok(vec![
@@ -649,7 +574,8 @@ fn plan_map_assign(
 
 /// Where the key's hash is in RAX: after the calls to [`MEMHASH64`] (Go 1.27), else
 /// after the first indirect CALL (`t.Hasher(&key, seed)`, the first call the function
-/// makes outside race builds: map_fast64.go, runtime_fast64*.go).
+/// makes outside race builds: src/runtime/map_fast64*.go for classic maps,
+/// src/internal/runtime/maps/runtime_fast64*.go for Swiss ones).
 fn hash_sites(binary: &GoBinary, assign: &Decoded<'_>) -> Result<Vec<u64>, String> {
     let calls = decode::call_returns(assign.code, assign.vaddr)
         .map_err(|e| format!("{}: {e}", assign.name))?;
