@@ -246,7 +246,9 @@ impl Mapwatch {
                 );
             }
             if let Some(rest) = line.split("metrics at http://").nth(1) {
-                break rest.trim().trim_end_matches("/metrics").to_string();
+                let addr = rest.trim().trim_end_matches("/metrics").to_string();
+                lines.push(line);
+                break addr;
             }
             lines.push(line);
         };
@@ -270,6 +272,28 @@ impl Mapwatch {
             output,
             drain: Some(drain),
         }
+    }
+
+    /// What mapwatch wrote to stderr up to and including its address line (the rest
+    /// comes from [`Mapwatch::stop_with_output`]).
+    pub fn startup_output(&self) -> &[String] {
+        &self.stderr_lines
+    }
+
+    /// GET `path` (e.g. `/healthz`): the status and the raw body, whatever the status.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        let mut response = ureq::get(&format!("http://{}{path}", self.addr))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("read {path}: {e}"));
+        (status, body)
     }
 
     pub fn scrape(&self) -> Scrape {
