@@ -297,7 +297,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::goruntime::versions::{GoVersion, facts_for};
+    use crate::goruntime::versions::{GoVersion, RAX, StwAbi, facts_for, stw_reason_name};
 
     fn workload(binary: &str) -> Arc<Workload> {
         let version = GoVersion::parse("go1.22.10").unwrap();
@@ -490,5 +490,47 @@ mod tests {
             .events_received_total
             .with_label_values(&[probe_name(ProbeKind::MakeMapSmall)]);
         assert_eq!(received.get(), 3);
+    }
+
+    #[test]
+    fn held_records_of_a_group_pair_up_in_the_order_they_happened() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut aggregator = Aggregator::new(Arc::clone(&metrics));
+        let api = workload("api");
+        let StwAbi::WorldStopArgument { reason, started } = api.facts.stw else {
+            panic!("Go 1.22 passes the pause's start to startTheWorldWithSema");
+        };
+        register_probe(&mut aggregator, 0, 100, ProbeKind::StartTheWorldEntry, &api);
+        register_probe(&mut aggregator, 1, 100, ProbeKind::StartTheWorldRet, &api);
+        aggregator.apply(Input::Scale(ScaleUpdate::Hold {
+            slots: vec![0, 1],
+            from: 0,
+            planned_weight: 1.0,
+        }));
+        let pause = |from: u64, to: u64| {
+            let mut entry = record_of(ProbeKind::StartTheWorldEntry, 0, 100, from);
+            entry.regs[usize::from(reason)] = 1;
+            entry.regs[usize::from(started)] = from;
+            let mut ret = record_of(ProbeKind::StartTheWorldRet, 1, 100, to);
+            ret.regs[usize::from(RAX)] = to;
+            [entry, ret]
+        };
+        let records = [pause(10, 20), pause(30, 45)].concat();
+        aggregator.apply(Input::Events(records));
+        aggregator.apply(Input::Scale(ScaleUpdate::Close {
+            weights: vec![(0, 1.0), (1, 1.0)],
+            until: 100,
+        }));
+        let [namespace, pod, container, binary, go_version] = api.labels.values();
+        let pauses = metrics.stw_pause_seconds.with_label_values(&[
+            namespace,
+            pod,
+            container,
+            binary,
+            go_version,
+            stw_reason_name(1),
+        ]);
+        assert_eq!(pauses.get_sample_count(), 2);
+        assert!((pauses.get_sample_sum() - 25e-9).abs() < 1e-15);
     }
 }

@@ -106,7 +106,7 @@ impl DutyCycledSlots {
         None
     }
 
-    /// Applies `update`; returns the records it makes due, in the order to apply them.
+    /// Applies `update`; returns the records it makes due, in the order they happened.
     pub fn update(&mut self, update: ScaleUpdate) -> Vec<Weighed> {
         let mut due = Vec::new();
         match update {
@@ -162,11 +162,12 @@ impl DutyCycledSlots {
                 }
             }
         }
-        due
+        in_time_order(due)
     }
 
     /// Forgets `slots` (their process is gone). Their records could still be waiting
-    /// for a cycle that will never close; they take the last weight known.
+    /// for a cycle that will never close; they take the last weight known. Returned in
+    /// the order they happened.
     pub fn forget(&mut self, slots: impl IntoIterator<Item = u32>) -> Vec<Weighed> {
         let mut due = Vec::new();
         for slot in slots {
@@ -174,8 +175,16 @@ impl DutyCycledSlots {
                 sampled.drain_at_last_weight(&mut due);
             }
         }
-        due
+        in_time_order(due)
     }
+}
+
+/// The slots of a group pair their records (an entry with its RET, growsliceBuf with
+/// the growslice it calls), so records held per slot must not be applied one slot
+/// after another. Stable: a slot's records keep their order among equal stamps.
+fn in_time_order(mut due: Vec<Weighed>) -> Vec<Weighed> {
+    due.sort_by_key(|(event, _)| event.ktime_ns);
+    due
 }
 
 /// Observes `value` `times` times: a weighted record stands for that many events, and
@@ -258,5 +267,25 @@ mod tests {
         slots.update(hold(0));
         assert_eq!(slots.weigh(&record(0, 1)), None);
         assert_eq!(stamps(&slots.update(hold(10))), [(1, 4)]);
+    }
+
+    #[test]
+    fn records_of_several_slots_come_due_in_the_order_they_happened() {
+        let mut slots = DutyCycledSlots::default();
+        slots.update(ScaleUpdate::Hold {
+            slots: vec![0, 1],
+            from: 0,
+            planned_weight: 1.0,
+        });
+        for (slot, t) in [(0, 10), (1, 20), (0, 30), (1, 40)] {
+            assert_eq!(slots.weigh(&record(slot, t)), None);
+        }
+        let due = slots.update(ScaleUpdate::Close {
+            weights: vec![(1, 1.0), (0, 1.0)],
+            until: 35,
+        });
+        assert_eq!(stamps(&due), [(10, 1), (20, 1), (30, 1)]);
+        let due = slots.forget([0, 1]);
+        assert_eq!(stamps(&due), [(40, 1)]);
     }
 }
