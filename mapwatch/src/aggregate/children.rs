@@ -14,10 +14,7 @@ use prometheus::{
     core::{MetricVec, MetricVecBuilder},
 };
 
-use crate::{
-    metrics::{Metrics, WorkloadLabels},
-    symbolize::{LabelCap, OTHER},
-};
+use crate::{metrics::WorkloadLabels, symbolize::CallSite};
 
 /// The children of the metrics labelled by the workload alone (plus `kind` for
 /// map growth, a closed set).
@@ -48,81 +45,6 @@ pub fn child<'a, B: MetricVecBuilder>(
     cell.get_or_init(|| vec.with_label_values(&labels.values()))
 }
 
-/// The caps on the labels a workload produces (DESIGN.md: top-K + `other`).
-pub struct Names {
-    pub elem_types: LabelCap,
-    pub sites: LabelCap,
-}
-
-/// What happened in a workload since its last GC cycle, and the recent cycles.
-#[derive(Default)]
-pub struct GcCycle {
-    pub growth_bytes: u64,
-    pub stw_ns: u64,
-    /// (growth bytes, STW seconds) of the last cycles, oldest first.
-    pub history: std::collections::VecDeque<(f64, f64)>,
-}
-
-/// Everything the aggregator keeps per workload (all processes of one binary's labels).
-pub struct WorkloadState {
-    pub labels: WorkloadLabels,
-    pub names: Names,
-    pub cycle: GcCycle,
-    pub children: WorkloadChildren,
-}
-
-impl WorkloadState {
-    pub fn new(labels: WorkloadLabels, limits: super::LabelLimits) -> WorkloadState {
-        WorkloadState {
-            labels,
-            names: Names {
-                elem_types: LabelCap::new(limits.elem_types),
-                sites: LabelCap::new(limits.sites),
-            },
-            cycle: GcCycle::default(),
-            children: WorkloadChildren::default(),
-        }
-    }
-
-    pub fn map_grow_total(&mut self, metrics: &Metrics, kind: &'static str) -> &IntCounter {
-        let labels = &self.labels;
-        self.children.map_grow_total.entry(kind).or_insert_with(|| {
-            let [namespace, pod, container, binary, go_version] = labels.values();
-            metrics
-                .map_grow_total
-                .with_label_values(&[namespace, pod, container, binary, go_version, kind])
-        })
-    }
-
-    /// `slice_grow_total` for an element type name, through the cap.
-    pub fn slice_grow_for_type(&mut self, metrics: &Metrics, type_name: &str) -> IntCounter {
-        let elem_type = self.names.elem_types.admit(type_name);
-        let [namespace, pod, container, binary, go_version] = self.labels.values();
-        metrics
-            .slice_grow_total
-            .with_label_values(&[namespace, pod, container, binary, go_version, elem_type])
-    }
-
-    /// `site_grow_total` for a source line, through the cap.
-    pub fn site_grow_for(
-        &mut self,
-        metrics: &Metrics,
-        site: &crate::symbolize::CallSite,
-    ) -> IntCounter {
-        let key = format!("{}\u{0}{}\u{0}{}", site.function, site.file, site.line);
-        let line = site.line.to_string();
-        let (function, file, line) = if self.names.sites.admit(&key) == OTHER {
-            (OTHER, OTHER, "0")
-        } else {
-            (site.function.as_str(), site.file.as_str(), line.as_str())
-        };
-        let [namespace, pod, container, binary, go_version] = self.labels.values();
-        metrics.site_grow_total.with_label_values(&[
-            namespace, pod, container, binary, go_version, function, file, line,
-        ])
-    }
-}
-
 /// Where a growslice caller PC counts.
 #[derive(Clone)]
 pub enum SiteChild {
@@ -131,7 +53,7 @@ pub enum SiteChild {
     /// Inside growsliceBuf (Go 1.26+): the append site is growsliceBuf's caller. Its own
     /// line counts only when that caller is not known (its series is made then, not
     /// before: an idle series would name a runtime line as a place to fix).
-    ViaGrowsliceBuf(crate::symbolize::CallSite),
+    ViaGrowsliceBuf(CallSite),
     /// Not a known function.
     Unknown,
 }
