@@ -11,9 +11,14 @@
 //!   path is relative to the reader's own cgroup: `0::/../../kubepods-…`.
 //!
 //! Rather than matching whole layouts (there are many, and they nest: kind runs a
-//! kubelet inside a docker container), each path component is recognised on its own:
-//! the last component that names a container wins, and any component naming a pod gives
-//! the pod UID.
+//! kubelet inside a docker container), each path component is recognised on its own.
+//! The first component that names a pod gives the pod UID, and the first container
+//! below it (or in it: the `slice:prefix:id` form) is the container; without a pod
+//! component, the first container. First, not last: a process may create cgroups below
+//! its own, so everything below its container's cgroup is its to name — a path such as
+//! `…/pod<A>/<container A>/kubepods-pod<B>.slice/<container B>` must not pass a
+//! process of pod A off as one of pod B. What is above it the kubelet and the runtime
+//! wrote.
 
 /// The container runtime that named the container's cgroup, when the path says it.
 /// The cgroupfs driver writes bare ids, so the runtime can be unknown.
@@ -83,23 +88,30 @@ pub fn parse_proc_cgroup(text: &str) -> Option<CgroupContainer> {
 
 /// Parses one cgroup path (the third field of a `/proc/PID/cgroup` line).
 pub fn parse_cgroup_path(path: &str) -> Option<CgroupContainer> {
-    let mut pod_uid = None;
-    let mut container: Option<(String, Option<ContainerRuntime>)> = None;
+    let mut pod_uid: Option<String> = None;
+    // The first container, and the first one at or below the pod's component.
+    let mut first_container: Option<(String, Option<ContainerRuntime>)> = None;
+    let mut pod_container: Option<(String, Option<ContainerRuntime>)> = None;
     let mut previous_component = "";
     for component in path.split('/').filter(|c| !c.is_empty() && *c != "..") {
         // `kubepods-burstable-pod<uid>.slice:cri-containerd:<id>`: a pod and a
         // container in one component.
-        for part in component.split(':') {
-            if let Some(uid) = pod_uid_of(part) {
-                pod_uid = Some(uid);
-            }
+        if pod_uid.is_none() {
+            pod_uid = component.split(':').find_map(pod_uid_of);
         }
         if let Some(found) = container_of(component, previous_component) {
-            container = Some(found);
+            if pod_uid.is_some() && pod_container.is_none() {
+                pod_container = Some(found.clone());
+            }
+            first_container.get_or_insert(found);
         }
         previous_component = component;
     }
-    let (container_id, runtime) = container?;
+    let (container_id, runtime) = if pod_uid.is_some() {
+        pod_container?
+    } else {
+        first_container?
+    };
     Some(CgroupContainer {
         pod_uid,
         container_id,
@@ -240,6 +252,34 @@ mod tests {
         let found = parse_proc_cgroup(&corpus("v2-namespaced-sibling.txt")).unwrap();
         assert_eq!(found.pod_uid, None);
         assert_eq!(found.container_id, CONTAINER_ID);
+    }
+
+    #[test]
+    fn cgroups_a_container_creates_below_its_own_cannot_claim_another_pod() {
+        let victim_uid = "0d2c1b4a-9f8e-4d7c-b6a5-948372615abc";
+        let victim_id = "ab".repeat(32);
+        for path in [
+            // cgroupfs layout, a systemd-style pod slice nested below the container.
+            format!(
+                "/kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}/kubepods-pod{}.slice/cri-containerd-{victim_id}.scope",
+                victim_uid.replace('-', "_")
+            ),
+            // systemd layout, the victim's pod and container below the container's scope.
+            format!(
+                "/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{CONTAINER_ID}.scope/pod{victim_uid}/{victim_id}",
+                POD_UID.replace('-', "_")
+            ),
+        ] {
+            let found = parse_cgroup_path(&path).unwrap();
+            assert_eq!(found.pod_uid.as_deref(), Some(POD_UID), "{path}");
+            assert_eq!(found.container_id, CONTAINER_ID, "{path}");
+        }
+        // Outside Kubernetes too: the outermost container is the one the runtime made.
+        let nested = format!("/docker/{CONTAINER_ID}/docker-{victim_id}.scope");
+        assert_eq!(
+            parse_cgroup_path(&nested).unwrap().container_id,
+            CONTAINER_ID
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! /metrics, /healthz, /readyz.
 //!
-//! Any pod on the node can reach the daemon's port, so the server bounds what a client
-//! can hold: at most [`MAX_CONNECTIONS`] open connections (a new one closes the oldest,
+//! Whatever can route to the daemon's port can connect (deploy/base ships a
+//! NetworkPolicy that admits only Prometheus, where the network plugin enforces it),
+//! so the server bounds what a client can hold: at most [`MAX_CONNECTIONS`] open connections (a new one closes the oldest,
 //! so idle connections cannot lock a scraper out), [`HEADER_READ_TIMEOUT`] to send a
 //! request's headers (idle keep-alive included), [`CONNECTION_LIFETIME`] in all. Before
 //! this, ~20,000 idle connections exhausted the daemon's file descriptors: /metrics
