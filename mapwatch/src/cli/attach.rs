@@ -1,32 +1,21 @@
 //! `mapwatch attach --pid P`: profile one process until stopped.
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
-};
 use tracing::info;
 
-use super::{AttachArgs, UsageError, session::Session};
+use super::{
+    AttachArgs, UsageError,
+    session::{self, Listen, Session, SessionOptions, StopSignals, Target},
+};
 use crate::{
-    aggregate::{Aggregator, Input, SlotRegistration, Workload},
-    attach::{self, AttachError, FileIdentity, Probes},
-    budget::{
-        self, BudgetConfig, Controller,
-        task::{BudgetInput, BudgetTask},
-    },
+    aggregate::LabelLimits,
+    attach::{self, FileIdentity},
+    budget::{self, BudgetConfig},
     discover::procs::{binary_label, command_name, process_start_time},
     goelf::{GoBinary, GoElfError},
-    metrics::{Metrics, WorkloadLabels, http},
+    metrics::{Metrics, WorkloadLabels},
     plan::{self, PlanRequest},
-    symbolize::Symbolizer,
 };
 
 /// How often the reader drains the ring buffer when no wake-up came.
@@ -85,122 +74,53 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         go_version: plan.go_version.clone(),
         ..Default::default()
     };
-    // Names for what the probes see: type pointers and return addresses are run-time
-    // addresses, shifted by the load bias in PIE binaries.
-    let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let bias = binary.load_bias(&proc_maps, identity.ino).unwrap_or(0);
-    let symbolizer = Box::new(Symbolizer::new(
-        Arc::new(binary),
-        bias,
-        plan.offsets.as_ref(),
-    ));
-
-    let mut probes = Probes::load().map_err(|e| match e {
-        AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
-        other => anyhow::Error::from(other),
-    })?;
-    let hit_cost = crate::budget::HitCost::calibrate(&mut probes);
-    let budget_config = BudgetConfig {
-        per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
-        share_of_process: None,
-        node: None,
-        enforce: args.overhead_budget.is_some(),
+    let target = Target {
+        pid,
+        file: identity,
+        binary: Arc::new(binary),
+        plan: Arc::new(plan),
+        labels: labels.clone(),
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-        let ready = Arc::new(AtomicBool::new(false));
-        let hook = attach::scrape_hook(probes.counters());
-        let (addr, server) = http::bind(args.listen, Arc::clone(&metrics), Arc::clone(&ready), hook)
-            .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
-        let server = tokio::spawn(server);
-        if let Some(logger) = probes.take_logger() {
-            tokio::spawn(attach::reader::forward_logs(logger));
-        }
-
-        let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
-        let aggregator = tokio::spawn(Aggregator::new(Arc::clone(&metrics)).run(from_probes));
-
-        let workload = Arc::new(Workload {
-            labels,
-            facts: plan.facts,
-            exact: args.exact,
-        });
-        let slots = probes.reserve_slots(&plan)?;
-        // Registered before attaching: no record can precede its slot's metadata.
-        to_aggregator
-            .send(Input::Symbolizer(pid, symbolizer))
+    let (probes, hit_cost) = session::load_probes()?;
+    let options = SessionOptions {
+        listen: Listen::Address(args.listen),
+        drain_interval: DRAIN_INTERVAL,
+        label_limits: LabelLimits::default(),
+        series_expiry: None,
+        budget: BudgetConfig {
+            per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
+            share_of_process: None,
+            node: None,
+            enforce: args.overhead_budget.is_some(),
+        },
+        exact: args.exact,
+        notices_lost: None,
+    };
+    session::runtime()?.block_on(async move {
+        let session = Session::start(probes, hit_cost, options).await?;
+        let attached = session
+            .attach(target)
             .await
-            .context("aggregator stopped")?;
-        to_aggregator
-            .send(Input::Register(SlotRegistration::for_plan(pid, &plan, &slots, &workload)))
-            .await
-            .context("aggregator stopped")?;
-        let groups = budget::groups_for_plan(&plan, &slots, hit_cost);
-        let later = budget::slots_detached_at_start(&groups, budget_config.enforce);
-        let new_probes = match probes.attach_process(pid, identity, &plan, &slots, &later) {
-            Ok(new_probes) => new_probes,
-            Err(e) => {
-                metrics.count_attach_error(e.reason());
-                return Err(anyhow::Error::from(e).context(format!("attaching to process {pid}")));
-            }
-        };
-        metrics.attached_processes.set(1);
-
-        let ring = probes.take_ring_buf().context("ring buffer already taken")?;
-        let counters = probes.counters();
-        let probes = Arc::new(std::sync::Mutex::new(probes));
-        let (to_budget, budget_inputs) = mpsc::channel::<BudgetInput>(4);
-        let (stop_budget, budget_stop) = watch::channel(false);
-        let budget_task = tokio::spawn(
-            BudgetTask {
-                controller: Controller::new(budget_config, budget::task::seed()),
-                probes: Arc::clone(&probes),
-                counters,
-                to_aggregator: to_aggregator.clone(),
-                metrics: Arc::clone(&metrics),
-            }
-            .run(budget_inputs, budget_stop),
-        );
-        to_budget
-            .send(BudgetInput::Attached { pid, labels: workload.labels.clone(), groups })
-            .await
-            .context("budget task stopped")?;
-        let (stop_reader, stop_signal) = watch::channel(false);
-        let reader = tokio::spawn(attach::reader::run(ring, to_aggregator, DRAIN_INTERVAL, stop_signal));
-        ready.store(true, Ordering::Release);
+            .with_context(|| format!("attaching to process {pid}"))?;
+        session.metrics().attached_processes.set(1);
+        session.set_ready(true);
         eprintln!(
-            "mapwatch: attached {} probe(s) to pid {pid} ({}, {}); metrics at http://{addr}/metrics",
-            new_probes.len(),
-            workload.labels.binary,
-            workload.labels.go_version
+            "mapwatch: attached {attached} probe(s) to pid {pid} ({}, {}); metrics at http://{}/metrics",
+            labels.binary,
+            labels.go_version,
+            session.addr()
         );
 
         let why = wait_for_stop(pid, start_time, args.duration).await?;
         info!(%why, "stopping");
-        drop(to_budget);
-        let session = Session {
-            stop_budget,
-            budget_task,
-            probes,
-            stop_reader,
-            reader,
-            aggregator,
-            metrics: Arc::clone(&metrics),
-        };
         let stopped = session.stop().await?;
         eprintln!(
             "mapwatch: {why}; {}. {} {}.",
             stopped.timings(),
-            summary(&metrics),
+            summary(&stopped.metrics),
             budget::task::summary(&stopped.reports)
         );
-        server.abort();
         Ok(())
     })
 }
@@ -223,8 +143,7 @@ async fn wait_for_stop(
     start_time: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<String> {
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut signals = StopSignals::install()?;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -240,8 +159,7 @@ async fn wait_for_stop(
         }
     };
     Ok(tokio::select! {
-        _ = sigterm.recv() => "SIGTERM".to_string(),
-        _ = sigint.recv() => "interrupted".to_string(),
+        why = signals.recv() => why.to_string(),
         _ = deadline => "duration elapsed".to_string(),
         _ = exited => format!("process {pid} exited"),
     })

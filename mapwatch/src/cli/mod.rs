@@ -1,4 +1,5 @@
-//! The command line: clap definitions here, one file per command.
+//! The command line: clap definitions here, one file per command; `session` is the
+//! profiling pipeline the commands that profile (`attach`, `run`) start and stop alike.
 mod attach;
 mod inspect;
 pub mod logging;

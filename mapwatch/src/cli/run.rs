@@ -5,33 +5,29 @@
 //!
 //! One task (the loop in [`Daemon::serve`]) owns the process table, so attach and
 //! detach decisions never race; attaching and detaching themselves block (they open
-//! perf events and close links), so they run on the blocking pool.
+//! perf events and close links), so [`Session`] runs them on the blocking pool. The
+//! pipeline behind them (metrics, reader, aggregator, budget) is the session `attach`
+//! starts too.
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use mapwatch_common::ProcessNotice;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
-};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{UsageError, run_flags::RunFlags, session::Session};
+use super::{
+    UsageError,
+    run_flags::RunFlags,
+    session::{self, Listen, Session, SessionOptions, StopSignals, Target},
+};
 use crate::{
-    aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload},
-    attach::{self, AttachError, FileIdentity, Probes, notices::NoticesLost},
-    budget::{
-        self, BudgetConfig, Controller, HitCost,
-        task::{BudgetInput, BudgetTask},
-    },
+    aggregate::LabelLimits,
+    attach::{self, AttachError, FileIdentity, Probes},
+    budget::{BudgetConfig, HitCost},
     config::{Filters, RunConfig},
     discover::{
         PodResolver, WorkloadIdentity, parse_proc_cgroup,
@@ -39,9 +35,8 @@ use crate::{
         tracker::{Change, Tracker},
     },
     goelf::{GoBinary, GoElfError},
-    metrics::{AttachErrorReason, Metrics, http},
+    metrics::AttachErrorReason,
     plan::{self, PlanError, PlanRequest, ProbePlan},
-    symbolize::Symbolizer,
 };
 
 /// How often the reader drains the ring buffer when no wake-up came.
@@ -57,17 +52,13 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    let listener = http::bind_listener(config.listen).map_err(|e| {
+    let listener = crate::metrics::http::bind_listener(config.listen).map_err(|e| {
         UsageError(format!(
             "cannot listen on {}: {e}; choose another address with --listen or `listen` in the config file",
             config.listen
         ))
     })?;
-    let mut probes = Probes::load().map_err(|e| match e {
-        AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
-        other => anyhow::Error::from(other),
-    })?;
-    let hit_cost = crate::budget::HitCost::calibrate(&mut probes);
+    let (mut probes, hit_cost) = session::load_probes()?;
     let notices = match probes.follow_processes() {
         Ok(notices) => Some(notices),
         Err(e) => {
@@ -78,18 +69,13 @@ pub fn run(flags: RunFlags) -> anyhow::Result<()> {
             None
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(Daemon::serve(config, listener, probes, notices, hit_cost))
+    session::runtime()?.block_on(Daemon::serve(config, listener, probes, notices, hit_cost))
 }
 
 /// A binary analysed once for all processes that run it.
 struct Analysis {
     binary: Arc<GoBinary>,
-    plan: ProbePlan,
+    plan: Arc<ProbePlan>,
 }
 
 /// Why a binary is not profiled; remembered so it is logged and counted once.
@@ -134,29 +120,23 @@ struct Daemon {
     config: RunConfig,
     filters: Filters,
     request: PlanRequest,
-    probes: Arc<Mutex<Probes>>,
     tracker: Tracker,
     analyses: HashMap<BinaryKey, Result<Arc<Analysis>, Refusal>>,
     /// (binary, reason) pairs already logged.
     logged: HashSet<(String, AttachErrorReason)>,
-    to_aggregator: mpsc::Sender<Input>,
-    metrics: Arc<Metrics>,
     pods: Option<PodResolver>,
     own_pid: u32,
-    budget: mpsc::Sender<BudgetInput>,
-    hit_cost: HitCost,
+    session: Session,
 }
 
 impl Daemon {
     async fn serve(
         config: RunConfig,
         listener: std::net::TcpListener,
-        mut probes: Probes,
+        probes: Probes,
         notices: Option<attach::notices::ProcessNotices>,
         hit_cost: HitCost,
     ) -> anyhow::Result<()> {
-        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-        let ready = Arc::new(AtomicBool::new(false));
         let (notices_lost, notice_ring) = match notices {
             Some(n) => {
                 let (lost, ring) = n.split();
@@ -164,37 +144,21 @@ impl Daemon {
             }
             None => (None, None),
         };
-        let hook = scrape_hook(attach::scrape_hook(probes.counters()), notices_lost);
-        let (addr, server) =
-            http::serve_bound(listener, Arc::clone(&metrics), Arc::clone(&ready), hook)
-                .context("serving HTTP")?;
-        let server = tokio::spawn(server);
-        if let Some(logger) = probes.take_logger() {
-            tokio::spawn(attach::reader::forward_logs(logger));
-        }
+        let options = SessionOptions {
+            listen: Listen::Bound(listener),
+            drain_interval: DRAIN_INTERVAL,
+            label_limits: LabelLimits {
+                elem_types: config.max_elem_types as usize,
+                sites: config.max_sites as usize,
+            },
+            series_expiry: Some(config.series_expiry),
+            budget: budget_config(&config),
+            exact: false,
+            notices_lost,
+        };
+        let session = Session::start(probes, hit_cost, options).await?;
         let pods = PodResolver::from_environment(config.kubernetes)
             .map_err(|e| UsageError(format!("Kubernetes pod names: {e}")))?;
-
-        let limits = LabelLimits {
-            elem_types: config.max_elem_types as usize,
-            sites: config.max_sites as usize,
-        };
-        let (to_aggregator, from_probes) = mpsc::channel::<Input>(64);
-        let aggregator = tokio::spawn(
-            Aggregator::with_limits(Arc::clone(&metrics), limits)
-                .with_series_expiry(config.series_expiry)
-                .run(from_probes),
-        );
-        let ring = probes
-            .take_ring_buf()
-            .context("ring buffer already taken")?;
-        let (stop_reader, stop_signal) = watch::channel(false);
-        let reader = tokio::spawn(attach::reader::run(
-            ring,
-            to_aggregator.clone(),
-            DRAIN_INTERVAL,
-            stop_signal,
-        ));
         let (notice_tx, mut notice_rx) = mpsc::channel::<Vec<ProcessNotice>>(64);
         let following = notice_ring.is_some();
         if let Some(ring) = notice_ring {
@@ -208,79 +172,50 @@ impl Daemon {
             exact: false,
             hot: plan::HotProbes::from_names(&config.hot_probes),
         };
-        let counters = probes.counters();
-        let probes = Arc::new(Mutex::new(probes));
-        let (to_budget, budget_inputs) = mpsc::channel::<BudgetInput>(64);
-        let (stop_budget, budget_stop) = watch::channel(false);
-        let budget_task = tokio::spawn(
-            BudgetTask {
-                controller: Controller::new(
-                    budget_config(&config),
-                    u64::from(std::process::id()) ^ budget::task::seed(),
-                ),
-                probes: Arc::clone(&probes),
-                counters,
-                to_aggregator: to_aggregator.clone(),
-                metrics: Arc::clone(&metrics),
-            }
-            .run(budget_inputs, budget_stop),
-        );
-        let mut daemon = Daemon {
-            request,
-            probes,
-            budget: to_budget,
-            hit_cost,
-            tracker: Tracker::new(),
-            analyses: HashMap::new(),
-            logged: HashSet::new(),
-            to_aggregator,
-            metrics: Arc::clone(&metrics),
-            pods,
-            own_pid: std::process::id(),
-            filters: config.filters(),
-            config,
-        };
         eprintln!(
-            "mapwatch: watching Go processes on this node ({}); metrics at http://{addr}/metrics",
+            "mapwatch: watching Go processes on this node ({}); metrics at http://{}/metrics",
             if following {
                 "exec/exit notices + /proc scans"
             } else {
                 "/proc scans only"
-            }
+            },
+            session.addr()
         );
+        let mut daemon = Daemon {
+            request,
+            tracker: Tracker::new(),
+            analyses: HashMap::new(),
+            logged: HashSet::new(),
+            pods,
+            own_pid: std::process::id(),
+            filters: config.filters(),
+            config,
+            session,
+        };
         daemon.rescan().await;
-        ready.store(true, Ordering::Release);
+        daemon.session.set_ready(true);
 
-        let mut sigterm =
-            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let mut signals = StopSignals::install()?;
         let mut rescan = tokio::time::interval(daemon.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.tick().await;
         let why = loop {
             tokio::select! {
-                _ = sigterm.recv() => break "SIGTERM",
-                _ = sigint.recv() => break "interrupted",
+                why = signals.recv() => break why,
                 _ = rescan.tick() => daemon.rescan().await,
                 Some(batch) = notice_rx.recv() => daemon.on_notices(batch).await,
             }
         };
         info!(why, "stopping");
-        ready.store(false, Ordering::Release);
-        let session = Session {
-            stop_budget,
-            budget_task,
-            probes: Arc::clone(&daemon.probes),
-            stop_reader,
-            reader,
-            aggregator,
-            metrics: Arc::clone(&metrics),
-        };
-        drop(daemon);
-        let stopped = session.stop().await?;
+        daemon.session.set_ready(false);
+        let stopped = daemon.into_session().stop().await?;
         eprintln!("mapwatch: {why}; {}", stopped.timings());
-        server.abort();
         Ok(())
+    }
+
+    /// The session, everything else dropped (the pod resolver, the caches).
+    fn into_session(self) -> Session {
+        self.session
     }
 
     async fn rescan(&mut self) {
@@ -327,7 +262,10 @@ impl Daemon {
             }
         }
         let attached = self.tracker.attached_pids().count();
-        self.metrics.attached_processes.set(attached as i64);
+        self.session
+            .metrics()
+            .attached_processes
+            .set(attached as i64);
     }
 
     /// Attaches to `process` if it runs a supported Go binary the filters admit.
@@ -349,7 +287,7 @@ impl Daemon {
             Ok(analysis) => analysis,
             Err(Refusal::NotGo | Refusal::Unreadable) => return,
             Err(Refusal::Unsupported { reason }) => {
-                self.metrics.count_attach_error(reason);
+                self.session.metrics().count_attach_error(reason);
                 return;
             }
         };
@@ -369,22 +307,22 @@ impl Daemon {
             debug!(pid, ?identity, "excluded by the filters");
             return;
         }
-        match self.attach(&process, key, &analysis, identity).await {
+        let target = Target {
+            pid,
+            file: key.file,
+            binary: Arc::clone(&analysis.binary),
+            plan: Arc::clone(&analysis.plan),
+            labels: identity.into(),
+        };
+        match self.session.attach(target).await {
             Ok(count) => {
                 self.tracker.set_attached(pid, true);
                 info!(pid, probes = count, "attached");
             }
-            Err(e) => {
-                self.metrics.count_attach_error(e.reason());
-                let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
-                // A process that exits while probes are being attached is ordinary
-                // churn; anything else is worth one line per binary.
-                if matches!(e, AttachError::ProcessGone { .. }) {
-                    debug!(pid, "{e}");
-                } else {
-                    self.log_once(&analysis_label(&analysis), e.reason(), &e.to_string());
-                }
-            }
+            // A process that exits while probes are being attached is ordinary churn;
+            // anything else is worth one line per binary.
+            Err(e @ AttachError::ProcessGone { .. }) => debug!(pid, "{e}"),
+            Err(e) => self.log_once(&analysis_label(&analysis), e.reason(), &e.to_string()),
         }
     }
 
@@ -445,97 +383,10 @@ impl Daemon {
         result
     }
 
-    async fn attach(
-        &mut self,
-        process: &ProcessInfo,
-        key: BinaryKey,
-        analysis: &Arc<Analysis>,
-        identity: WorkloadIdentity,
-    ) -> Result<usize, AttachError> {
-        let pid = process.pid;
-        let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|_| AttachError::ProcessGone { pid })?;
-        // PIE binaries are mapped at a different address in each process.
-        let bias = analysis
-            .binary
-            .load_bias(&proc_maps, key.file.ino)
-            .unwrap_or(0);
-        let symbolizer = Box::new(Symbolizer::new(
-            Arc::clone(&analysis.binary),
-            bias,
-            analysis.plan.offsets.as_ref(),
-        ));
-        let workload = Arc::new(Workload {
-            labels: identity.into(),
-            facts: analysis.plan.facts,
-            exact: false,
-        });
-        let slots = self
-            .probes
-            .lock()
-            .expect("probes")
-            .reserve_slots(&analysis.plan)?;
-        // Registered before attaching: no record can precede its slot's metadata.
-        let registered = self
-            .to_aggregator
-            .send(Input::Symbolizer(pid, symbolizer))
-            .await
-            .and(
-                self.to_aggregator
-                    .send(Input::Register(SlotRegistration::for_plan(
-                        pid,
-                        &analysis.plan,
-                        &slots,
-                        &workload,
-                    )))
-                    .await,
-            );
-        if registered.is_err() {
-            self.probes.lock().expect("probes").release_slots(slots);
-            return Err(AttachError::Missing("aggregator (stopped)"));
-        }
-        let groups = budget::groups_for_plan(&analysis.plan, &slots, self.hit_cost);
-        // `run` enforces the budget: hot groups start detached (the budget opens
-        // their first window).
-        let later = budget::slots_detached_at_start(&groups, true);
-        let probes = Arc::clone(&self.probes);
-        let analysis = Arc::clone(analysis);
-        let file = key.file;
-        let count = tokio::task::spawn_blocking(move || {
-            let mut probes = probes.lock().expect("probes");
-            match probes.attach_process(pid, file, &analysis.plan, &slots, &later) {
-                Ok(attached) => Ok(attached.len()),
-                Err(e) => {
-                    probes.release_slots(slots);
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .unwrap_or(Err(AttachError::ProcessGone { pid }))?;
-        let _ = self
-            .budget
-            .send(BudgetInput::Attached {
-                pid,
-                labels: workload.labels.clone(),
-                groups,
-            })
-            .await;
-        Ok(count)
-    }
-
     async fn detach(&mut self, pid: u32) {
-        // Before detaching: the budget must not re-attach probes of a process that is
-        // going away.
-        let _ = self.budget.send(BudgetInput::Gone { pid }).await;
-        let probes = Arc::clone(&self.probes);
         let started = Instant::now();
-        let count =
-            tokio::task::spawn_blocking(move || probes.lock().expect("probes").detach_process(pid))
-                .await
-                .unwrap_or(0);
+        let count = self.session.detach(pid).await;
         self.tracker.set_attached(pid, false);
-        let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
         if count > 0 {
             info!(
                 pid,
@@ -599,16 +450,6 @@ fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, Stri
     }
     Ok(Analysis {
         binary: Arc::new(binary),
-        plan,
-    })
-}
-
-/// The probes' kernel counters plus the process notices lost.
-fn scrape_hook(probes: http::ScrapeHook, notices_lost: Option<NoticesLost>) -> http::ScrapeHook {
-    Arc::new(move |metrics: &Metrics| {
-        probes(metrics);
-        if let Some(lost) = &notices_lost {
-            Metrics::sync_counter(&metrics.events_lost_total, &["process_notices"], lost.get());
-        }
+        plan: Arc::new(plan),
     })
 }
