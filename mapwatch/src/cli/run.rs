@@ -116,12 +116,20 @@ impl BinaryKey {
     }
 }
 
+/// An analysis (or refusal) and when it was last asked for. Each holds its binary
+/// memory-mapped: kept forever, the cache held every binary that ever ran (deleted
+/// ones too, their disk space with them) — see [`Daemon::forget_unused_analyses`].
+struct CachedAnalysis {
+    result: Result<Arc<Analysis>, Refusal>,
+    last_used: Instant,
+}
+
 struct Daemon {
     config: RunConfig,
     filters: Filters,
     request: PlanRequest,
     tracker: Tracker,
-    analyses: HashMap<BinaryKey, Result<Arc<Analysis>, Refusal>>,
+    analyses: HashMap<BinaryKey, CachedAnalysis>,
     /// (binary, reason) pairs already logged.
     logged: HashSet<(String, AttachErrorReason)>,
     pods: Option<PodResolver>,
@@ -202,7 +210,10 @@ impl Daemon {
         let why = loop {
             tokio::select! {
                 why = signals.recv() => break why,
-                _ = rescan.tick() => daemon.rescan().await,
+                _ = rescan.tick() => {
+                    daemon.rescan().await;
+                    daemon.forget_unused_analyses();
+                }
                 Some(batch) = notice_rx.recv() => daemon.on_notices(batch).await,
             }
         };
@@ -333,8 +344,9 @@ impl Daemon {
         exe: &Path,
         binary_name: &str,
     ) -> Result<Arc<Analysis>, Refusal> {
-        if let Some(cached) = self.analyses.get(&key) {
-            return cached.clone();
+        if let Some(cached) = self.analyses.get_mut(&key) {
+            cached.last_used = Instant::now();
+            return cached.result.clone();
         }
         let path = exe.to_path_buf();
         let request = self.request;
@@ -378,9 +390,26 @@ impl Daemon {
             }
         };
         if !matches!(result, Err(Refusal::Unreadable)) {
-            self.analyses.insert(key, result.clone());
+            let cached = CachedAnalysis {
+                result: result.clone(),
+                last_used: Instant::now(),
+            };
+            self.analyses.insert(key, cached);
         }
         result
+    }
+
+    /// Drops the analyses no running process uses (the aggregator's symbolizers hold
+    /// the binary while a process of it is profiled) and nobody asked for in two rescan
+    /// intervals: long enough that a cron job's next run finds its analysis, short
+    /// enough that the binaries of a node that builds and runs new ones (CI, `go
+    /// test`) are let go — their mappings, and the disk space of deleted ones.
+    fn forget_unused_analyses(&mut self) {
+        let idle = 2 * self.config.rescan_interval;
+        self.analyses.retain(|_, cached| {
+            let in_use = matches!(&cached.result, Ok(a) if Arc::strong_count(&a.binary) > 1);
+            in_use || cached.last_used.elapsed() < idle
+        });
     }
 
     async fn detach(&mut self, pid: u32) {
