@@ -16,7 +16,7 @@ pub const RING_BUF_BYTES: u32 = 16 << 20;
 
 /// The BPF side forces a wake-up of the reader only once this much data is waiting;
 /// below it the reader's timer drains the buffer. A wake-up per record costs ~1.5 µs
-/// per hit on this kind of VM (TOOLCHAIN.md), more than the rest of the program.
+/// per hit (measured on a 2-vCPU VM), more than the rest of the program.
 pub const RING_WAKEUP_BYTES: u64 = 256 << 10;
 
 /// Bytes one [`Event`] takes in the ring: the record and the ring's 8-byte header,

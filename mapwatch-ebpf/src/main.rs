@@ -40,7 +40,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 static PROBE_SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBE_SLOTS, 0);
 
 /// Hits per slot. Per-CPU because 64-bit atomic adds do not build for the BPF target
-/// here (TOOLCHAIN.md) and per-CPU counters never contend.
+/// with the pinned toolchain (docs/building.md) and per-CPU counters never contend.
 #[map]
 static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBE_SLOTS, 0);
 

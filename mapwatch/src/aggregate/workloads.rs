@@ -17,7 +17,7 @@ use crate::{
     symbolize::{CallSite, LabelCap, OTHER},
 };
 
-/// Cardinality caps per workload (DESIGN.md: top-K + `other`).
+/// Cardinality caps per workload (top-K + `other`, docs/metrics.md).
 #[derive(Debug, Clone, Copy)]
 pub struct LabelLimits {
     pub elem_types: usize,
@@ -124,7 +124,7 @@ impl Workloads {
     }
 }
 
-/// The caps on the labels a workload produces (DESIGN.md: top-K + `other`).
+/// The caps on the labels a workload produces (top-K + `other`, docs/metrics.md).
 pub(super) struct Names {
     pub elem_types: LabelCap,
     pub sites: LabelCap,

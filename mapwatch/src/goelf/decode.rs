@@ -142,7 +142,7 @@ fn find_stack_check_end(prologue: &[Instruction]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// growslice's prologue in Go 1.21–1.27 (go-runtime.md §2):
+    /// growslice's prologue in Go 1.21–1.27 (docs/go-runtime.md, "Probe sites"):
     /// CMPQ SP,0x10(R14); JBE rel32; PUSHQ BP; MOVQ SP,BP; RET.
     const SMALL_FRAME: &[u8] = &[
         0x49, 0x3b, 0x66, 0x10, // cmp rsp,[r14+0x10]

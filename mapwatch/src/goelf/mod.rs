@@ -104,7 +104,7 @@ pub struct GoBinary {
 /// Sections whose addresses are needed later.
 const REMEMBERED_SECTIONS: [&str; 5] = [
     ".gopclntab",
-    // PIE builds put the pclntab in relro (go-runtime.md §7).
+    // PIE builds put the pclntab in relro (docs/go-runtime.md, "Reading a binary").
     ".data.rel.ro.gopclntab",
     ".go.module",
     ".noptrdata",
@@ -112,7 +112,7 @@ const REMEMBERED_SECTIONS: [&str; 5] = [
 ];
 
 /// `runtime.moduledata.text`: offset 176 in every version measured, 1.19–1.27
-/// (go-runtime.md §4, DWARF; src/runtime/symtab.go).
+/// (docs/go-runtime.md, "Struct fields read at run time", DWARF; src/runtime/symtab.go).
 const MODULEDATA_TEXT_OFFSET: u64 = 176;
 
 impl GoBinary {
@@ -294,7 +294,7 @@ impl GoBinary {
     }
 
     fn find_moduledata(&self) -> Option<u64> {
-        // Go 1.26+ gives moduledata a section of its own (go-runtime.md §6).
+        // Go 1.26+ gives moduledata a section of its own (docs/go-runtime.md, "Reading a binary").
         if let Some(&(address, _)) = self.sections.get(".go.module") {
             return Some(address);
         }

@@ -38,7 +38,7 @@
 //!   The compiler calls it only when the new length is above the old capacity, where
 //!   the two checks agree.
 //! - Some appends never reach growslice: Go 1.25+ stack buffers and 1.26+
-//!   `growsliceBuf`/`moveSlice*` (go-runtime.md §5). This module only describes what
+//!   `growsliceBuf`/`moveSlice*` (docs/go-runtime.md, "Slice growth"). This module only describes what
 //!   growslice returns when it is called.
 
 /// How `roundupsize` rounds an allocation to a size class; chosen per Go version.
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn int_slices_grow_as_observed() {
-        // go-runtime.md §5: observed []int capacities, the same on 1.21–1.27. Small
+        // docs/go-runtime.md, "Slice growth": observed []int capacities, the same on 1.21–1.27. Small
         // pointer-free objects never carry a header, so both rules agree.
         let expected = [
             1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 848, 1280, 1792, 2560, 3408,
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn twenty_four_byte_elements_round_to_size_classes() {
-        // go-runtime.md §5: "24-byte element: … 512 853 1365". 512 + (512+768)/4 = 832
+        // docs/go-runtime.md, "Slice growth": "24-byte element: … 512 853 1365". 512 + (512+768)/4 = 832
         // elements = 19968 B → class 20480 → 853; 853 + 405 = 1258 → 30192 B → 32768
         // → 1365.
         let expected = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 853, 1365];

@@ -7,7 +7,7 @@ use super::slice_growth::{SliceGrowthRule, rule_for};
 
 /// Go minor versions (1.x) this build knows the runtime of: 1.19 (Debian 12 builds its
 /// Go programs with it) and 1.21–1.27. Go 1.20 is not installable here, so it is not
-/// verified and refused (go-runtime.md §9).
+/// verified and refused (docs/go-runtime.md, "Go 1.19").
 pub const SUPPORTED_MINORS: &[u32] = &[19, 21, 22, 23, 24, 25, 26, 27];
 pub const SUPPORTED_DESCRIPTION: &str = "go1.19 and go1.21 to go1.27";
 
@@ -200,7 +200,7 @@ pub fn facts_for(
     let growslice = if version.minor <= 19 {
         // growslice(et *_type, old slice, cap int) slice — src/runtime/slice.go ≤1.19:
         // RAX=et, then the slice struct {array, len, cap} in RBX, RCX, RDI, then the
-        // needed length in RSI (go-runtime.md §9, confirmed by DWARF).
+        // needed length in RSI (docs/go-runtime.md, "Go 1.19", confirmed by DWARF).
         GrowsliceAbi {
             new_len: RSI,
             old_cap: RDI,
@@ -217,7 +217,7 @@ pub fn facts_for(
     };
     // loadFactorNum/loadFactorDen in src/runtime/map.go: 13/2 (6.5) in 1.19; 1.21 wrote
     // (bucketCnt*13/16)*loadFactorDen = 12/2 (6.0, integer truncation); 1.22+
-    // loadFactorDen*bucketCnt*13/16 = 13/2 again (go-runtime.md §5).
+    // loadFactorDen*bucketCnt*13/16 = 13/2 again (docs/go-runtime.md, "Classic maps").
     let classic_load_factor = if version.minor == 21 {
         ClassicLoadFactor { num: 12, den: 2 }
     } else {
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn classic_maps_double_at_the_observed_inserts() {
-        // go-runtime.md §5: B increments at inserts #9, #13, #25, #49 on 1.21 and
+        // docs/go-runtime.md, "Classic maps": B increments at inserts #9, #13, #25, #49 on 1.21 and
         // #9, #14, #27, #53, #105 on 1.22+ (count before the insert = insert - 1).
         let growth_points = |lf: ClassicLoadFactor| -> Vec<u64> {
             let mut b = 0u8;

@@ -50,7 +50,7 @@ impl PlanRequest {
     };
 }
 
-/// The opt-in hot probes (DESIGN.md: tens of millions of calls per second in hot
+/// The opt-in hot probes (tens of millions of calls per second in hot
 /// code; `--hot-probes`). Off by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HotProbes {
@@ -259,7 +259,7 @@ fn spec(kind: ProbeKind, flags: u16, loads: &[MemoryLoad]) -> ProbeSpec {
 }
 
 /// A function's code, decoded, with the stack-bound check required: every function
-/// mapwatch probes has one (go-runtime.md §2). Without it the bytes are not the code
+/// mapwatch probes has one (docs/go-runtime.md, "Probe sites"). Without it the bytes are not the code
 /// we know (e.g. a wrong text base from a damaged pclntab): refuse rather than probe
 /// an arbitrary instruction.
 struct Decoded<'a> {
@@ -361,7 +361,7 @@ fn plan_growslice(
     let entry_spec = spec(ProbeKind::GrowsliceEntry, ProbeSpec::FLAG_CALLER_PC, &[]);
     let mut probes = vec![growslice.entry(binary, entry_spec)?];
     // Counting stays with growslice (heap growth); this probe only names the append
-    // site of the growslice calls growsliceBuf makes (go-runtime.md §8).
+    // site of the growslice calls growsliceBuf makes (docs/go-runtime.md, "Compiler stack buffers").
     if binary.function(GROWSLICE_BUF).is_some() {
         let buf = decode_function(binary, GROWSLICE_BUF)?;
         probes.push(buf.entry(
@@ -396,7 +396,7 @@ fn plan_hash_grow(
 }
 
 /// Swiss growth, one probe per growth kind. Receivers and arguments in ABI order
-/// (go-runtime.md §3; signatures in src/internal/runtime/maps/map.go and table.go):
+/// (docs/go-runtime.md, "Arguments"; signatures in src/internal/runtime/maps/map.go and table.go):
 /// growToSmall/growToTable(m=RAX), grow(t=RAX, typ, m=RCX, newCapacity=DI),
 /// split(t=RAX, typ, m=RCX).
 fn plan_swiss_growth(
@@ -501,7 +501,7 @@ fn plan_gc(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
 }
 
 /// mapassign_fast64 (opt-in): an entry probe (map pointer in RBX, the type's bucket or
-/// group size read through RAX — go-runtime.md §3), a probe where the hash call
+/// group size read through RAX — docs/go-runtime.md, "Arguments"), a probe where the hash call
 /// returns (hash in RAX), and one per RET (element pointer in RAX). The kernel pairs
 /// them per goroutine and locates the slot at RET (mapwatch-ebpf `map_assign`).
 fn plan_map_assign(
