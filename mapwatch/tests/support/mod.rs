@@ -52,9 +52,20 @@ fn is_root() -> bool {
 /// Serializes privileged tests: they check global kernel state (bpftool link list).
 static KERNEL: Mutex<()> = Mutex::new(());
 
+/// Held while a privileged test runs: the lock of this process's tests, and a lock
+/// file shared with every other test process on the machine (another checkout's
+/// suite, a second `cargo test`), whose mapwatch would otherwise show up in this
+/// test's "nothing left in the kernel" checks.
+pub struct KernelGuard {
+    _thread: MutexGuard<'static, ()>,
+    _machine: std::fs::File,
+}
+
+const MACHINE_LOCK: &str = "/tmp/mapwatch-privileged-tests.lock";
+
 /// Returns a guard if the test may load BPF; otherwise explains how to run it and
 /// returns None. In CI a skip is a failure.
-pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
+pub fn privileged(test: &str) -> Option<KernelGuard> {
     if !is_root() {
         let message =
             format!("{test}: needs root (BPF); run `sudo cargo xtask test` to include it");
@@ -62,7 +73,21 @@ pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
         eprintln!("SKIP {message}");
         return None;
     }
-    Some(KERNEL.lock().unwrap_or_else(|e| e.into_inner()))
+    let thread = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let machine = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .expect("open the privileged tests' lock file");
+    // SAFETY: flock(2) on a file descriptor this function owns; released when the file
+    // is closed (the guard dropped, or the process gone).
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&machine), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {MACHINE_LOCK}");
+    Some(KernelGuard {
+        _thread: thread,
+        _machine: machine,
+    })
 }
 
 pub fn fixtures_dir() -> PathBuf {
