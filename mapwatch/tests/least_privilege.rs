@@ -58,6 +58,18 @@ fn mapwatch_with(caps: &[String], as_root: bool) -> Command {
     command
 }
 
+/// `attach --pid PID` on a free loopback port.
+fn attach_args(pid: u32) -> [String; 5] {
+    [
+        "attach",
+        "--pid",
+        &pid.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+}
+
 /// A copy of the slicegrow fixture that only its owner, another user, may read: opening
 /// it takes CAP_DAC_READ_SEARCH, and its process (run by root) takes CAP_SYS_PTRACE.
 struct PrivateFixture {
@@ -93,13 +105,7 @@ impl Drop for PrivateFixture {
 /// is appended) and checks that every growth the fixture reports was counted.
 fn assert_exact_under(mut command: Command, fixture: &PrivateFixture, what: &str) {
     let mut target = Fixture::start(&fixture.binary, &[]);
-    command.args([
-        "attach",
-        "--pid",
-        &target.pid.to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    command.args(attach_args(target.pid));
     let mapwatch = Mapwatch::start(command);
     let before = mapwatch.scrape_drained();
     let reported = target.run_workload();
@@ -151,15 +157,8 @@ fn each_missing_capability_is_named() {
         for dropped in &caps {
             let kept: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
             let output = mapwatch_with(&kept, as_root)
-                .args([
-                    "attach",
-                    "--pid",
-                    &target.pid.to_string(),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--duration",
-                    "1s",
-                ])
+                .args(attach_args(target.pid))
+                .args(["--duration", "1s"])
                 .output()
                 .expect("run mapwatch");
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -197,15 +196,8 @@ fn perf_event_fallback_is_exact_and_names_what_it_needs() {
     let target = Fixture::start(&fixture.binary, &[]);
     let output = mapwatch_with(&documented_capabilities(), true)
         .env("MAPWATCH_UPROBE_LINKS", "perf-event")
-        .args([
-            "attach",
-            "--pid",
-            &target.pid.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-            "--duration",
-            "1s",
-        ])
+        .args(attach_args(target.pid))
+        .args(["--duration", "1s"])
         .output()
         .expect("run mapwatch");
     let stderr = String::from_utf8_lossy(&output.stderr);

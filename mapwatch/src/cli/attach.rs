@@ -58,14 +58,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         );
     }
     if plan.probes.is_empty() {
-        let reasons: Vec<String> = plan
-            .unavailable
-            .iter()
-            .map(|u| format!("{}: {}", u.signal, u.reason))
-            .collect();
         return Err(UsageError(format!(
             "process {pid}: nothing to probe ({})",
-            reasons.join("; ")
+            plan.unavailable_summary()
         ))
         .into());
     }

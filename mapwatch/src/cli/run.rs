@@ -467,14 +467,9 @@ fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, Stri
         other => unsupported(AttachErrorReason::BadBinary, other.to_string()),
     })?;
     if plan.probes.is_empty() {
-        let reasons: Vec<String> = plan
-            .unavailable
-            .iter()
-            .map(|u| format!("{}: {}", u.signal, u.reason))
-            .collect();
         return Err(unsupported(
             AttachErrorReason::NothingToProbe,
-            format!("nothing to probe ({})", reasons.join("; ")),
+            format!("nothing to probe ({})", plan.unavailable_summary()),
         ));
     }
     Ok(Analysis {

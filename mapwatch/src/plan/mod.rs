@@ -140,6 +140,17 @@ pub struct ProbePlan {
     pub facts: RuntimeFacts,
 }
 
+impl ProbePlan {
+    /// Why each unavailable signal is, on one line: `signal: reason; …`.
+    pub fn unavailable_summary(&self) -> String {
+        self.unavailable
+            .iter()
+            .map(|u| format!("{}: {}", u.signal, u.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("{path}: {source}")]
