@@ -1,12 +1,14 @@
 //! Load the BPF object, attach a ProbePlan to a process, detach cleanly.
 pub mod calibration;
+mod counters;
+mod errors;
 pub mod links;
 pub mod notices;
 pub mod privileges;
 pub mod reader;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fs::File,
     num::NonZeroU32,
     os::unix::fs::FileExt as _,
@@ -16,84 +18,19 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::UProbe,
 };
 use mapwatch_common::{DirectoryLayout, MAX_PROBE_SLOTS, MapAssignLayout, ProbeKind, ProbeSpec};
 use tracing::{debug, info, warn};
 
-use crate::{
-    metrics::AttachErrorReason,
-    plan::{PlannedProbe, ProbePlan},
-};
-use links::{LinkError, LinkMode, ProbeLink, Site};
+use crate::plan::{PlannedProbe, ProbePlan};
+pub use counters::{KernelCounters, SlotCounts, scrape_hook};
+use errors::explain_link_error;
+pub use errors::{AttachError, error_chain};
+use links::{LinkMode, ProbeLink, Site};
 
 pub(crate) const PROGRAM: &str = "go_probe";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error(transparent)]
-    Privileges(#[from] privileges::MissingPrivileges),
-    #[error("loading the BPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("BPF program {PROGRAM}: {0}")]
-    Program(#[from] aya::programs::ProgramError),
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("the kernel refused to attach uprobes to process {pid} ({cause}). {hint}")]
-    LinkRefused {
-        pid: u32,
-        cause: String,
-        hint: &'static str,
-    },
-    #[error("cannot read {path}: permission denied; {advice}")]
-    ExeUnreadable { path: PathBuf, advice: String },
-    #[error("BPF map: {0}")]
-    Map(#[from] aya::maps::MapError),
-    #[error("the BPF object has no {0}")]
-    Missing(&'static str),
-    #[error("process {pid} is gone (exited before its probes were attached)")]
-    ProcessGone { pid: u32 },
-    #[error(
-        "process {pid} now runs a different binary than the one analysed (it exec'd); not attaching at stale offsets"
-    )]
-    BinaryChanged { pid: u32 },
-    #[error(
-        "{function}+{offset:#x} in {path}: expected instruction bytes {expected:02x?}, found {found:02x?}; not attaching"
-    )]
-    BytesMismatch {
-        path: PathBuf,
-        function: &'static str,
-        offset: u64,
-        expected: Vec<u8>,
-        found: Vec<u8>,
-    },
-    #[error("all {MAX_PROBE_SLOTS} probe slots are in use")]
-    SlotsExhausted,
-    #[error(
-        "following process exec/exit needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {0}"
-    )]
-    Btf(String),
-}
-
-impl AttachError {
-    /// The `reason` label of `mapwatch_attach_errors_total` this error is counted under.
-    pub fn reason(&self) -> AttachErrorReason {
-        match self {
-            AttachError::Privileges(_)
-            | AttachError::LinkRefused { .. }
-            | AttachError::ExeUnreadable { .. } => AttachErrorReason::Privileges,
-            AttachError::Load(_) | AttachError::Missing(_) => AttachErrorReason::Load,
-            AttachError::Program(_) | AttachError::Link(_) => AttachErrorReason::Attach,
-            AttachError::Map(_) => AttachErrorReason::Map,
-            AttachError::ProcessGone { .. } => AttachErrorReason::ProcessGone,
-            AttachError::BinaryChanged { .. } => AttachErrorReason::BinaryChanged,
-            AttachError::BytesMismatch { .. } => AttachErrorReason::BytesMismatch,
-            AttachError::SlotsExhausted => AttachErrorReason::SlotsExhausted,
-            AttachError::Btf(_) => AttachErrorReason::Btf,
-        }
-    }
-}
 
 /// Path through which a process's executable is attached: /proc/PID/exe names the
 /// exact inode, even if the file was deleted or lives in another mount namespace.
@@ -106,79 +43,6 @@ pub struct AttachedProbe {
     pub pid: u32,
     pub kind: ProbeKind,
     pub probe: &'static str,
-}
-
-/// Kernel-side per-slot counters, read at scrape time (never copied on a timer), and
-/// the totals of probes already detached, so that per-probe totals never go backwards
-/// when a process exits and its slots are reused.
-pub struct KernelCounters {
-    hits: PerCpuArray<MapData, u64>,
-    lost: PerCpuArray<MapData, u64>,
-    /// Attached slots and the probe each belongs to.
-    live: BTreeMap<u32, &'static str>,
-    retired: BTreeMap<&'static str, SlotCounts>,
-    cpus: usize,
-}
-
-/// Totals of one slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlotCounts {
-    pub hits: u64,
-    pub lost: u64,
-}
-
-impl KernelCounters {
-    pub fn read(&self, slot: u32) -> Result<SlotCounts, aya::maps::MapError> {
-        let sum = |map: &PerCpuArray<MapData, u64>| -> Result<u64, aya::maps::MapError> {
-            Ok(map.get(&slot, 0)?.iter().sum())
-        };
-        Ok(SlotCounts {
-            hits: sum(&self.hits)?,
-            lost: sum(&self.lost)?,
-        })
-    }
-
-    /// Hits and lost records per probe name, over everything ever attached.
-    pub fn totals(&self) -> BTreeMap<&'static str, SlotCounts> {
-        let mut totals = self.retired.clone();
-        for (&slot, &probe) in &self.live {
-            match self.read(slot) {
-                Ok(counts) => {
-                    let total = totals.entry(probe).or_default();
-                    total.hits += counts.hits;
-                    total.lost += counts.lost;
-                }
-                Err(e) => warn!(slot, "reading kernel counters: {e}"),
-            }
-        }
-        totals
-    }
-
-    /// Starts counting `slot` for `probe` from zero (a reused slot keeps its old counts
-    /// in the kernel until reset).
-    fn track(&mut self, slot: u32, probe: &'static str) -> Result<(), aya::maps::MapError> {
-        let zeros = || PerCpuValues::try_from(vec![0u64; self.cpus]);
-        for map in [&mut self.hits, &mut self.lost] {
-            map.set(slot, zeros().map_err(aya::maps::MapError::IoError)?, 0)?;
-        }
-        self.live.insert(slot, probe);
-        Ok(())
-    }
-
-    /// Moves a detached slot's final counts into the per-probe totals.
-    fn retire(&mut self, slot: u32) {
-        let Some(probe) = self.live.remove(&slot) else {
-            return;
-        };
-        match self.read(slot) {
-            Ok(counts) => {
-                let total = self.retired.entry(probe).or_default();
-                total.hits += counts.hits;
-                total.lost += counts.lost;
-            }
-            Err(e) => warn!(slot, "reading kernel counters of a detached probe: {e}"),
-        }
-    }
 }
 
 /// The loaded BPF object and everything attached from it.
@@ -264,13 +128,7 @@ impl Probes {
             link_mode,
             suspended: Vec::new(),
             sites: HashMap::new(),
-            counters: Arc::new(Mutex::new(KernelCounters {
-                hits,
-                lost,
-                live: BTreeMap::new(),
-                retired: BTreeMap::new(),
-                cpus: aya::util::nr_cpus().map_err(|(_, e)| aya::maps::MapError::IoError(e))?,
-            })),
+            counters: Arc::new(Mutex::new(KernelCounters::new(hits, lost)?)),
             ring: Some(ring),
             logger,
         })
@@ -665,45 +523,6 @@ fn load_program(program: &mut UProbe) -> Result<LinkMode, AttachError> {
     Ok(mode)
 }
 
-/// Turns a refused attach into an error that names the missing privilege.
-fn explain_link_error(pid: u32, mode: LinkMode, error: LinkError) -> AttachError {
-    if matches!(error.errno(), Some(libc::ENOENT | libc::ESRCH)) || !process_exists(pid) {
-        return AttachError::ProcessGone { pid };
-    }
-    if !error.is_permission_denied() {
-        return AttachError::Link(error);
-    }
-    let hint = match mode {
-        // The link opens /proc/PID/exe itself, as mapwatch already did to analyse it.
-        LinkMode::Multi => {
-            "mapwatch needs CAP_BPF, CAP_PERFMON and, for another user's \
-             process, CAP_SYS_PTRACE; a security module (AppArmor, SELinux) can deny it too"
-        }
-        // perf_event_open(2) of a uprobe: measured on Linux 6.18, CAP_PERFMON is not enough.
-        LinkMode::PerfEvent => {
-            "Perf-event uprobes need CAP_SYS_ADMIN on this kernel; grant it, or run on Linux \
-             6.6+ where mapwatch uses uprobe_multi links, which need only CAP_BPF and CAP_PERFMON"
-        }
-    };
-    AttachError::LinkRefused {
-        pid,
-        cause: error_chain(&error),
-        hint,
-    }
-}
-
-/// An error and its causes on one line, for logs (the CLI prints chains itself).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -746,21 +565,6 @@ fn verify_bytes(
         });
     }
     Ok(())
-}
-
-/// Copies the kernel's per-probe counts into the registry right before each scrape.
-pub fn scrape_hook(counters: Arc<Mutex<KernelCounters>>) -> crate::metrics::http::ScrapeHook {
-    Arc::new(move |metrics: &crate::metrics::Metrics| {
-        let totals = counters.lock().expect("kernel counters").totals();
-        for (probe, counts) in totals {
-            crate::metrics::Metrics::sync_counter(&metrics.probe_hits_total, &[probe], counts.hits);
-            crate::metrics::Metrics::sync_counter(
-                &metrics.events_lost_total,
-                &[probe],
-                counts.lost,
-            );
-        }
-    })
 }
 
 /// Threads that close links at once (see [`Probes::detach`]).
