@@ -88,6 +88,9 @@ pub struct Controller {
     /// The last measured on-cost of each group, per workload ([`history_key`]), for
     /// the first cycles of its next process. Bounded by the workloads a node runs.
     history: BTreeMap<Vec<String>, BTreeMap<&'static str, f64>>,
+    /// A group is attached as one link (uprobe_multi): its detach is one kernel
+    /// unregistration, and cycles are spaced per group rather than per slot.
+    group_links: bool,
 }
 
 impl Controller {
@@ -98,7 +101,14 @@ impl Controller {
             rng: fastrand::Rng::with_seed(seed),
             scale_updates: Vec::new(),
             history: BTreeMap::new(),
+            group_links: false,
         }
+    }
+
+    /// Cycles spaced per group (each group is one link), not per slot.
+    pub fn with_group_links(mut self, group_links: bool) -> Controller {
+        self.group_links = group_links;
+        self
     }
 
     pub fn config(&self) -> BudgetConfig {
@@ -127,13 +137,13 @@ impl Controller {
             .collect();
         let known = self.history.get(&history_key(&labels)).cloned();
         let mut process = Process::new(labels, groups, now, self.config.per_process);
-        let cycling = self.cycling_slots();
+        let cycling = self.cycling_detaches();
         let in_process = process
             .groups
             .iter()
             .zip(&detached)
             .filter(|(_, d)| **d)
-            .map(|(g, _)| g.slots.len())
+            .map(|(g, _)| g.detaches(self.group_links))
             .sum();
         for (group, _) in process
             .groups
@@ -295,17 +305,18 @@ impl Controller {
     /// Moves over-budget always-on groups into duty cycles (their first window is now:
     /// they are attached already).
     fn start_cycles(&mut self, now: Nanos) {
-        let cycling = self.cycling_slots();
+        let cycling = self.cycling_detaches();
+        let group_links = self.group_links;
         let starts =
             |group: &Group| group.mode == Mode::AlwaysOn && group.fraction < 1.0 && !group.busy;
         for process in self.processes.values_mut() {
             // The groups that start cycling now count too: their detaches begin now.
-            let in_process = process.cycling_slots()
+            let in_process = process.cycling_detaches(group_links)
                 + process
                     .groups
                     .iter()
                     .filter(|g| starts(g))
-                    .map(|g| g.slots.len())
+                    .map(|g| g.detaches(group_links))
                     .sum::<usize>();
             for group in &mut process.groups {
                 if !starts(group) {
@@ -340,18 +351,22 @@ impl Controller {
         }
     }
 
-    fn cycling_slots(&self) -> usize {
-        self.processes.values().map(Process::cycling_slots).sum()
+    fn cycling_detaches(&self) -> usize {
+        self.processes
+            .values()
+            .map(|p| p.cycling_detaches(self.group_links))
+            .sum()
     }
 
     /// The attaches and detaches due at `now`, and cycles that ended.
     pub fn due(&mut self, now: Nanos) -> Vec<Action> {
-        let cycling = self.cycling_slots();
+        let cycling = self.cycling_detaches();
+        let group_links = self.group_links;
         let mut actions = Vec::new();
         for (&pid, process) in &mut self.processes {
             let cycling = CyclingSlots {
                 node: cycling,
-                process: process.cycling_slots(),
+                process: process.cycling_detaches(group_links),
             };
             for group in &mut process.groups {
                 if group.busy {

@@ -20,8 +20,10 @@ pub(super) const DETACH_SPACING: Nanos = 200 * MILLISECOND;
 /// the process runs slowed down — not for want of CPU: with no hits it does not
 /// happen. One such detach every 0.5–1 s raised the JSON service's p99; one every
 /// 2–4 s kept it within the spread of runs without a probe (measured: BENCHMARKS.md,
-/// "What duty cycles do to tail latency"). So a process's duty-cycled slots are
-/// spaced this far apart.
+/// "What duty cycles do to tail latency"). So a process's detaches (one per
+/// duty-cycled group with uprobe_multi links, one per slot with perf-event uprobes) are
+/// spaced this far apart. Measured with perf-event detaches (~100 ms); a multi link
+/// closes in ~45 ms, so a shorter spacing may do — not measured yet.
 pub(super) const PROCESS_DETACH_SPACING: Nanos = 4 * SECOND;
 /// No group is cycled below this fraction: it must still be seen to be measured.
 pub const MIN_FRACTION: f64 = 0.001;
@@ -46,8 +48,8 @@ pub(super) fn cycle_fraction(cycle: &Cycle) -> f64 {
         / cycle.end.saturating_sub(cycle.start).max(1) as f64
 }
 
-/// Duty-cycled slots (each detached once per cycle) on the node and in the group's
-/// process.
+/// Detaches per cycle of the duty-cycled groups (one per group with uprobe_multi links,
+/// one per slot with perf-event uprobes) on the node and in the group's process.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct CyclingSlots {
     pub(super) node: usize,

@@ -90,6 +90,11 @@ impl Group {
         }
     }
 
+    /// Detaches one detach of this group costs (see [`Process::cycling_detaches`]).
+    pub(super) fn detaches(&self, group_links: bool) -> usize {
+        if group_links { 1 } else { self.slots.len() }
+    }
+
     pub(super) fn slot_numbers(&self) -> Vec<u32> {
         self.slots.iter().map(|s| s.cost.slot).collect()
     }
@@ -163,11 +168,14 @@ impl Process {
         }
     }
 
-    pub(super) fn cycling_slots(&self) -> usize {
+    /// Detaches one cycle of its duty-cycled groups costs: one per group when a group
+    /// is one link (uprobe_multi), one per slot when each slot is a perf event the
+    /// kernel unregisters in turn.
+    pub(super) fn cycling_detaches(&self, group_links: bool) -> usize {
         self.groups
             .iter()
             .filter(|g| matches!(g.mode, Mode::Cycling(_)))
-            .map(|g| g.slots.len())
+            .map(|g| g.detaches(group_links))
             .sum()
     }
 

@@ -193,6 +193,7 @@ impl Session {
         ));
 
         let counters = probes.counters();
+        let group_links = probes.link_mode() == crate::attach::links::LinkMode::Multi;
         let probes = Arc::new(Mutex::new(probes));
         let (to_budget, budget_inputs) = mpsc::channel::<BudgetInput>(64);
         let (stop_budget, budget_stop) = watch::channel(false);
@@ -201,7 +202,8 @@ impl Session {
                 controller: Controller::new(
                     options.budget,
                     u64::from(std::process::id()) ^ budget::task::seed(),
-                ),
+                )
+                .with_group_links(group_links),
                 probes: Arc::clone(&probes),
                 counters,
                 to_aggregator: to_aggregator.clone(),

@@ -402,6 +402,26 @@ fn windows_are_shortened_by_the_time_the_kernel_takes_to_close_links() {
 }
 
 #[test]
+fn a_group_that_is_one_link_is_spaced_as_one_detach() {
+    // The same 4-slot group over budget: as four perf-event uprobes its cycles are
+    // spaced for four detaches per cycle, as one uprobe_multi link for one.
+    let cycles = |group_links: bool| {
+        let mut sim = Simulation::new(enforced(0.005), vec![(four_slot_group(1000.0), 5_000.0)]);
+        sim.controller.group_links = group_links;
+        sim.run(240 * SECOND);
+        sim.updates
+            .iter()
+            .filter(|u| matches!(u, ScaleUpdate::Close { .. }))
+            .count()
+    };
+    let (per_slot, per_group) = (cycles(false), cycles(true));
+    assert!(
+        per_group as f64 > 2.5 * per_slot as f64,
+        "{per_group} cycles with group links vs {per_slot} with one link per slot"
+    );
+}
+
+#[test]
 fn when_rare_groups_exceed_the_budget_hot_ones_still_get_a_share() {
     let mut sim = Simulation::new(
         enforced(0.01),
