@@ -36,6 +36,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         cargo(&["build", "--release", "-p", "mapwatch"]).run()
     })?;
     let mapwatch = workspace_root().join("target/release/mapwatch");
+    let _lock = crate::util::privileged_lock()?;
     let go = "go1.24.11";
     let budgetloop = fixtures_dir.join(go).join("budgetloop");
     let mapgrow = fixtures_dir.join(go).join("mapgrow");

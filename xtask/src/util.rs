@@ -98,3 +98,17 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The machine-wide lock privileged tests take (mapwatch/tests/support): benchmarks and
+/// soaks run mapwatch too, and a test's "no probe left in the kernel" check would see
+/// theirs (and their numbers the tests' load). Held until the file is dropped.
+pub fn privileged_lock() -> anyhow::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/mapwatch-privileged-tests.lock")?;
+    println!("    waiting for other mapwatch tests and benchmarks on this machine to finish");
+    file.lock()?;
+    Ok(file)
+}

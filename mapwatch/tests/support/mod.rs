@@ -61,6 +61,7 @@ pub struct KernelGuard {
     _machine: std::fs::File,
 }
 
+/// Also taken by `cargo xtask bench` and `soak`, which run mapwatch too.
 const MACHINE_LOCK: &str = "/tmp/mapwatch-privileged-tests.lock";
 
 /// Returns a guard if the test may load BPF; otherwise explains how to run it and
@@ -80,10 +81,10 @@ pub fn privileged(test: &str) -> Option<KernelGuard> {
         .write(true)
         .open(MACHINE_LOCK)
         .expect("open the privileged tests' lock file");
-    // SAFETY: flock(2) on a file descriptor this function owns; released when the file
-    // is closed (the guard dropped, or the process gone).
-    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&machine), libc::LOCK_EX) };
-    assert_eq!(locked, 0, "flock {MACHINE_LOCK}");
+    // Released when the file is closed: the guard dropped, or the process gone.
+    machine
+        .lock()
+        .expect("lock the privileged tests' lock file");
     Some(KernelGuard {
         _thread: thread,
         _machine: machine,

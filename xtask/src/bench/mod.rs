@@ -178,6 +178,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     let started = Instant::now();
     let env = setup::run()?;
     fixtures::build_all(&env)?;
+    let _lock = crate::util::privileged_lock()?;
     step("build mapwatch and probe_bench (release)", || {
         cargo(&[
             "build",
