@@ -171,7 +171,9 @@ fn the_daemon_shows_nothing_of_a_process_command_line_or_environment() {
         "off",
         "--include-binary",
         "mapgrow",
-        // Always attached: no records held back by a duty cycle.
+        // Always attached, from the start: no records held back by a duty cycle.
+        "--overhead-budget",
+        "100%",
         "--overhead-share",
         "100%",
         "--log-format",

@@ -55,17 +55,18 @@ pub struct ProcessReport {
 pub const UNKNOWN_HOT_ON_COST: f64 = 1.0;
 
 /// Whether a new process's group starts detached, at a guessed duty cycle, rather than
-/// attached until measured: hot groups, when the budget is enforced.
-pub fn starts_detached(group: &GroupSpec, enforce: bool) -> bool {
-    enforce && group.priority == Priority::Hot
+/// attached until measured: hot groups, when the budget is enforced and does not cover
+/// the cost assumed of an unknown one (a budget of a whole core lets them start on).
+pub fn starts_detached(group: &GroupSpec, config: &BudgetConfig) -> bool {
+    config.enforce && group.priority == Priority::Hot && config.per_process < UNKNOWN_HOT_ON_COST
 }
 
 /// The slots of `groups` that [`starts_detached`] leaves detached at first: what
 /// `Probes::attach_process` is told not to attach yet.
-pub fn slots_detached_at_start(groups: &[GroupSpec], enforce: bool) -> Vec<u32> {
+pub fn slots_detached_at_start(groups: &[GroupSpec], config: &BudgetConfig) -> Vec<u32> {
     groups
         .iter()
-        .filter(|g| starts_detached(g, enforce))
+        .filter(|g| starts_detached(g, config))
         .flat_map(|g| g.slots.iter().map(|s| s.slot))
         .collect()
 }
@@ -133,7 +134,7 @@ impl Controller {
     ) {
         let detached: Vec<bool> = groups
             .iter()
-            .map(|g| starts_detached(g, self.config.enforce))
+            .map(|g| starts_detached(g, &self.config))
             .collect();
         let known = self.history.get(&history_key(&labels)).cloned();
         let mut process = Process::new(labels, groups, now, self.config.per_process);

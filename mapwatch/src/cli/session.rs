@@ -109,8 +109,8 @@ pub struct Session {
     probes: Arc<Mutex<Probes>>,
     hit_cost: HitCost,
     exact: bool,
-    /// The budget is enforced: a new process's hot groups start detached.
-    enforce_budget: bool,
+    /// The overhead budget: under it, a new process's hot groups may start detached.
+    budget_config: BudgetConfig,
     to_aggregator: mpsc::Sender<Input>,
     aggregator: JoinHandle<()>,
     stop_reader: watch::Sender<bool>,
@@ -219,7 +219,7 @@ impl Session {
             probes,
             hit_cost,
             exact: options.exact,
-            enforce_budget: options.budget.enforce,
+            budget_config: options.budget,
             to_aggregator,
             aggregator,
             stop_reader,
@@ -297,7 +297,7 @@ impl Session {
         let groups = budget::groups_for_plan(&plan, &slots, self.hit_cost);
         // Under an enforced budget, hot groups start detached: the budget opens their
         // first window.
-        let later = budget::slots_detached_at_start(&groups, self.enforce_budget);
+        let later = budget::slots_detached_at_start(&groups, &self.budget_config);
         // Off the async workers: attaching blocks on the kernel.
         let probes = Arc::clone(&self.probes);
         let count = tokio::task::spawn_blocking(move || {

@@ -65,7 +65,7 @@ impl Simulation {
         for (group, rate) in &groups {
             for slot in &group.slots {
                 rates.insert(slot.slot, *rate);
-                attached.insert(slot.slot, !starts_detached(group, config.enforce));
+                attached.insert(slot.slot, !starts_detached(group, &config));
             }
         }
         controller.add_process(
@@ -313,9 +313,15 @@ fn a_late_attach_still_gets_its_whole_window() {
 #[test]
 fn a_new_process_starts_its_hot_groups_detached_at_a_guess_from_its_workload() {
     let config = enforced(0.01);
-    assert!(starts_detached(&hot_group(0, 1000.0), true));
-    assert!(!starts_detached(&rare_group(1, 1000.0), true));
-    assert!(!starts_detached(&hot_group(0, 1000.0), false));
+    assert!(starts_detached(&hot_group(0, 1000.0), &config));
+    assert!(!starts_detached(&rare_group(1, 1000.0), &config));
+    let not_enforced = BudgetConfig {
+        enforce: false,
+        ..config
+    };
+    assert!(!starts_detached(&hot_group(0, 1000.0), &not_enforced));
+    // A budget of a whole core covers the cost assumed of an unknown hot group.
+    assert!(!starts_detached(&hot_group(0, 1000.0), &enforced(1.0)));
     let mut controller = Controller::new(config, 3);
     let groups = || vec![hot_group(1, 1000.0), rare_group(2, 1000.0)];
     // No history: the guess is a whole core while attached.
