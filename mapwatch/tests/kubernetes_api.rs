@@ -7,9 +7,12 @@ use std::{
     time::Duration,
 };
 
-use mapwatch::discover::{
-    CgroupContainer, PodIdentity, PodResolver,
-    kubernetes::{ApiClient, InClusterConfig, KubeError},
+use mapwatch::{
+    discover::{
+        CgroupContainer, PodIdentity, PodResolver,
+        kubernetes::{ApiClient, InClusterConfig, KubeError, ResolverOptions},
+    },
+    metrics::Metrics,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -216,7 +219,9 @@ async fn list_watch_expire_relist_and_rewatch() {
     .await;
     let token = token_file("flow");
     let client = ApiClient::plain_http("127.0.0.1", port, Some(token.clone()));
-    let resolver = PodResolver::start(client, NODE.into());
+    let metrics = Metrics::new().unwrap();
+    let options = ResolverOptions::new(metrics.kubernetes_api_errors_total.clone());
+    let resolver = PodResolver::start(client, NODE.into(), options);
 
     let list = next_request(&mut seen).await;
     assert_eq!(
@@ -296,6 +301,22 @@ async fn list_watch_expire_relist_and_rewatch() {
         None
     );
     assert!(started.elapsed() >= Duration::from_millis(200));
+    // 410s are routine, not errors.
+    assert_eq!(
+        metrics
+            .render()
+            .matches("mapwatch_kubernetes_api_errors_total{kind=")
+            .count(),
+        8
+    );
+    assert!(
+        !metrics
+            .render()
+            .lines()
+            .any(|l| l.starts_with("mapwatch_kubernetes_api_errors_total") && !l.ends_with(" 0")),
+        "{}",
+        metrics.render()
+    );
     std::fs::remove_file(token).unwrap();
 }
 
@@ -314,6 +335,27 @@ async fn missing_permission_is_explained() {
         "{message}"
     );
     assert!(message.contains("ClusterRole"), "{message}");
+    assert!(message.contains("deploy/base"), "{message}");
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_explained() {
+    let (port, _seen) = scripted_server(vec![Reply::Json(401, read("status-401.json"))]).await;
+    let token = token_file("rejected");
+    let client = ApiClient::plain_http("127.0.0.1", port, Some(token.clone()));
+    let error = client.list_pods(NODE).await.unwrap_err();
+    assert!(
+        matches!(error, KubeError::Unauthorized { code: 401, .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("Unauthorized"), "{message}");
+    assert!(
+        message.contains(&token.display().to_string()),
+        "names the token file: {message}"
+    );
+    assert!(message.contains("ServiceAccount"), "{message}");
+    std::fs::remove_file(token).unwrap();
 }
 
 fn tls_server_config() -> Arc<rustls::ServerConfig> {

@@ -30,7 +30,9 @@ use crate::{
     budget::{BudgetConfig, HitCost},
     config::{Filters, RunConfig},
     discover::{
-        PodResolver, WorkloadIdentity, parse_proc_cgroup,
+        PodResolver, WorkloadIdentity,
+        kubernetes::ResolverOptions,
+        parse_proc_cgroup,
         procs::{ProcessInfo, binary_label, exe_path, process_info, scan_processes},
         tracker::{Change, Tracker},
     },
@@ -165,8 +167,11 @@ impl Daemon {
             notices_lost,
         };
         let session = Session::start(probes, hit_cost, options).await?;
-        let pods = PodResolver::from_environment(config.kubernetes)
-            .map_err(|e| UsageError(format!("Kubernetes pod names: {e}")))?;
+        let pods = PodResolver::from_environment(
+            config.kubernetes,
+            ResolverOptions::new(session.metrics().kubernetes_api_errors_total.clone()),
+        )
+        .map_err(|e| UsageError(format!("Kubernetes pod names: {e}")))?;
         let (notice_tx, mut notice_rx) = mpsc::channel::<Vec<ProcessNotice>>(64);
         let following = notice_ring.is_some();
         if let Some(ring) = notice_ring {

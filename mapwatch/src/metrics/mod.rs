@@ -108,6 +108,57 @@ impl AttachErrorReason {
     }
 }
 
+/// What went wrong talking to the Kubernetes API: the `kind` label of
+/// `mapwatch_kubernetes_api_errors_total`. A handful of values, so an outage is one
+/// series that moves, and every value exported at 0 from the start (as for
+/// [`AttachErrorReason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KubernetesApiErrorKind {
+    /// No connection: refused, unreachable, or the TLS handshake failed.
+    Connect,
+    /// No connection, response, list or watch event within its time limit.
+    Timeout,
+    /// The connection broke mid-exchange: reset, closed before the body's end, or not
+    /// HTTP at all.
+    Broken,
+    /// 401 or 403 (token rejected, RBAC missing), or the token file unreadable.
+    Unauthorized,
+    /// Any other error status (5xx, 429, 404, …).
+    HttpStatus,
+    /// A body that is not the JSON asked for: invalid JSON, an HTML page, another object.
+    Decode,
+    /// A response or watch event over the size caps.
+    TooLarge,
+    /// An ERROR event in a watch stream (other than 410 Gone, which is routine).
+    WatchError,
+}
+
+impl KubernetesApiErrorKind {
+    pub const ALL: [KubernetesApiErrorKind; 8] = [
+        KubernetesApiErrorKind::Connect,
+        KubernetesApiErrorKind::Timeout,
+        KubernetesApiErrorKind::Broken,
+        KubernetesApiErrorKind::Unauthorized,
+        KubernetesApiErrorKind::HttpStatus,
+        KubernetesApiErrorKind::Decode,
+        KubernetesApiErrorKind::TooLarge,
+        KubernetesApiErrorKind::WatchError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KubernetesApiErrorKind::Connect => "connect",
+            KubernetesApiErrorKind::Timeout => "timeout",
+            KubernetesApiErrorKind::Broken => "broken",
+            KubernetesApiErrorKind::Unauthorized => "unauthorized",
+            KubernetesApiErrorKind::HttpStatus => "http_status",
+            KubernetesApiErrorKind::Decode => "decode",
+            KubernetesApiErrorKind::TooLarge => "too_large",
+            KubernetesApiErrorKind::WatchError => "watch_error",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub slice_grow_total: IntCounterVec,
@@ -139,6 +190,7 @@ pub struct Metrics {
     pub exact_checks_total: IntCounterVec,
     pub attached_processes: IntGauge,
     pub attach_errors_total: IntCounterVec,
+    pub kubernetes_api_errors_total: IntCounterVec,
     pub probe_duty_cycle_ratio: prometheus::GaugeVec,
     pub estimated_overhead_ratio: prometheus::GaugeVec,
     pub build_info: IntGaugeVec,
@@ -369,6 +421,15 @@ impl Metrics {
         for reason in AttachErrorReason::ALL {
             attach_errors_total.with_label_values(&[reason.label()]);
         }
+        let kubernetes_api_errors_total = r.counter(
+            "kubernetes_api_errors_total",
+            "Failed requests to the Kubernetes API (pod names), by kind; while it fails, \
+             new processes are profiled without namespace, pod and container labels.",
+            &["kind"],
+        )?;
+        for kind in KubernetesApiErrorKind::ALL {
+            kubernetes_api_errors_total.with_label_values(&[kind.label()]);
+        }
         let mut duty_labels = WORKLOAD_LABELS.to_vec();
         duty_labels.push("probe");
         let probe_duty_cycle_ratio = r.register(prometheus::GaugeVec::new(
@@ -441,6 +502,7 @@ impl Metrics {
             exact_checks_total,
             attached_processes,
             attach_errors_total,
+            kubernetes_api_errors_total,
             probe_duty_cycle_ratio,
             estimated_overhead_ratio,
             build_info,

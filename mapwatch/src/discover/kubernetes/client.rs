@@ -30,17 +30,47 @@ use tokio_rustls::{
 use tracing::debug;
 
 use super::wire::{ApiStatus, PodList, WatchEvent};
+use crate::metrics::KubernetesApiErrorKind;
 
 /// Where a pod's service account is mounted (the same in every pod).
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The server closes a watch after this long; the client then watches again from the
 /// last resourceVersion (client-go picks 5–10 minutes).
 pub(super) const WATCH_TIMEOUT_SECONDS: u64 = 300;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A node holds at most a few hundred pods; a list is a few MiB at worst.
-const MAX_LIST_BYTES: usize = 64 << 20;
-const MAX_EVENT_BYTES: usize = 16 << 20;
+pub const MAX_LIST_BYTES: usize = 64 << 20;
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+/// Pages of 500 pods: far more than a node can run, so a server that keeps sending
+/// `continue` tokens cannot keep the list going (and growing) forever.
+const MAX_LIST_PAGES: usize = 20;
+/// An error status's body is a `Status` object of a few hundred bytes, or a proxy's
+/// HTML page; only its start goes into the error.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+
+/// The client's time limits. A watch has none on its length (the server ends it after
+/// `timeoutSeconds`), only on the silence between its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiTimeouts {
+    /// The TCP connection, then the TLS handshake, each.
+    pub connect: Duration,
+    /// A list page, headers and body; a watch's response headers.
+    pub response: Duration,
+    /// The longest silence in an open watch. Bookmarks arrive about once a minute, so
+    /// a watch silent for longer than the server's own timeout is a dead connection
+    /// (one a NAT or load balancer dropped without a reset).
+    pub watch_idle: Duration,
+}
+
+impl Default for ApiTimeouts {
+    fn default() -> ApiTimeouts {
+        ApiTimeouts {
+            connect: Duration::from_secs(10),
+            response: Duration::from_secs(60),
+            watch_idle: Duration::from_secs(WATCH_TIMEOUT_SECONDS + 60),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -60,15 +90,31 @@ pub enum KubeError {
     CaBundle { path: PathBuf, reason: String },
     #[error("connecting to the Kubernetes API at {endpoint}: {source}")]
     Connect { endpoint: String, source: io::Error },
-    #[error("connecting to the Kubernetes API at {endpoint}: timed out after {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { endpoint: String },
+    #[error("connecting to the Kubernetes API at {endpoint}: timed out after {after:?}")]
+    ConnectTimeout { endpoint: String, after: Duration },
     #[error("HTTP with the Kubernetes API: {0}")]
     Http(#[from] hyper::Error),
     #[error("invalid Kubernetes API request: {0}")]
     Request(#[from] hyper::http::Error),
     #[error(
-        "the Kubernetes API refused {path} ({code} {reason}): {message} — the ClusterRole in \
-         deploy/ grants get/list/watch on pods to mapwatch's service account"
+        "the Kubernetes API did not accept mapwatch's credentials for {path} ({code} \
+         {reason}): {message} — the service account token ({token}) is expired, revoked or \
+         of a deleted service account; the kubelet renews a mounted token, so check that \
+         mapwatch's ServiceAccount exists and the pod mounts its token \
+         (automountServiceAccountToken), then restart the pod"
+    )]
+    Unauthorized {
+        path: String,
+        code: u16,
+        reason: String,
+        message: String,
+        token: String,
+    },
+    #[error(
+        "the Kubernetes API refused {path} ({code} {reason}): {message} — mapwatch's \
+         service account needs get/list/watch on pods: apply the ClusterRole and \
+         ClusterRoleBinding of deploy/base (kubectl auth can-i watch pods \
+         --as=system:serviceaccount:<namespace>:mapwatch checks it)"
     )]
     Forbidden {
         path: String,
@@ -91,10 +137,52 @@ pub enum KubeError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("the Kubernetes API answered {path} with {found}, not a pod list")]
+    NotAPodList { path: String, found: String },
     #[error("the Kubernetes API answered {path} with more than {limit} bytes")]
     TooLarge { path: String, limit: usize },
+    #[error("the Kubernetes API's pod list did not end after {MAX_LIST_PAGES} pages")]
+    EndlessList,
     #[error("no answer from the Kubernetes API to {path} within {after:?}")]
     Timeout { path: String, after: Duration },
+    #[error("the pod watch {path} was silent for {after:?}: the connection is presumed dead")]
+    WatchSilent { path: String, after: Duration },
+}
+
+impl KubeError {
+    /// The `kind` label of `mapwatch_kubernetes_api_errors_total` this error counts
+    /// under; `None` for a routine 410 and for set-up errors, which stop the daemon
+    /// before any request.
+    pub fn kind(&self) -> Option<KubernetesApiErrorKind> {
+        use KubernetesApiErrorKind as Kind;
+        Some(match self {
+            KubeError::NotInCluster(_)
+            | KubeError::NoNodeName
+            | KubeError::CaBundle { .. }
+            | KubeError::Request(_)
+            | KubeError::Gone => return None,
+            // After set-up, the token is the one file read (before every request).
+            KubeError::Read { .. } => Kind::Unauthorized,
+            KubeError::Connect { .. } => Kind::Connect,
+            KubeError::ConnectTimeout { .. }
+            | KubeError::Timeout { .. }
+            | KubeError::WatchSilent { .. } => Kind::Timeout,
+            KubeError::Http(_) => Kind::Broken,
+            KubeError::Unauthorized { .. } | KubeError::Forbidden { .. } => Kind::Unauthorized,
+            KubeError::Status { .. } => Kind::HttpStatus,
+            KubeError::Json { .. } | KubeError::NotAPodList { .. } => Kind::Decode,
+            KubeError::TooLarge { .. } | KubeError::EndlessList => Kind::TooLarge,
+        })
+    }
+
+    /// No connection was made: the API server (or the way to it) is down, and a watch
+    /// can resume where it was when it returns.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            KubeError::Connect { .. } | KubeError::ConnectTimeout { .. }
+        )
+    }
 }
 
 /// What a pod is given to reach the API: `KUBERNETES_SERVICE_HOST/PORT`, the service
@@ -163,6 +251,7 @@ pub struct ApiClient {
     /// Re-read before every request: projected service account tokens are rotated by
     /// the kubelet (hourly), and a token read once at start expires.
     token_path: Option<PathBuf>,
+    timeouts: ApiTimeouts,
 }
 
 impl ApiClient {
@@ -207,6 +296,7 @@ impl ApiClient {
                 server_name,
             }),
             token_path: Some(config.token_path.clone()),
+            timeouts: ApiTimeouts::default(),
         })
     }
 
@@ -217,7 +307,13 @@ impl ApiClient {
             port,
             tls: None,
             token_path,
+            timeouts: ApiTimeouts::default(),
         }
+    }
+
+    /// The same client with other time limits.
+    pub fn with_timeouts(self, timeouts: ApiTimeouts) -> ApiClient {
+        ApiClient { timeouts, ..self }
     }
 
     pub(super) fn endpoint(&self) -> String {
@@ -237,25 +333,24 @@ impl ApiClient {
     pub async fn list_pods(&self, node_name: &str) -> Result<PodList, KubeError> {
         let mut all = PodList::default();
         let mut continue_token: Option<String> = None;
-        loop {
+        for _ in 0..MAX_LIST_PAGES {
             let mut path = format!("{}&limit=500", pods_path(node_name));
             if let Some(token) = &continue_token {
                 path.push_str("&continue=");
                 path.push_str(&percent_encode(token));
             }
-            let page: PodList = tokio::time::timeout(LIST_TIMEOUT, async {
+            let after = self.timeouts.response;
+            let page = tokio::time::timeout(after, async {
                 let response = self.get(&path).await?;
                 let body = read_body(response.into_body(), &path, MAX_LIST_BYTES).await?;
-                serde_json::from_slice(&body).map_err(|source| KubeError::Json {
-                    path: path.clone(),
-                    source,
-                })
+                parse_pod_list(&body, &path)
             })
             .await
             .map_err(|_| KubeError::Timeout {
                 path: path.clone(),
-                after: LIST_TIMEOUT,
+                after,
             })??;
+            all.kind = page.kind;
             all.items.extend(page.items);
             all.metadata.resource_version = page.metadata.resource_version;
             match page.metadata.continue_token.filter(|t| !t.is_empty()) {
@@ -263,6 +358,7 @@ impl ApiClient {
                 None => return Ok(all),
             }
         }
+        Err(KubeError::EndlessList)
     }
 
     /// Starts a watch of the pods on `node_name` from `resource_version`. A 410 answer
@@ -280,15 +376,18 @@ impl ApiClient {
             path.push_str("&resourceVersion=");
             path.push_str(&percent_encode(version));
         }
-        let response = tokio::time::timeout(LIST_TIMEOUT, self.get(&path))
+        let after = self.timeouts.response;
+        let response = tokio::time::timeout(after, self.get(&path))
             .await
             .map_err(|_| KubeError::Timeout {
                 path: path.clone(),
-                after: LIST_TIMEOUT,
+                after,
             })??;
         Ok(WatchStream {
             body: response.into_body(),
             buffer: Vec::new(),
+            scanned: 0,
+            idle: self.timeouts.watch_idle,
             path,
         })
     }
@@ -312,28 +411,28 @@ impl ApiClient {
         }
         let request = request.body(Empty::<Bytes>::new())?;
         let endpoint = self.endpoint();
-        let tcp = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| KubeError::ConnectTimeout {
-            endpoint: endpoint.clone(),
-        })?
-        .map_err(|source| KubeError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+        let after = self.timeouts.connect;
+        let tcp = tokio::time::timeout(after, TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| KubeError::ConnectTimeout {
+                endpoint: endpoint.clone(),
+                after,
+            })?
+            .map_err(|source| KubeError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let response = match &self.tls {
             Some(tls) => {
                 let stream = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
+                    after,
                     tls.connector.connect(tls.server_name.clone(), tcp),
                 )
                 .await
                 .map_err(|_| KubeError::ConnectTimeout {
                     endpoint: endpoint.clone(),
+                    after,
                 })?
                 .map_err(|source| KubeError::Connect { endpoint, source })?;
                 send(stream, request).await?
@@ -344,16 +443,33 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
-        let body = read_body(response.into_body(), path, MAX_EVENT_BYTES).await?;
+        // The status is the error; a body that is too long or breaks off only loses
+        // the detail.
+        let body = read_body(response.into_body(), path, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
         let api_status: ApiStatus = serde_json::from_slice(&body).unwrap_or_else(|_| ApiStatus {
-            code: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or_default().to_string(),
-            message: String::from_utf8_lossy(&body).trim().to_string(),
+            message: String::from_utf8_lossy(&body).into_owned(),
+            ..ApiStatus::default()
         });
-        let (code, reason, message) = (status.as_u16(), api_status.reason, api_status.message);
+        let code = status.as_u16();
+        let reason = Some(api_status.reason)
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or_default().to_string());
+        let message = one_line(&api_status.message, MAX_ERROR_MESSAGE_CHARS);
         Err(match status {
             StatusCode::GONE => KubeError::Gone,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => KubeError::Forbidden {
+            StatusCode::UNAUTHORIZED => KubeError::Unauthorized {
+                path: path.to_string(),
+                code,
+                reason,
+                message,
+                token: self
+                    .token_path
+                    .as_ref()
+                    .map_or_else(|| "none sent".to_string(), |p| p.display().to_string()),
+            },
+            StatusCode::FORBIDDEN => KubeError::Forbidden {
                 path: path.to_string(),
                 code,
                 reason,
@@ -388,6 +504,13 @@ where
 }
 
 async fn read_body(body: Incoming, path: &str, limit: usize) -> Result<Bytes, KubeError> {
+    // A declared length over the limit is refused before reading any of it.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(KubeError::TooLarge {
+            path: path.to_string(),
+            limit,
+        });
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => match error.downcast::<hyper::Error>() {
@@ -397,6 +520,40 @@ async fn read_body(body: Incoming, path: &str, limit: usize) -> Result<Bytes, Ku
                 limit,
             }),
         },
+    }
+}
+
+/// One page of a list. Every field of [`PodList`] has a default, so any JSON object
+/// parses as an empty list — and replacing the index with it would forget every pod.
+/// A real list names its kind and always carries a resourceVersion.
+fn parse_pod_list(body: &[u8], path: &str) -> Result<PodList, KubeError> {
+    let page: PodList = serde_json::from_slice(body).map_err(|source| KubeError::Json {
+        path: path.to_string(),
+        source,
+    })?;
+    let versioned = page
+        .metadata
+        .resource_version
+        .as_deref()
+        .is_some_and(|v| !v.is_empty());
+    let found = match page.kind.as_deref() {
+        Some(kind) if kind != "PodList" => format!("a {} object", one_line(kind, 40)),
+        _ if !versioned => "a list without a resourceVersion".to_string(),
+        _ => return Ok(page),
+    };
+    Err(KubeError::NotAPodList {
+        path: path.to_string(),
+        found,
+    })
+}
+
+/// `text` on one line, at most `max` characters: an error page can be long and
+/// multi-line, and ends up in a log line.
+fn one_line(text: &str, max: usize) -> String {
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match words.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &words[..cut]),
+        None => words,
     }
 }
 
@@ -426,6 +583,10 @@ fn percent_encode(text: &str) -> String {
 pub struct WatchStream {
     body: Incoming,
     buffer: Vec<u8>,
+    /// The buffer's first `scanned` bytes hold no newline: a long line arriving in many
+    /// frames is searched once, not once per frame.
+    scanned: usize,
+    idle: Duration,
     path: String,
 }
 
@@ -433,30 +594,43 @@ impl WatchStream {
     /// The next event; `None` when the server ended the watch (its timeout).
     pub async fn next_event(&mut self) -> Result<Option<WatchEvent>, KubeError> {
         loop {
-            if let Some(newline) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=newline).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            match self.buffer[self.scanned..].iter().position(|&b| b == b'\n') {
+                Some(offset) => {
+                    let line: Vec<u8> = self.buffer.drain(..=self.scanned + offset).collect();
+                    self.scanned = 0;
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return WatchEvent::from_json(&line)
+                        .map(Some)
+                        .map_err(|source| self.json_error(source));
                 }
-                return WatchEvent::from_json(&line)
-                    .map(Some)
-                    .map_err(|source| self.json_error(source));
+                None => self.scanned = self.buffer.len(),
             }
-            match self.body.frame().await {
+            // The cap is on one event, the line being read, not on what one frame
+            // carries.
+            if self.buffer.len() > MAX_EVENT_BYTES {
+                return Err(KubeError::TooLarge {
+                    path: self.path.clone(),
+                    limit: MAX_EVENT_BYTES,
+                });
+            }
+            let frame = tokio::time::timeout(self.idle, self.body.frame())
+                .await
+                .map_err(|_| KubeError::WatchSilent {
+                    path: self.path.clone(),
+                    after: self.idle,
+                })?;
+            match frame {
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
                         self.buffer.extend_from_slice(&data);
-                    }
-                    if self.buffer.len() > MAX_EVENT_BYTES {
-                        return Err(KubeError::TooLarge {
-                            path: self.path.clone(),
-                            limit: MAX_EVENT_BYTES,
-                        });
                     }
                 }
                 None if self.buffer.iter().all(u8::is_ascii_whitespace) => return Ok(None),
                 // A last event without its newline.
                 None => {
+                    self.scanned = 0;
                     let line = std::mem::take(&mut self.buffer);
                     return WatchEvent::from_json(&line)
                         .map(Some)
@@ -515,6 +689,40 @@ mod tests {
         assert_eq!(config.node_name, "node-a");
         assert_eq!(config.ca_path, dir.join("ca.crt"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_list_is_a_list() {
+        let path = "/api/v1/pods";
+        let parse = |body: &str| parse_pod_list(body.as_bytes(), path);
+        let list = parse(r#"{"kind":"PodList","metadata":{"resourceVersion":"7"},"items":[]}"#);
+        assert_eq!(
+            list.unwrap().metadata.resource_version.as_deref(),
+            Some("7")
+        );
+        // Every field has a default: without the check, each of these would be an
+        // empty list, and the index would forget every pod.
+        for (body, found) in [
+            ("{}", "a list without a resourceVersion"),
+            (r#"{"kind":"Status","status":"Success"}"#, "a Status object"),
+            (
+                r#"{"kind":"PodList","metadata":{"resourceVersion":""}}"#,
+                "a list without a resourceVersion",
+            ),
+        ] {
+            match parse(body) {
+                Err(KubeError::NotAPodList { found: f, .. }) => assert_eq!(f, found, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse("<html>"), Err(KubeError::Json { .. })));
+    }
+
+    #[test]
+    fn error_messages_fit_on_a_line() {
+        assert_eq!(one_line("  a\r\n  b\tc ", 10), "a b c");
+        assert_eq!(one_line("ééééé", 3), "ééé…");
+        assert_eq!(one_line("abc", 3), "abc");
     }
 
     #[test]

@@ -23,8 +23,10 @@ pub enum WatchOutcome {
     Continue,
     /// The resourceVersion is too old (410): list again.
     Relist,
-    /// Another API error: watch again from the last resourceVersion.
-    Rewatch(ApiStatus),
+    /// Another API error ended the watch. Listing again is the one way out that always
+    /// works: watching again from the same version can fail forever (a version beyond
+    /// the store's after an etcd restore is refused as "too large" every time).
+    Failed(ApiStatus),
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +80,7 @@ impl PodIndex {
             WatchEvent::Error(status) if status.code == StatusCode::GONE.as_u16() => {
                 return WatchOutcome::Relist;
             }
-            WatchEvent::Error(status) => return WatchOutcome::Rewatch(status),
+            WatchEvent::Error(status) => return WatchOutcome::Failed(status),
         }
         WatchOutcome::Continue
     }
@@ -332,13 +334,13 @@ mod tests {
     }
 
     #[test]
-    fn other_watch_errors_ask_for_a_rewatch() {
+    fn other_watch_errors_end_the_watch() {
         let event = WatchEvent::from_json(
             br#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","message":"etcd leader changed","reason":"InternalError","code":500}}"#,
         )
         .unwrap();
         let mut index = PodIndex::default();
-        assert!(matches!(index.apply(event), WatchOutcome::Rewatch(s) if s.code == 500));
+        assert!(matches!(index.apply(event), WatchOutcome::Failed(s) if s.code == 500));
     }
 
     #[test]

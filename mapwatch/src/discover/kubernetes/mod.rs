@@ -9,7 +9,9 @@
 //! - `client`: [`ApiClient`], the HTTPS I/O (and [`InClusterConfig`], what a pod is
 //!   given to reach the API).
 //! - `resolver`: [`PodResolver`], the background task that lists, then watches from the
-//!   list's resourceVersion, and on 410 Gone (the version was compacted) lists again.
+//!   list's resourceVersion, and on 410 Gone (the version was compacted) or a failed
+//!   watch lists again; while the API fails it backs off, counts each failure in
+//!   `mapwatch_kubernetes_api_errors_total` and logs once per outage.
 mod client;
 mod index;
 mod resolver;
@@ -17,9 +19,12 @@ mod wire;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{ApiClient, InClusterConfig, KubeError, SERVICE_ACCOUNT_DIR, WatchStream};
+pub use client::{
+    ApiClient, ApiTimeouts, InClusterConfig, KubeError, MAX_EVENT_BYTES, MAX_LIST_BYTES,
+    SERVICE_ACCOUNT_DIR, WatchStream,
+};
 pub use index::{PodIdentity, PodIndex, WatchOutcome};
-pub use resolver::PodResolver;
+pub use resolver::{PodResolver, ResolverOptions};
 pub use wire::{
     ApiStatus, ContainerStatus, ListMeta, ObjectMeta, Pod, PodList, PodStatus, WatchEvent,
 };

@@ -52,6 +52,9 @@ pub struct ListMeta {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PodList {
+    /// `PodList`; read only to tell a list from other JSON, which every other field's
+    /// default would let through as an empty list.
+    pub kind: Option<String>,
     #[serde(default)]
     pub metadata: ListMeta,
     #[serde(default)]
