@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::UProbe,
 };
@@ -74,6 +74,8 @@ pub enum AttachError {
         "following process exec/exit needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {0}"
     )]
     Btf(String),
+    #[error("{RING_BYTES_VARIABLE}={value:?}: {why}")]
+    RingSize { value: String, why: String },
 }
 
 impl AttachError {
@@ -83,7 +85,9 @@ impl AttachError {
             AttachError::Privileges(_)
             | AttachError::LinkRefused { .. }
             | AttachError::ExeUnreadable { .. } => AttachErrorReason::Privileges,
-            AttachError::Load(_) | AttachError::Missing(_) => AttachErrorReason::Load,
+            AttachError::Load(_) | AttachError::Missing(_) | AttachError::RingSize { .. } => {
+                AttachErrorReason::Load
+            }
             AttachError::Program(_) | AttachError::Link(_) => AttachErrorReason::Attach,
             AttachError::Map(_) => AttachErrorReason::Map,
             AttachError::ProcessGone { .. } => AttachErrorReason::ProcessGone,
@@ -93,6 +97,48 @@ impl AttachError {
             AttachError::Btf(_) => AttachErrorReason::Btf,
         }
     }
+}
+
+/// Environment variable that sizes the EVENTS ring buffer, in bytes (a power of two, at
+/// least the page size); unset, [`mapwatch_common::RING_BUF_BYTES`]. A knob for tests
+/// that must overflow the ring (tests/overload.rs) and for nodes whose bursts overflow
+/// the default; not a flag, because no one should need it in ordinary use.
+pub const RING_BYTES_VARIABLE: &str = "MAPWATCH_RING_BYTES";
+
+/// The EVENTS ring's size: [`RING_BYTES_VARIABLE`], else the default.
+fn ring_bytes() -> Result<u32, AttachError> {
+    match std::env::var(RING_BYTES_VARIABLE) {
+        Err(_) => Ok(mapwatch_common::RING_BUF_BYTES),
+        Ok(value) if value.is_empty() => Ok(mapwatch_common::RING_BUF_BYTES),
+        Ok(value) => {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            parse_ring_bytes(&value, u32::try_from(page).unwrap_or(4096))
+        }
+    }
+}
+
+/// Refuses what the kernel would refuse and what aya would silently round up (it makes
+/// any ring size a power-of-two multiple of the page size): the ring in use must be the
+/// one asked for.
+fn parse_ring_bytes(value: &str, page: u32) -> Result<u32, AttachError> {
+    let refuse = |why: String| AttachError::RingSize {
+        value: value.to_string(),
+        why,
+    };
+    let bytes: u32 = value.trim().parse().map_err(|_| {
+        refuse(format!(
+            "expected a number of bytes, a power of two from {page} (the page size) to {}",
+            1u32 << 31
+        ))
+    })?;
+    if !bytes.is_power_of_two() || bytes < page {
+        return Err(refuse(format!(
+            "a ring buffer's size must be a power of two and at least the page size ({page} \
+             bytes), e.g. 65536 or 33554432"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Path through which a process's executable is attached: /proc/PID/exe names the
@@ -202,6 +248,7 @@ pub struct Probes {
     sites: HashMap<u32, ProbeSite>,
     counters: Arc<Mutex<KernelCounters>>,
     ring: Option<RingBuf<MapData>>,
+    ring_bytes: u32,
     logger: Option<BpfLogger>,
 }
 
@@ -212,10 +259,16 @@ impl Probes {
     /// Loads and verifies the BPF programs. Needs CAP_BPF + CAP_PERFMON (or root).
     pub fn load() -> Result<Probes, AttachError> {
         privileges::check()?;
-        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/mapwatch"
-        )))?;
+        let ring_bytes = ring_bytes()?;
+        if ring_bytes != mapwatch_common::RING_BUF_BYTES {
+            info!(ring_bytes, "ring buffer sized by {RING_BYTES_VARIABLE}");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(mapwatch_common::map_names::EVENTS, ring_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/mapwatch"
+            )))?;
         // The BPF side logs only on paths that mean a bug (never per hit).
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -272,6 +325,7 @@ impl Probes {
                 cpus: aya::util::nr_cpus().map_err(|(_, e)| aya::maps::MapError::IoError(e))?,
             })),
             ring: Some(ring),
+            ring_bytes,
             logger,
         })
     }
@@ -778,4 +832,26 @@ fn close_concurrently<T: Send>(links: Vec<T>) {
             scope.spawn(move || drop(batch));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_from_a_page() {
+        assert_eq!(parse_ring_bytes("65536", 4096).unwrap(), 65536);
+        assert_eq!(parse_ring_bytes("4096", 4096).unwrap(), 4096);
+        assert_eq!(parse_ring_bytes("2147483648", 4096).unwrap(), 1 << 31);
+        for bad in ["", "64K", "-4096", "100000", "2048", "0", "4294967296"] {
+            let error = parse_ring_bytes(bad, 4096).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("{RING_BYTES_VARIABLE}={bad:?}: ")),
+                "{error}"
+            );
+            assert!(error.contains("power of two"), "{error}");
+        }
+        // 16 KiB pages (arm64 kernels can have them): one 4 KiB is below a page.
+        assert!(parse_ring_bytes("4096", 16384).is_err());
+    }
 }
