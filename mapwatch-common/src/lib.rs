@@ -12,12 +12,37 @@ pub const MAX_PROBE_SLOTS: u32 = 4096;
 /// Size of the shared ring buffer. A power-of-two multiple of the page size. 16 MiB
 /// (131072 records of 128 B): with 8 MiB, a burst of ~200k records (deepstack under
 /// `--exact`, a debug build's aggregator on a loaded 2-vCPU VM) overflowed it in CI.
+/// The default only: userspace may size the ring otherwise at load time
+/// (`MAPWATCH_RING_BYTES`), so the BPF side asks the ring for its size.
 pub const RING_BUF_BYTES: u32 = 16 << 20;
 
 /// The BPF side forces a wake-up of the reader only once this much data is waiting;
 /// below it the reader's timer drains the buffer. A wake-up per record costs ~1.5 µs
-/// per hit (measured on a 2-vCPU VM), more than the rest of the program.
+/// per hit (measured on a 2-vCPU VM), more than the rest of the program. The most it
+/// is: see [`ring_wakeup_bytes`].
 pub const RING_WAKEUP_BYTES: u64 = 256 << 10;
+
+/// The wake-up threshold of a ring of `ring_bytes`: [`RING_WAKEUP_BYTES`], or a quarter
+/// of a smaller ring. A threshold at or above the ring's size is never crossed (the
+/// ring is full first), which would leave a small ring to the reader's timer alone.
+/// A power of two when `ring_bytes` is one (the kernel requires that of a ring).
+pub const fn ring_wakeup_bytes(ring_bytes: u64) -> u64 {
+    let quarter = ring_bytes / 4;
+    if quarter < RING_WAKEUP_BYTES {
+        quarter
+    } else {
+        RING_WAKEUP_BYTES
+    }
+}
+
+/// Whether a backlog that grew from `before` to `after` bytes crossed a multiple of
+/// `threshold`, a power of two: the bits from the threshold's up differ. Written
+/// without a division because the threshold is known only at run time, and a division
+/// by a register would put a divide-by-zero panic path into the BPF program. A zero
+/// threshold says yes to every record (a wake-up too many, never one too few).
+pub const fn crosses_threshold(before: u64, after: u64, threshold: u64) -> bool {
+    (before ^ after) >= threshold
+}
 
 /// Bytes one [`Event`] takes in the ring: the record and the ring's 8-byte header,
 /// rounded up to 8 (kernel/bpf/ringbuf.c `bpf_ringbuf_reserve`).
@@ -395,6 +420,36 @@ mod tests {
                 assert_ne!(a.label(), b.label(), "{a:?} and {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn wakeup_threshold_fits_every_ring() {
+        assert_eq!(
+            ring_wakeup_bytes(u64::from(RING_BUF_BYTES)),
+            RING_WAKEUP_BYTES
+        );
+        assert_eq!(ring_wakeup_bytes(4096), 1024);
+        assert_eq!(ring_wakeup_bytes(64 << 10), 16 << 10);
+        assert_eq!(ring_wakeup_bytes(1 << 20), RING_WAKEUP_BYTES);
+        for shift in 12..32 {
+            let wakeup = ring_wakeup_bytes(1 << shift);
+            assert!(wakeup.is_power_of_two() && wakeup < 1 << shift, "{shift}");
+        }
+    }
+
+    #[test]
+    fn threshold_crossings_match_division() {
+        for threshold in [1024u64, 16 << 10, RING_WAKEUP_BYTES] {
+            for after in (0..4 * threshold).step_by(8) {
+                let before = after.saturating_sub(RING_RECORD_BYTES);
+                assert_eq!(
+                    crosses_threshold(before, after, threshold),
+                    before / threshold != after / threshold,
+                    "{before} → {after} over {threshold}"
+                );
+            }
+        }
+        assert!(crosses_threshold(0, RING_RECORD_BYTES, 0));
     }
 
     #[test]

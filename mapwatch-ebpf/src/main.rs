@@ -12,7 +12,9 @@ mod process_notices;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, pt_regs,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
@@ -25,7 +27,7 @@ use mapwatch_common::{
     ASSIGN_NO_ENTRY, ASSIGN_NO_HASH, ASSIGN_NOT_FOUND, ASSIGN_READ_FAILED, ASSIGN_STATE_ENTRIES,
     AssignState, EVENT_REGS, Event, GoroutineKey, MAP_SLOT_CLASSIC, MAP_SLOT_SWISS_SMALL,
     MAP_SLOT_SWISS_TABLE, MAX_PROBE_SLOTS, MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind,
-    ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, RING_WAKEUP_BYTES,
+    ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, crosses_threshold, ring_wakeup_bytes,
 };
 
 // A map's name is its static's identifier, and userspace takes the map by that name
@@ -164,10 +166,12 @@ fn record(ctx: &ProbeContext) {
     // backlog needs to wake it now — once each time the backlog crosses a multiple of
     // the threshold, not on every record above it (a reader that falls behind would
     // otherwise make every hit pay a wake-up). The backlog already counts this record.
-    // Records of other CPUs can step over a crossing; the timer covers that.
+    // Records of other CPUs can step over a crossing; the timer covers that. The ring's
+    // size is asked, not assumed: userspace can size it at load time.
     let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let before = backlog.saturating_sub(RING_RECORD_BYTES);
-    let flags = if backlog / RING_WAKEUP_BYTES != before / RING_WAKEUP_BYTES {
+    let threshold = ring_wakeup_bytes(EVENTS.query(BPF_RB_RING_SIZE as u64));
+    let flags = if crosses_threshold(before, backlog, threshold) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -55,6 +55,8 @@ pub enum AttachError {
         "following process exec/exit needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {0}"
     )]
     Btf(String),
+    #[error("{}={value:?}: {why}", super::RING_BYTES_VARIABLE)]
+    RingSize { value: String, why: String },
 }
 
 impl AttachError {
@@ -64,7 +66,9 @@ impl AttachError {
             AttachError::Privileges(_)
             | AttachError::LinkRefused { .. }
             | AttachError::ExeUnreadable { .. } => AttachErrorReason::Privileges,
-            AttachError::Load(_) | AttachError::Missing(_) => AttachErrorReason::Load,
+            AttachError::Load(_) | AttachError::Missing(_) | AttachError::RingSize { .. } => {
+                AttachErrorReason::Load
+            }
             AttachError::Program(_) | AttachError::Link(_) => AttachErrorReason::Attach,
             AttachError::Map(_) => AttachErrorReason::Map,
             AttachError::ProcessGone { .. } => AttachErrorReason::ProcessGone,

@@ -6,6 +6,7 @@ pub mod links;
 pub mod notices;
 pub mod privileges;
 pub mod reader;
+mod ring;
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::UProbe,
 };
@@ -29,6 +30,8 @@ pub use counters::{KernelCounters, SlotCounts, scrape_hook};
 use errors::explain_link_error;
 pub use errors::{AttachError, error_chain};
 use links::{LinkMode, ProbeLink, Site};
+pub use ring::RING_BYTES_VARIABLE;
+use ring::ring_bytes;
 
 pub(crate) const PROGRAM: &str = "go_probe";
 
@@ -66,6 +69,7 @@ pub struct Probes {
     sites: HashMap<u32, ProbeSite>,
     counters: Arc<Mutex<KernelCounters>>,
     ring: Option<RingBuf<MapData>>,
+    ring_bytes: u32,
     logger: Option<BpfLogger>,
 }
 
@@ -76,10 +80,16 @@ impl Probes {
     /// Loads and verifies the BPF programs. Needs CAP_BPF + CAP_PERFMON (or root).
     pub fn load() -> Result<Probes, AttachError> {
         privileges::check()?;
-        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/mapwatch"
-        )))?;
+        let ring_bytes = ring_bytes()?;
+        if ring_bytes != mapwatch_common::RING_BUF_BYTES {
+            info!(ring_bytes, "ring buffer sized by {RING_BYTES_VARIABLE}");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(mapwatch_common::map_names::EVENTS, ring_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/mapwatch"
+            )))?;
         // The BPF side logs only on paths that mean a bug (never per hit).
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -130,6 +140,7 @@ impl Probes {
             sites: HashMap::new(),
             counters: Arc::new(Mutex::new(KernelCounters::new(hits, lost)?)),
             ring: Some(ring),
+            ring_bytes,
             logger,
         })
     }

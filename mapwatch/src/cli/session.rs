@@ -47,6 +47,7 @@ use crate::{
 pub fn load_probes() -> anyhow::Result<(Probes, HitCost)> {
     let mut probes = Probes::load().map_err(|e| match e {
         AttachError::Privileges(p) => anyhow::Error::from(UsageError(p.to_string())),
+        e @ AttachError::RingSize { .. } => anyhow::Error::from(UsageError(e.to_string())),
         other => anyhow::Error::from(other),
     })?;
     let hit_cost = HitCost::calibrate(&mut probes);
