@@ -22,7 +22,7 @@ use crate::{
         self, BudgetConfig, Controller,
         task::{BudgetInput, BudgetTask},
     },
-    discover::procs::{binary_label, command_name, process_start_time},
+    discover::procs::{binary_label, command_name, process_start_time, read_proc_text},
     goelf::{GoBinary, GoElfError},
     metrics::{Metrics, WorkloadLabels, http},
     plan::{self, PlanRequest},
@@ -87,7 +87,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     };
     // Names for what the probes see: type pointers and return addresses are run-time
     // addresses, shifted by the load bias in PIE binaries.
-    let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let proc_maps = read_proc_text(format!("/proc/{pid}/maps")).unwrap_or_default();
     let bias = binary.load_bias(&proc_maps, identity.ino).unwrap_or(0);
     let symbolizer = Box::new(Symbolizer::new(
         Arc::new(binary),

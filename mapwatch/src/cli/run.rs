@@ -35,7 +35,9 @@ use crate::{
     config::{Filters, RunConfig},
     discover::{
         PodResolver, WorkloadIdentity, parse_proc_cgroup,
-        procs::{ProcessInfo, binary_label, exe_path, process_info, scan_processes},
+        procs::{
+            ProcessInfo, binary_label, exe_path, process_info, read_proc_text, scan_processes,
+        },
         tracker::{Change, Tracker},
     },
     goelf::{GoBinary, GoElfError},
@@ -355,7 +357,7 @@ impl Daemon {
         };
         let mut identity = WorkloadIdentity::host(binary_name, analysis.plan.go_version.clone());
         if let Some(pods) = &self.pods
-            && let Some(container) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            && let Some(container) = read_proc_text(format!("/proc/{pid}/cgroup"))
                 .ok()
                 .as_deref()
                 .and_then(parse_proc_cgroup)
@@ -453,7 +455,7 @@ impl Daemon {
         identity: WorkloadIdentity,
     ) -> Result<usize, AttachError> {
         let pid = process.pid;
-        let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        let proc_maps = read_proc_text(format!("/proc/{pid}/maps"))
             .map_err(|_| AttachError::ProcessGone { pid })?;
         // PIE binaries are mapped at a different address in each process.
         let bias = analysis
