@@ -75,6 +75,10 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
+    // A fuzzer's thousands of host names must not become DNS queries.
+    if cfg!(fuzzing) {
+        return Err(format!("{text:?}: no name lookups while fuzzing"));
+    }
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
         .map_err(|e| format!("{text:?} is not an address to listen on (HOST:PORT): {e}"))?
         .collect();
@@ -352,14 +356,30 @@ impl RunConfig {
     pub fn load(file: Option<&Path>) -> Result<RunConfig, ConfigError> {
         match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                RunConfig::from_toml(&text, path)
+                RunConfig::from_toml_bytes(&bytes, path)
             }
             None => Ok(RunConfig::default()),
         }
+    }
+
+    /// Parses a config file's bytes; text that is not UTF-8 (a Latin-1 `é` in a comment)
+    /// is an error at its first bad byte, like any other.
+    pub fn from_toml_bytes(bytes: &[u8], path: &Path) -> Result<RunConfig, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|error| {
+            let valid = String::from_utf8_lossy(&bytes[..error.valid_up_to()]);
+            let (line, column) = line_column(&valid, valid.len());
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: "not UTF-8: TOML files are UTF-8 text".to_string(),
+            }
+        })?;
+        RunConfig::from_toml(text, path)
     }
 
     /// Parses a config file's text; `path` names it in errors.
@@ -588,6 +608,17 @@ container = ["istio-proxy"]
     fn syntax_errors_have_a_place_too() {
         let message = error_text("listen = \"0.0.0.0:9433\"\nmax_sites = \n");
         assert!(message.starts_with("mapwatch.toml:2:"), "{message}");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_an_error_at_its_place() {
+        // A Latin-1 'é' in a comment: reading the file as a String failed without a place.
+        let bytes = b"kubernetes = \"on\"\n# caf\xe9\n";
+        let error = RunConfig::from_toml_bytes(bytes, Path::new("mapwatch.toml")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "mapwatch.toml:2:6: not UTF-8: TOML files are UTF-8 text"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tracing::debug;
 use mapwatch_common::{MemoryLoad, ProbeKind, ProbeSpec};
 
 use super::{AttachError, Probes, links::Site};
-use crate::goelf::procmaps::parse_maps;
+use crate::{discover::procs::read_proc_text, goelf::procmaps::parse_maps};
 
 // Three identical functions: `push rbp; pop rbp; ret`. The PUSH is at offset 0, the
 // RET at offset 2. RDI (the first argument) is left alone: the probe reads through it.
@@ -108,7 +108,7 @@ impl Probes {
         let started = Instant::now();
         let pid = std::process::id();
         let exe = super::exe_path(pid);
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let maps = read_proc_text(format!("/proc/{pid}/maps")).unwrap_or_default();
         let mappings = parse_maps(&maps);
         let file_offset = |address: u64| -> Option<u64> {
             mappings

@@ -8,6 +8,8 @@
 //! CAP_SYS_ADMIN on some kernels.
 use std::fmt;
 
+use crate::discover::procs::read_proc_text;
+
 /// Capability numbers from include/uapi/linux/capability.h.
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
@@ -38,12 +40,18 @@ pub fn check() -> Result<(), MissingPrivileges> {
 }
 
 fn effective_capabilities() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // Lossy: the `Name:` line is this executable's name, in any bytes.
+    let status = read_proc_text("/proc/self/status").unwrap_or_default();
+    capabilities_from_status(&status).unwrap_or(0)
+}
+
+/// The `CapEff:` set of a `/proc/PID/status` text. Public as the fuzzing entry point
+/// (fuzz/fuzz_targets/proc_status.rs).
+pub fn capabilities_from_status(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0)
 }
 
 /// Whether this process may use perf-event uprobes everywhere (the fallback path).

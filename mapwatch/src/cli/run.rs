@@ -33,7 +33,9 @@ use crate::{
         PodResolver, WorkloadIdentity,
         kubernetes::ResolverOptions,
         parse_proc_cgroup,
-        procs::{ProcessInfo, binary_label, exe_path, process_info, scan_processes},
+        procs::{
+            ProcessInfo, binary_label, exe_path, process_info, read_proc_text, scan_processes,
+        },
         tracker::{Change, Tracker},
     },
     goelf::{GoBinary, GoElfError},
@@ -309,7 +311,7 @@ impl Daemon {
         };
         let mut identity = WorkloadIdentity::host(binary_name, analysis.plan.go_version.clone());
         if let Some(pods) = &self.pods
-            && let Some(container) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            && let Some(container) = read_proc_text(format!("/proc/{pid}/cgroup"))
                 .ok()
                 .as_deref()
                 .and_then(parse_proc_cgroup)

@@ -266,7 +266,7 @@ impl Session {
             plan,
             labels,
         } = target;
-        let proc_maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        let proc_maps = crate::discover::procs::read_proc_text(format!("/proc/{pid}/maps"))
             .map_err(|_| AttachError::ProcessGone { pid })?;
         // Names for what the probes see: type pointers and return addresses are run-time
         // addresses, shifted by the load bias in PIE binaries (a different one in each

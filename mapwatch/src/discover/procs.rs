@@ -57,7 +57,7 @@ pub fn scan_processes(proc_root: &Path) -> std::io::Result<Vec<ProcessInfo>> {
 
 /// One process, or None if it does not exist (any more).
 pub fn process_info(proc_root: &Path, pid: u32) -> Option<ProcessInfo> {
-    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    let stat = read_proc_text(proc_root.join(format!("{pid}/stat"))).ok()?;
     let start_time = start_time_from_stat(&stat)?;
     let exe = FileIdentity::of(&proc_root.join(format!("{pid}/exe"))).ok();
     Some(ProcessInfo {
@@ -81,26 +81,46 @@ pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
     let mut fields = after_comm.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    utime.checked_add(stime)
 }
 
 /// CPU time a live process has used, in ns (clock-tick resolution, 10 ms at 100 Hz).
 pub fn cpu_time_ns(pid: u32) -> Option<u64> {
-    let ticks = cpu_ticks_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let ticks = cpu_ticks_from_stat(&read_proc_text(format!("/proc/{pid}/stat")).ok()?)?;
     // SAFETY: sysconf has no preconditions.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()
-        .filter(|&t| t > 0)?;
-    Some(ticks * 1_000_000_000 / per_second)
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    ticks_to_ns(ticks, per_second)
+}
+
+/// Clock ticks → ns, None for a zero tick rate or past u64 (584 years). In u128: at
+/// 100 Hz, `ticks × 10⁹` passes u64 after 5.8 CPU-years — 8 days of a 256-core node.
+fn ticks_to_ns(ticks: u64, per_second: u64) -> Option<u64> {
+    if per_second == 0 {
+        return None;
+    }
+    u64::try_from(u128::from(ticks) * 1_000_000_000 / u128::from(per_second)).ok()
 }
 
 /// The start time of a live process (see [`ProcessInfo::start_time`]).
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    start_time_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    start_time_from_stat(&read_proc_text(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A /proc file as text. Not `read_to_string`: the kernel copies bytes that are not
+/// UTF-8 into these files — a command name cut at 15 bytes inside a character (a binary
+/// named `платёжный-сервис`), a cgroup or mapped file's name — and a process whose
+/// /proc/PID/stat could not be read as UTF-8 was never seen by the scan. The parsers
+/// read only numbers and ASCII names, which the replacement characters leave intact.
+pub fn read_proc_text(path: impl AsRef<Path>) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    })
 }
 
 pub fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    read_proc_text(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into())
 }
@@ -136,6 +156,55 @@ mod tests {
         assert_eq!(start_time_from_stat("4242 (x) S 1"), None);
         assert_eq!(cpu_ticks_from_stat(stat), Some(3));
         assert_eq!(cpu_ticks_from_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn cpu_time_that_overflows_is_none_not_a_panic() {
+        // Found by fuzz/fuzz_targets/proc_stat.rs: utime + stime overflowed.
+        let max = u64::MAX;
+        let stat = format!("1 (x) S 0 0 0 0 -1 0 0 0 0 0 {max} {max} 0 0 20 0 1 0 5");
+        assert_eq!(cpu_ticks_from_stat(&stat), None);
+        assert_eq!(start_time_from_stat(&stat), Some(5));
+        assert_eq!(ticks_to_ns(250, 100), Some(2_500_000_000));
+        // 100 Hz: ticks × 10⁹ passes u64 here, the result does not.
+        assert_eq!(
+            ticks_to_ns(20_000_000_000, 100),
+            Some(200_000_000_000_000_000)
+        );
+        assert_eq!(ticks_to_ns(max, 100), None);
+        assert_eq!(ticks_to_ns(1, 0), None);
+    }
+
+    #[test]
+    fn a_command_name_cut_inside_a_character_is_still_scanned() {
+        // The kernel keeps the first 15 bytes of the executable's name: here the first
+        // byte of 'ы'. /proc/PID/stat is then not UTF-8, and the scan used to skip it.
+        let dir = std::env::temp_dir().join(format!("mapwatch-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("платёжный-сервис");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link).arg("10").spawn().unwrap();
+        let pid = child.id();
+        // Polled: once in ~20 runs, the name read right after spawn was not yet the new one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let comm = loop {
+            let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap();
+            if std::str::from_utf8(&comm).is_err() || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let found = process_info(Path::new("/proc"), pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            std::str::from_utf8(&comm).is_err(),
+            "comm {:?}",
+            String::from_utf8_lossy(&comm)
+        );
+        assert!(found.is_some_and(|p| p.start_time > 0));
     }
 
     #[test]

@@ -53,10 +53,12 @@ pub fn type_name<'a>(
     // Name: flags byte, then a uvarint length (at most 10 bytes), then the bytes.
     let header = read(name_addr, 1).ok_or_else(malformed)?;
     let _flags = header[0];
+    // Checked: a hostile file's segment may end at the top of the address space.
+    let at = |offset: u64| name_addr.checked_add(1 + offset).ok_or_else(malformed);
     let mut len: u64 = 0;
     let mut used = 0u64;
     for i in 0..10u64 {
-        let byte = read(name_addr + 1 + i, 1).ok_or_else(malformed)?[0];
+        let byte = read(at(i)?, 1).ok_or_else(malformed)?[0];
         len |= u64::from(byte & 0x7f) << (7 * i);
         used = i + 1;
         if byte & 0x80 == 0 {
@@ -66,7 +68,7 @@ pub fn type_name<'a>(
     if len > 1 << 16 {
         return Err(malformed());
     }
-    let bytes = read(name_addr + 1 + used, len).ok_or_else(malformed)?;
+    let bytes = read(at(used)?, len).ok_or_else(malformed)?;
     let name = std::str::from_utf8(bytes).map_err(|_| malformed())?;
     let name = if tflag & TFLAG_EXTRA_STAR != 0 {
         name.strip_prefix('*').unwrap_or(name)
@@ -99,6 +101,25 @@ mod tests {
         assert_eq!(
             type_name(read, 0x2000, 0x2ff0, layout),
             Err(TypeNameError::OutsideBinary(0x2ff0))
+        );
+    }
+
+    #[test]
+    fn a_name_at_the_top_of_the_address_space_is_malformed_not_an_overflow() {
+        // Memory (a segment of a hostile ELF file) ending at u64::MAX, the name's flag
+        // byte its last byte: the length byte after it is at 2^64, which overflowed.
+        let base = u64::MAX - 63;
+        let mut memory = [0u8; 64];
+        let name_off: i32 = 63;
+        memory[40..44].copy_from_slice(&name_off.to_le_bytes());
+        let read = |addr: u64, len: u64| {
+            let start = usize::try_from(addr.checked_sub(base)?).ok()?;
+            memory.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+        };
+        let layout = TypeLayout { tflag: 20, str: 40 };
+        assert_eq!(
+            type_name(read, base, base, layout),
+            Err(TypeNameError::Malformed(base))
         );
     }
 }
