@@ -76,10 +76,25 @@ fn processes_that_exit_during_attach_are_not_attach_errors() {
         "1h",
     ]);
     let files_before = open_files(daemon.pid());
+    // Every fourth run formats a few thousand lines (~0.1 s): long enough to be
+    // attached, so the attach path is exercised, not only exits before it.
+    let big = std::env::temp_dir().join(format!(
+        "mapwatch-short-lived-big-{}.go",
+        std::process::id()
+    ));
+    let mut text = String::from("package main\n\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "func f{i}(a, b int) int {{ m := map[int]int{{a: b}}; return m[a] + {i} }}\n"
+        ));
+    }
+    std::fs::write(&big, text).expect("write a larger Go source file");
     for run in 0..RUNS {
+        let input = if run % 4 == 3 { &big } else { &source };
         let status = Command::new(&tools[run % tools.len()])
             .arg("-l")
-            .arg(&source)
+            .arg(input)
+            .stdout(std::process::Stdio::null())
             .status()
             .expect("run gofmt");
         assert!(status.success(), "gofmt failed under mapwatch: {status}");
@@ -117,4 +132,5 @@ fn processes_that_exit_during_attach_are_not_attach_errors() {
     );
     assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
     let _ = std::fs::remove_file(&source);
+    let _ = std::fs::remove_file(&big);
 }
