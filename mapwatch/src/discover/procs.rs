@@ -14,11 +14,19 @@ pub struct FileIdentity {
 
 impl FileIdentity {
     pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
-        let meta = std::fs::metadata(path)?;
-        Ok(FileIdentity {
+        Ok(Self::of_metadata(&std::fs::metadata(path)?))
+    }
+
+    /// The identity of an open file (what a path named when it was opened).
+    pub fn of_file(file: &std::fs::File) -> std::io::Result<FileIdentity> {
+        Ok(Self::of_metadata(&file.metadata()?))
+    }
+
+    fn of_metadata(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
     }
 }
 

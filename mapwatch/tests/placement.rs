@@ -1,0 +1,410 @@
+//! A probe is never placed where it could corrupt the target: `mapwatch run` as root
+//! against Go processes whose executable changes under it.
+//!
+//! A uprobe is an int3 written at a file offset of an inode; placed inside an
+//! instruction, or in another binary than the one planned, it corrupts the process.
+//! mapwatch plans from the file a process runs (/proc/PID/exe, not its path), checks
+//! that the process still runs that file and that the bytes at every planned offset are
+//! the instruction it planned for, then attaches. These tests change the executable at
+//! each point of that sequence:
+//! - an exec forced between two steps of the daemon, every run: a fanotify permission
+//!   event holds the daemon's open of the executable while the process execs
+//!   ([`OpenGate`]);
+//! - a binary renamed over on disk while a process runs the old one;
+//! - a process that exits: its probes go before its pid can be reused.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use mapwatch::{
+    goelf::GoBinary,
+    plan::{self, PlanRequest},
+};
+use support::{
+    Fixture, Mapwatch, Scrape, bpf_link_count, fixture, mapwatch_links, privileged, uprobe_links,
+};
+
+fn attached(scrape: &Scrape) -> u64 {
+    scrape.sum("mapwatch_attached_processes", &[])
+}
+
+/// A fresh directory for this test's binaries.
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("mapwatch-placement-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_executable(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every file offset any plan of `binary` may probe.
+fn planned_offsets(binary: &Path) -> BTreeSet<u64> {
+    plan_of(binary, PlanRequest::ALL)
+        .into_iter()
+        .map(|(offset, _)| offset)
+        .collect()
+}
+
+/// (file offset, function) of each probe of `binary` under `request`.
+fn plan_of(binary: &Path, request: PlanRequest) -> Vec<(u64, &'static str)> {
+    let analysed = GoBinary::open(binary).expect("analyse the fixture");
+    plan::plan_probes(&analysed, request)
+        .expect("plan the fixture")
+        .probes
+        .iter()
+        .map(|p| (p.file_offset, p.function))
+        .collect()
+}
+
+fn attach_errors(scrape: &Scrape) -> BTreeMap<String, u64> {
+    scrape
+        .label_values("mapwatch_attach_errors_total", "reason")
+        .into_iter()
+        .map(|reason| {
+            let count = scrape.sum("mapwatch_attach_errors_total", &[("reason", &reason)]);
+            (reason, count)
+        })
+        .filter(|&(_, count)| count > 0)
+        .collect()
+}
+
+fn gc_cycles(scrape: &Scrape, binary: &str, go_version: &str) -> u64 {
+    scrape.sum(
+        "mapwatch_gc_cycles_total",
+        &[("binary", binary), ("go_version", go_version)],
+    )
+}
+
+/// Holds the `nth` open(2) of one file by one process (the daemon) in the kernel until
+/// [`OpenGate::release`]; every other open of the file passes at once. A fanotify
+/// permission event (FAN_OPEN_PERM) is raised once the open has resolved its path to
+/// the file: whatever the target process does while the open waits, the open gets
+/// that file. This puts an exec exactly between two steps of the daemon, every run.
+struct OpenGate {
+    held: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OpenGate {
+    fn new(file: &Path, opener: u32, nth: usize) -> OpenGate {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+        // SAFETY: fanotify_init(2) with constant flags; the result is checked.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
+                libc::O_RDONLY as u32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        let path = CString::new(file.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a mark on a NUL-terminated path this function owns.
+        let marked = unsafe {
+            libc::fanotify_mark(
+                fd,
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+            )
+        };
+        assert_eq!(
+            marked,
+            0,
+            "fanotify_mark: {}",
+            std::io::Error::last_os_error()
+        );
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = 0;
+            let mut buffer = [0u8; 4096];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut poll = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd; then a read into a buffer this thread owns.
+                let read = unsafe {
+                    if libc::poll(&mut poll, 1, 50) <= 0 {
+                        continue;
+                    }
+                    libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len())
+                };
+                let mut at = 0;
+                while read > 0 && at < read as usize {
+                    // SAFETY: the kernel wrote whole fanotify_event_metadata records.
+                    let event: libc::fanotify_event_metadata =
+                        unsafe { std::ptr::read_unaligned(buffer[at..].as_ptr().cast()) };
+                    at += event.event_len as usize;
+                    if event.pid as u32 == opener {
+                        seen += 1;
+                        if seen == nth {
+                            let _ = held_tx.send(());
+                            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                        }
+                    }
+                    let answer = libc::fanotify_response {
+                        fd: event.fd,
+                        response: libc::FAN_ALLOW,
+                    };
+                    // SAFETY: the answer to this event, then its file descriptor closed.
+                    unsafe {
+                        libc::write(
+                            fd,
+                            (&answer as *const libc::fanotify_response).cast(),
+                            size_of::<libc::fanotify_response>(),
+                        );
+                        libc::close(event.fd);
+                    }
+                }
+            }
+            // Closing the group allows whatever it still holds.
+            // SAFETY: the fanotify descriptor this thread owns.
+            unsafe { libc::close(fd) };
+        });
+        OpenGate {
+            held,
+            release,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until the open is held.
+    fn wait_held(&self, what: &str) {
+        self.held
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("waited 30 s for {what}"));
+    }
+
+    fn release(&self) {
+        let _ = self.release.send(());
+    }
+}
+
+impl Drop for OpenGate {
+    fn drop(&mut self) {
+        self.release();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs the fixture's workload and has it exec the program it was started with, then
+/// waits until /proc says it runs `next`.
+fn exec_now(process: &mut Fixture, next: &Path) {
+    let _ = process.run_workload_fields();
+    process.send_line("exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{}/exe", process.pid))
+        .ok()
+        .as_deref()
+        != Some(next)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the fixture did not exec {next:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Regression, every run: the daemon has checked that the process runs the analysed
+/// file and is about to verify its bytes and attach (its second open of the file, held
+/// here) when the process execs another Go build. The probes must go into the file
+/// checked — which the process no longer runs —, not into the new program at the old
+/// plan's offsets: the new image (fixtures/execs `-bounce 0`: it reports, after 800 ms,
+/// where its text differs from its file) carries no breakpoint its own plan lacks, and
+/// the held attach succeeds. Before the fix the kernel resolved /proc/PID/exe again for
+/// each link, to the new program: the old plan's first sites were placed in it, until
+/// one the kernel refused (`attach`) rolled the attach back — every run.
+#[test]
+fn an_exec_between_the_checks_and_the_attach_leaves_the_new_program_untouched() {
+    let Some(_kernel) =
+        privileged("an_exec_between_the_checks_and_the_attach_leaves_the_new_program_untouched")
+    else {
+        return;
+    };
+    let (Some(old), Some(new)) = (fixture("go1.22.10", "execs"), fixture("go1.24.11", "execs"))
+    else {
+        return;
+    };
+    let dir = scratch_dir("held-attach");
+    let (first, second) = (dir.join("hold-a"), dir.join("hold-b"));
+    // This way round, the kernel accepts the Go 1.24 plan's sites in the Go 1.22 build
+    // (the other way, it refuses some and the attach fails as a whole).
+    copy_executable(&new, &first);
+    copy_executable(&old, &second);
+    let own = planned_offsets(&second);
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "hold-a,hold-b",
+        "--rescan-interval",
+        "1h",
+    ]);
+    // Its first open names, keys and analyses the file; the second is the check.
+    let gate = OpenGate::new(&first, daemon.pid(), 2);
+    let next = second.to_str().unwrap();
+    let mut process = Fixture::start(&first, &[next, "-bounce", "0", "800ms", next]);
+    gate.wait_held("the daemon to check the process's executable");
+    exec_now(&mut process, &second);
+    gate.release();
+    let report = process.read_line();
+    let found = report
+        .strip_prefix(&format!("image {next} breakpoints "))
+        .unwrap_or_else(|| panic!("execs said {report:?}"));
+    let foreign: Vec<&str> = found
+        .split(',')
+        .filter(|&offset| offset != "none")
+        .filter(|offset| {
+            let offset = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
+            !own.contains(&offset)
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "the new program carries breakpoints at {foreign:?}, planned for the old one"
+    );
+    assert!(process.finish().success(), "the exec'd program failed");
+    drop(gate);
+    let after = daemon.scrape_until("the process to be detached", |s| attached(s) == 0);
+    // The held attach succeeds: its probes sit, harmless, on the file checked.
+    assert_eq!(attach_errors(&after), BTreeMap::new(), "attach errors");
+    assert_eq!(uprobe_links(), 0, "uprobes left after the process exited");
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A binary replaced on disk (a deploy renames a new build over the old) while a
+/// process still runs the old one, and the daemon started only afterwards: the process
+/// is analysed from the file it runs (/proc/PID/exe, the old, deleted inode), not from
+/// the path, which now names another Go version; a new process of the path gets the
+/// new file's plan. Both are counted exactly, under their own Go versions.
+#[test]
+fn a_binary_replaced_on_disk_is_profiled_as_each_process_runs_it() {
+    let Some(_kernel) = privileged("a_binary_replaced_on_disk_is_profiled_as_each_process_runs_it")
+    else {
+        return;
+    };
+    let (Some(old), Some(new)) = (fixture("go1.22.10", "execs"), fixture("go1.24.11", "execs"))
+    else {
+        return;
+    };
+    let dir = scratch_dir("renamed");
+    let app = dir.join("app");
+    copy_executable(&old, &app);
+    // execs exits at EOF without exec'ing; the program it names is never run.
+    let mut running_old = Fixture::start(&app, &["/bin/false"]);
+    let staged = dir.join("app.new");
+    copy_executable(&new, &staged);
+    std::fs::rename(&staged, &app).unwrap();
+
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "app",
+        "--rescan-interval",
+        "1h",
+        "--overhead-share",
+        "100%",
+    ]);
+    let mut running_new = Fixture::start(&app, &["/bin/false"]);
+    let start = daemon.scrape_until("both processes", |s| attached(s) == 2);
+    let start_drained = daemon.scrape_drained();
+    assert_eq!(attached(&start), 2);
+    let old_reported = running_old.run_workload_fields();
+    let new_reported = running_new.run_workload_fields();
+    let end = daemon.scrape_drained();
+    for (go_version, reported) in [("go1.22.10", &old_reported), ("go1.24.11", &new_reported)] {
+        assert_eq!(
+            gc_cycles(&end, "app", go_version) - gc_cycles(&start_drained, "app", go_version),
+            reported["gc"],
+            "GC cycles of the process running the {go_version} build"
+        );
+    }
+    assert_eq!(attach_errors(&end), BTreeMap::new(), "attach errors");
+    assert!(running_old.finish().success() && running_new.finish().success());
+    daemon.scrape_until("both to be detached", |s| attached(s) == 0);
+    assert_eq!(uprobe_links(), 0, "uprobes left after the processes exited");
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pid cannot be reused while its process is a zombie (exited, not yet reaped by its
+/// parent). The daemon detaches on the kernel's exit notice, which comes before that:
+/// every link of the process is gone while the pid is still taken, so no later process
+/// with that number can inherit them. (The tracker's unit tests cover a pid that the
+/// daemon sees reused: start time differs → Exited, then Appeared.)
+#[test]
+fn an_exited_process_loses_its_probes_before_its_pid_can_be_reused() {
+    let Some(_kernel) =
+        privileged("an_exited_process_loses_its_probes_before_its_pid_can_be_reused")
+    else {
+        return;
+    };
+    let Some(binary) = fixture("go1.24.11", "mapgrow") else {
+        return;
+    };
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "mapgrow",
+        "--rescan-interval",
+        "1h",
+    ]);
+    let mut process = Fixture::start(&binary, &[]);
+    daemon.scrape_until("the process to be attached", |s| attached(s) == 1);
+    assert!(
+        bpf_link_count(&["go_probe"]) > 0,
+        "no uprobe links while attached"
+    );
+    let _ = process.run_workload_fields();
+    process.close_stdin();
+    let state = |pid: u32| -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(process.pid) != Some('Z') {
+        assert!(Instant::now() < deadline, "the fixture did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon.scrape_until("the exited process to be detached", |s| attached(s) == 0);
+    assert_eq!(uprobe_links(), 0, "uprobes of the exited process left");
+    assert_eq!(
+        state(process.pid),
+        Some('Z'),
+        "the pid must still be taken (not reaped) for this to prove anything"
+    );
+    assert!(process.finish().success());
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+}
