@@ -7,6 +7,9 @@
 //! that the process still runs that file and that the bytes at every planned offset are
 //! the instruction it planned for, then attaches. These tests change the executable at
 //! each point of that sequence:
+//! - a process that execs another Go program over and over while mapwatch attaches
+//!   (fixtures/execs `-bounce`: each image reports where its text differs from its
+//!   file, i.e. every breakpoint in it), so that execs land between the steps;
 //! - an exec forced between two steps of the daemon, every run: a fanotify permission
 //!   event holds the daemon's open of the executable while the process execs
 //!   ([`OpenGate`]);
@@ -17,8 +20,10 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::BufRead as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -84,6 +89,127 @@ fn gc_cycles(scrape: &Scrape, binary: &str, go_version: &str) -> u64 {
         "mapwatch_gc_cycles_total",
         &[("binary", binary), ("go_version", go_version)],
     )
+}
+
+/// (pause per image, execs) of each exec chain.
+const CHAINS: [(&str, usize); 3] = [("5ms", 40), ("30ms", 40), ("150ms", 10)];
+/// Binaries a chain goes through: copies of two Go builds, alternating.
+const BOUNCERS: usize = 10;
+
+/// The two races of a process that execs while mapwatch attaches to it, as they happen
+/// (the tests below force each one every run):
+/// - probes were attached by the path /proc/PID/exe, which the kernel resolved anew for
+///   each link after the checks: a process that exec'd in between got the old plan's
+///   probes in its new executable (seen here: the Go 1.24 build's map probes at four
+///   offsets of the Go 1.22 build, each inside an instruction — a displacement or
+///   operand byte). Now they go through the file that was checked.
+/// - the daemon took a binary's cache key, its name and its analysis from separate
+///   lookups of /proc/PID/exe: an exec in between cached one build's plan under the
+///   other's key, and every later process of that binary was refused
+///   (`bytes_mismatch`, 29 in one run). Now all come from one open file.
+///
+/// Chains of execs through copies of two Go builds (a fresh analysis at each copy's
+/// first image), each image living 5 ms (the daemon falls behind and attaches to
+/// images already being replaced), 30 ms (an exec often lands mid-attach) or 150 ms
+/// (attached in time: the breakpoints checked are mostly the image's own). Every
+/// breakpoint an image carries must be in its own binary's plan, and every image must
+/// run to its end.
+#[test]
+fn a_process_that_execs_during_attach_carries_only_its_own_images_probes() {
+    let Some(_kernel) =
+        privileged("a_process_that_execs_during_attach_carries_only_its_own_images_probes")
+    else {
+        return;
+    };
+    let (Some(old), Some(new)) = (fixture("go1.22.10", "execs"), fixture("go1.24.11", "execs"))
+    else {
+        return;
+    };
+    let dir = scratch_dir("bounce");
+    let bouncers: Vec<PathBuf> = (0..BOUNCERS)
+        .map(|i| {
+            let path = dir.join(format!("bounce-{i:02}"));
+            copy_executable(if i % 2 == 0 { &old } else { &new }, &path);
+            path
+        })
+        .collect();
+    let allowed: BTreeMap<PathBuf, BTreeSet<u64>> = bouncers
+        .iter()
+        .map(|binary| (binary.clone(), planned_offsets(binary)))
+        .collect();
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "bounce-*",
+        "--rescan-interval",
+        "1h",
+    ]);
+    let mut images = 0;
+    let mut probed = 0;
+    let mut expected_images = 0;
+    for (pause, hops) in CHAINS {
+        expected_images += hops + 1;
+        let mut chain = Command::new(&bouncers[0])
+            .args(["-bounce", &hops.to_string(), pause])
+            .args(&bouncers[1..])
+            .arg(&bouncers[0])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the exec chain");
+        let stdout = std::io::BufReader::new(chain.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            // "image PATH breakpoints none|0xOFF,0xOFF"
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ["image", path, "breakpoints", found] = words[..] else {
+                panic!("execs said {line:?}");
+            };
+            images += 1;
+            if found == "none" {
+                continue;
+            }
+            probed += 1;
+            let own = &allowed[Path::new(path)];
+            let foreign: Vec<&str> = found
+                .split(',')
+                .filter(|offset| {
+                    let offset = u64::from_str_radix(offset.trim_start_matches("0x"), 16)
+                        .unwrap_or_else(|_| panic!("execs said {line:?}"));
+                    !own.contains(&offset)
+                })
+                .collect();
+            assert!(
+                foreign.is_empty(),
+                "{path} (pause {pause}) carries breakpoints at {foreign:?}, which no plan of \
+                 that binary has (its planned offsets: {own:x?})"
+            );
+        }
+        let status = chain.wait().unwrap();
+        assert!(
+            status.success(),
+            "the exec chain failed ({pause}): {status}"
+        );
+    }
+    assert_eq!(images, expected_images, "every image reported");
+    // Otherwise the daemon attached nothing in time and this proved nothing.
+    assert!(probed > 0, "no image carried a probe when it checked");
+
+    let after = daemon.scrape_until("the chain's process to be detached", |s| attached(s) == 0);
+    // Losing the race to an exec is ordinary churn; anything else (the kernel refusing
+    // a site: "attach") means a plan met the wrong file.
+    let errors = attach_errors(&after);
+    assert!(
+        errors
+            .keys()
+            .all(|reason| reason == "process_gone" || reason == "binary_changed"),
+        "attach errors: {errors:?}"
+    );
+    assert_eq!(uprobe_links(), 0, "uprobes left after the chain exited");
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    eprintln!("{images} images, {probed} carried probes; attach errors {errors:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Holds the `nth` open(2) of one file by one process (the daemon) in the kernel until
@@ -295,6 +421,74 @@ fn an_exec_between_the_checks_and_the_attach_leaves_the_new_program_untouched() 
     // The held attach succeeds: its probes sit, harmless, on the file checked.
     assert_eq!(attach_errors(&after), BTreeMap::new(), "attach errors");
     assert_eq!(uprobe_links(), 0, "uprobes left after the process exited");
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The daemon opens a new binary (its first open of the file, held here) to key, name
+/// and analyse it, and the process execs another Go build meanwhile. The analysis must
+/// be filed under the key of the file analysed: a later process of the first binary is
+/// attached and counted exactly. Guards the one open they now share: analysing from a
+/// second open of /proc/PID/exe fails this every run (the other build's plan cached
+/// under this binary's key, the later process refused with `bytes_mismatch`). The
+/// three lookups before the fix (stat, readlink, open) lost that race only by chance:
+/// the exec-chain test above saw it once in five runs.
+#[test]
+fn an_exec_while_a_binary_is_analysed_never_files_one_build_under_another() {
+    let Some(_kernel) =
+        privileged("an_exec_while_a_binary_is_analysed_never_files_one_build_under_another")
+    else {
+        return;
+    };
+    let (Some(old), Some(new)) = (fixture("go1.22.10", "execs"), fixture("go1.24.11", "execs"))
+    else {
+        return;
+    };
+    let dir = scratch_dir("held-analysis");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    copy_executable(&old, &first);
+    copy_executable(&new, &second);
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "first,second",
+        "--rescan-interval",
+        "1h",
+        "--overhead-share",
+        "100%",
+    ]);
+    let gate = OpenGate::new(&first, daemon.pid(), 1);
+    let next = second.to_str().unwrap();
+    let mut process = Fixture::start(&first, &[next, "-bounce", "0", "300ms", next]);
+    gate.wait_held("the daemon to open the new binary");
+    exec_now(&mut process, &second);
+    gate.release();
+    let _ = process.read_line();
+    assert!(process.finish().success(), "the exec'd program failed");
+    drop(gate);
+    daemon.scrape_until("the exec'd process to be detached", |s| attached(s) == 0);
+
+    let mut later = Fixture::start(&first, &["/bin/false"]);
+    let before = daemon.scrape_until("a later process of the first binary", |s| {
+        attached(s) == 1 || attach_errors(s).contains_key("bytes_mismatch")
+    });
+    assert!(
+        !attach_errors(&before).contains_key("bytes_mismatch"),
+        "the first binary's key holds another build's plan: {:?}",
+        attach_errors(&before)
+    );
+    let before = daemon.scrape_drained();
+    let reported = later.run_workload_fields();
+    let after = daemon.scrape_drained();
+    assert_eq!(
+        gc_cycles(&after, "first", "go1.22.10") - gc_cycles(&before, "first", "go1.22.10"),
+        reported["gc"]
+    );
+    assert!(later.finish().success());
+    daemon.scrape_until("the process to be detached", |s| attached(s) == 0);
+    assert_eq!(uprobe_links(), 0, "uprobes left after the processes exited");
     assert!(daemon.stop().success());
     assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
     let _ = std::fs::remove_dir_all(&dir);
