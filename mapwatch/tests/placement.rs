@@ -14,14 +14,22 @@
 //!   event holds the daemon's open of the executable while the process execs
 //!   ([`OpenGate`]);
 //! - a binary renamed over on disk while a process runs the old one;
+//! - a binary rewritten in place with its old size and mtime after a process of it was
+//!   analysed (the analysis cache's key);
 //! - a process that exits: its probes go before its pid can be reused.
-
+//!
+//! What these cannot reach: `verify_bytes` refusing a process (reason
+//! `bytes_mismatch`). The kernel refuses writes to a file a process runs (ETXTBSY), so
+//! the bytes of the inode a process runs cannot change between analysis and attach;
+//! only a stale analysis could disagree with them, and the analysis cache's key
+//! (device, inode, size, mtime, ctime) changes with every write. The refusal and its
+//! message are unit-tested in `attach/mod.rs`.
 mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::BufRead as _,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -545,6 +553,112 @@ fn a_binary_replaced_on_disk_is_profiled_as_each_process_runs_it() {
     assert_eq!(attach_errors(&end), BTreeMap::new(), "attach errors");
     assert!(running_old.finish().success() && running_new.finish().success());
     daemon.scrape_until("both to be detached", |s| attached(s) == 0);
+    assert_eq!(uprobe_links(), 0, "uprobes left after the processes exited");
+    assert!(daemon.stop().success());
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: the daemon caches an analysis per (device, inode, size, mtime). A file
+/// rewritten in place — same inode — with the same size and its mtime set back (`cp -p`
+/// or `rsync --inplace -t` of a same-size build, a tool that normalises mtimes) kept
+/// the key of its old content, so the next process of it met the old plan: refused
+/// with `bytes_mismatch` at best, never profiled. The key now has the ctime, which
+/// every write moves and no one can set back.
+///
+/// Here the same path holds a Go 1.22 build, then a Go 1.24 build of the same fixture,
+/// both padded to one size, the mtime restored.
+#[test]
+fn a_binary_rewritten_in_place_with_its_old_size_and_mtime_is_analysed_again() {
+    let Some(_kernel) =
+        privileged("a_binary_rewritten_in_place_with_its_old_size_and_mtime_is_analysed_again")
+    else {
+        return;
+    };
+    let (Some(old), Some(new)) = (fixture("go1.22.10", "execs"), fixture("go1.24.11", "execs"))
+    else {
+        return;
+    };
+    let (mut old, mut new) = (std::fs::read(old).unwrap(), std::fs::read(new).unwrap());
+    // Bytes after the last section are never mapped or read: padding keeps both valid.
+    let size = old.len().max(new.len());
+    old.resize(size, 0);
+    new.resize(size, 0);
+    let dir = scratch_dir("in-place");
+    let svc = dir.join("svc");
+    std::fs::write(&svc, &old).unwrap();
+    std::fs::set_permissions(&svc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let first = std::fs::metadata(&svc).unwrap();
+
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "svc",
+        "--rescan-interval",
+        "1h",
+        "--series-expiry",
+        "1h",
+        "--overhead-share",
+        "100%",
+    ]);
+    let mut process = Fixture::start(&svc, &["/bin/false"]);
+    daemon.scrape_until("the first build's process", |s| attached(s) == 1);
+    let before = daemon.scrape_drained();
+    let reported = process.run_workload_fields();
+    let after = daemon.scrape_drained();
+    assert_eq!(
+        gc_cycles(&after, "svc", "go1.22.10") - gc_cycles(&before, "svc", "go1.22.10"),
+        reported["gc"]
+    );
+    assert!(process.finish().success());
+    daemon.scrape_until("the first process to be detached", |s| attached(s) == 0);
+
+    // In place: the same inode (nothing runs it now, so the kernel allows the write).
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&svc)
+            .unwrap();
+        file.write_all(&new).unwrap();
+        file.set_modified(first.modified().unwrap()).unwrap();
+    }
+    let second = std::fs::metadata(&svc).unwrap();
+    assert_eq!(
+        (
+            second.dev(),
+            second.ino(),
+            second.len(),
+            second.mtime(),
+            second.mtime_nsec()
+        ),
+        (
+            first.dev(),
+            first.ino(),
+            first.len(),
+            first.mtime(),
+            first.mtime_nsec()
+        ),
+        "the rewritten file must look the same to (device, inode, size, mtime)"
+    );
+
+    let mut process = Fixture::start(&svc, &["/bin/false"]);
+    daemon.scrape_until("the second build's process", |s| {
+        attached(s) == 1 || !attach_errors(s).is_empty()
+    });
+    let before = daemon.scrape_drained();
+    assert_eq!(attach_errors(&before), BTreeMap::new(), "attach errors");
+    let reported = process.run_workload_fields();
+    let after = daemon.scrape_drained();
+    assert_eq!(
+        gc_cycles(&after, "svc", "go1.24.11") - gc_cycles(&before, "svc", "go1.24.11"),
+        reported["gc"],
+        "the rewritten binary's GC cycles, under its own Go version"
+    );
+    assert!(process.finish().success());
+    daemon.scrape_until("the second process to be detached", |s| attached(s) == 0);
     assert_eq!(uprobe_links(), 0, "uprobes left after the processes exited");
     assert!(daemon.stop().success());
     assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");

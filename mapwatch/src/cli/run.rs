@@ -90,15 +90,18 @@ enum Refusal {
     Unsupported { reason: AttachErrorReason },
 }
 
-/// The cache key of an analysis: the file (device, inode) and its size and mtime, which
-/// change if the inode is reused for another file after the last process running it
-/// exited. Cheaper than reading the build ID of every new process's binary; the build
-/// ID is logged with each analysis.
+/// The cache key of an analysis: the file (device, inode), its size, mtime and ctime.
+/// The inode may be reused for another file after the last process running it exited,
+/// or the file rewritten in place while no process runs it; mtime can be set back
+/// (`cp -p`, `rsync -t`, tools that normalise it), ctime cannot, and every write moves
+/// it. Cheaper than reading the build ID of every new process's binary; the build ID is
+/// logged with each analysis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct BinaryKey {
     file: FileIdentity,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl BinaryKey {
@@ -115,6 +118,7 @@ impl BinaryKey {
             },
             size: meta.size(),
             mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
