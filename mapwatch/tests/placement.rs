@@ -13,6 +13,8 @@
 //! - an exec forced between two steps of the daemon, every run: a fanotify permission
 //!   event holds the daemon's open of the executable while the process execs
 //!   ([`OpenGate`]);
+//! - a process that execs once: its old image's probes go, its new image is planned
+//!   afresh, both are counted exactly under their own names;
 //! - a binary renamed over on disk while a process runs the old one;
 //! - a binary rewritten in place with its old size and mtime after a process of it was
 //!   analysed (the analysis cache's key);
@@ -40,7 +42,8 @@ use mapwatch::{
     plan::{self, PlanRequest},
 };
 use support::{
-    Fixture, Mapwatch, Scrape, bpf_link_count, fixture, mapwatch_links, privileged, uprobe_links,
+    Fixture, MAP_GROWTH_KINDS, Mapwatch, Scrape, bpf_link_count, fixture, mapwatch_links,
+    privileged, uprobe_links,
 };
 
 fn attached(scrape: &Scrape) -> u64 {
@@ -79,6 +82,19 @@ fn plan_of(binary: &Path, request: PlanRequest) -> Vec<(u64, &'static str)> {
         .map(|p| (p.file_offset, p.function))
         .collect()
 }
+
+/// What `mapwatch run --slice-growth=false` plans: rare probes only, each attached at
+/// once as a link of its own, so the kernel's link count is the plan's length.
+const RARE_ONLY: PlanRequest = PlanRequest {
+    slice_growth: false,
+    map_growth: true,
+    stw_gc: true,
+    exact: false,
+    hot: plan::HotProbes {
+        map_assign: false,
+        malloc: false,
+    },
+};
 
 fn attach_errors(scrape: &Scrape) -> BTreeMap<String, u64> {
     scrape
@@ -500,6 +516,130 @@ fn an_exec_while_a_binary_is_analysed_never_files_one_build_under_another() {
     assert!(daemon.stop().success());
     assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Go process execs another Go program: the old image's links are closed, the new
+/// image gets its own plan (another Go version, other functions), and each image's
+/// counts are exact under its own binary name — the old image's records written just
+/// before the exec included.
+#[test]
+fn a_process_that_execs_is_planned_again_for_its_new_image() {
+    let Some(_kernel) = privileged("a_process_that_execs_is_planned_again_for_its_new_image")
+    else {
+        return;
+    };
+    let (Some(execs), Some(mapgrow)) = (
+        fixture("go1.22.10", "execs"),
+        fixture("go1.24.11", "mapgrow"),
+    ) else {
+        return;
+    };
+    let dir = scratch_dir("exec");
+    let (before, after) = (dir.join("before"), dir.join("after"));
+    copy_executable(&execs, &before);
+    copy_executable(&mapgrow, &after);
+    let (old_links, new_links) = (
+        plan_of(&before, RARE_ONLY).len(),
+        plan_of(&after, RARE_ONLY).len(),
+    );
+    assert_ne!(old_links, new_links, "the two plans must be told apart");
+    let daemon = Mapwatch::run(&[
+        "--kubernetes",
+        "off",
+        "--include-binary",
+        "before,after",
+        "--rescan-interval",
+        "1h",
+        "--series-expiry",
+        "1h",
+        "--slice-growth=false",
+        "--overhead-share",
+        "100%",
+    ]);
+    let mut process = Fixture::start(&before, &[after.to_str().unwrap()]);
+    daemon.scrape_until("the first image to be attached", |s| attached(s) == 1);
+    wait_for_links(old_links, "the first image's probes");
+
+    let start = daemon.scrape_drained();
+    let old_reported = process.run_workload_fields();
+    // Right after its workload: its last records may still be in the ring buffer.
+    process.send_line("exec");
+    process.wait_ready_after_exec();
+    wait_for_links(new_links, "the new image's probes, the old image's gone");
+    let exec_done = daemon.scrape_until("the new image to be attached", |s| attached(s) == 1);
+    assert_eq!(attached(&exec_done), 1);
+
+    let mid = daemon.scrape_drained();
+    let new_reported = process.run_workload_fields();
+    let end = daemon.scrape_drained();
+    assert_eq!(
+        gc_cycles(&end, "before", "go1.22.10") - gc_cycles(&start, "before", "go1.22.10"),
+        old_reported["gc"],
+        "the old image's GC cycles, counted after the exec"
+    );
+    for kind in MAP_GROWTH_KINDS {
+        let growth = |s: &Scrape| {
+            s.sum(
+                "mapwatch_map_grow_total",
+                &[
+                    ("binary", "after"),
+                    ("go_version", "go1.24.11"),
+                    ("kind", kind),
+                ],
+            )
+        };
+        assert_eq!(
+            growth(&end) - growth(&mid),
+            new_reported.get(kind).copied().unwrap_or(0),
+            "the new image's map growth of kind {kind} ({new_reported:?})"
+        );
+    }
+    assert_eq!(
+        end.sum("mapwatch_events_orphaned_total", &[]),
+        0,
+        "records of the old image were dropped at the exec"
+    );
+    assert_eq!(attach_errors(&end), BTreeMap::new(), "attach errors");
+
+    assert!(process.finish().success(), "the fixture failed");
+    daemon.scrape_until("the process to be detached", |s| attached(s) == 0);
+    assert_eq!(uprobe_links(), 0, "uprobes left after the process exited");
+    let (status, log) = daemon.stop_with_output();
+    assert!(status.success(), "mapwatch run after SIGTERM: {status}");
+    let detached = log
+        .iter()
+        .filter(|l| l.contains("detached") && l.contains(&format!("probes={old_links} ")))
+        .count();
+    assert_eq!(
+        detached,
+        1,
+        "one detach of the old image:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(mapwatch_links(), 0, "mapwatch run left BPF behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until mapwatch's uprobe links number `count`, and stay so for 300 ms.
+fn wait_for_links(count: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut since: Option<Instant> = None;
+    loop {
+        let now = bpf_link_count(&["go_probe"]);
+        if now == count {
+            let first = *since.get_or_insert_with(Instant::now);
+            if first.elapsed() >= Duration::from_millis(300) {
+                return;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 20 s for {what}: {now} uprobe links, expected {count}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A binary replaced on disk (a deploy renames a new build over the old) while a
