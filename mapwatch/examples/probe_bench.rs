@@ -312,11 +312,14 @@ impl Drain {
             .build()?;
         let (to_counter, mut from_reader) = tokio::sync::mpsc::channel::<Input>(64);
         let (stop, stop_signal) = tokio::sync::watch::channel(false);
+        // No process is ever detached here: nothing to forget.
+        let (_, no_forgets) = tokio::sync::mpsc::channel(1);
         let reader = runtime.spawn(mapwatch::attach::reader::run(
             ring,
             to_counter,
             DRAIN_INTERVAL,
             stop_signal,
+            no_forgets,
         ));
         let counter = runtime.spawn(async move {
             let mut records = 0u64;

@@ -40,12 +40,13 @@ pub enum AttachError {
     )]
     BinaryChanged { pid: u32 },
     #[error(
-        "{function}+{offset:#x} in {path}: expected instruction bytes {expected:02x?}, found {found:02x?}; not attaching"
+        "{function} at {vaddr:#x} (file offset {file_offset:#x}) in {path}: expected instruction bytes {expected:02x?}, found {found:02x?}; not attaching"
     )]
     BytesMismatch {
         path: PathBuf,
         function: &'static str,
-        offset: u64,
+        vaddr: u64,
+        file_offset: u64,
         expected: Vec<u8>,
         found: Vec<u8>,
     },

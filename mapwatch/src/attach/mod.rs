@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     fs::File,
     num::NonZeroU32,
-    os::unix::fs::FileExt as _,
+    os::{fd::AsRawFd as _, unix::fs::FileExt as _},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -220,9 +220,9 @@ impl Probes {
             plan.probes.len(),
             "one reserved slot per probe"
         );
-        let (exe, file) = open_exe(pid, analysed)?;
+        let exe = open_exe(pid, analysed)?;
         for probe in &plan.probes {
-            verify_bytes(&file, &exe, probe)?;
+            exe.verify(probe)?;
         }
         let before = self.attached.len();
         let suspended_before = self.suspended.len();
@@ -278,7 +278,7 @@ impl Probes {
     fn attach_one(
         &mut self,
         pid: u32,
-        exe: &std::path::Path,
+        exe: &CheckedExe,
         probe: &PlannedProbe,
         slot: u32,
         suspended: bool,
@@ -318,13 +318,13 @@ impl Probes {
     fn attach_link(
         &mut self,
         pid: u32,
-        exe: &std::path::Path,
+        exe: &CheckedExe,
         file_offset: u64,
         slot: u32,
     ) -> Result<ProbeLink, AttachError> {
         self.attach_sites(
             pid,
-            exe,
+            &exe.attach_path(),
             &[Site {
                 file_offset,
                 cookie: u64::from(slot),
@@ -332,7 +332,8 @@ impl Probes {
         )
     }
 
-    /// One link for `sites` of `pid`'s executable, with the error a user can act on.
+    /// One link for `sites` of the executable at `exe` (an open file's
+    /// `/proc/self/fd/N`: see [`CheckedExe`]) for `pid`, with the error a user can act on.
     fn attach_sites(
         &mut self,
         pid: u32,
@@ -405,9 +406,9 @@ impl Probes {
         let Some((_, first)) = sites.first() else {
             return Ok(());
         };
-        let (exe, file) = open_exe(pid, first.identity)?;
+        let exe = open_exe(pid, first.identity)?;
         for (_, site) in &sites {
-            verify_bytes(&file, &exe, &site.probe)?;
+            exe.verify(&site.probe)?;
         }
         let link_sites: Vec<Site> = sites
             .iter()
@@ -416,7 +417,7 @@ impl Probes {
                 cookie: u64::from(*slot),
             })
             .collect();
-        let link = Arc::new(self.attach_sites(pid, &exe, &link_sites)?);
+        let link = Arc::new(self.attach_sites(pid, &exe.attach_path(), &link_sites)?);
         let (resumed, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.suspended)
             .into_iter()
             .partition(|p| p.pid == pid && slots.contains(&p.slot));
@@ -538,25 +539,50 @@ fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A process's executable, opened once and checked to be the file that was analysed.
+/// Its bytes are verified and its probes attached through this open file
+/// (`/proc/self/fd/N`), never through /proc/PID/exe again: the kernel resolved that path
+/// anew for each link, so a process that exec'd after the checks got the old plan's
+/// probes at offsets of its new executable (tests/placement.rs). Probes attached to the
+/// checked file after an exec sit on a file the process no longer maps, until the
+/// daemon detaches them for the exec.
+struct CheckedExe {
+    /// /proc/PID/exe, for messages.
+    path: PathBuf,
+    file: File,
+}
+
+impl CheckedExe {
+    fn attach_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// Refuses `probe` unless the bytes at its offset are the instruction it was
+    /// planned for: an int3 inside an instruction corrupts the target.
+    fn verify(&self, probe: &PlannedProbe) -> Result<(), AttachError> {
+        verify_bytes(&self.file, &self.path, probe)
+    }
+}
+
 /// Opens `pid`'s executable, checking it is still the file that was analysed.
-fn open_exe(pid: u32, analysed: FileIdentity) -> Result<(PathBuf, File), AttachError> {
+fn open_exe(pid: u32, analysed: FileIdentity) -> Result<CheckedExe, AttachError> {
     let exe = exe_path(pid);
-    let classify = |source: std::io::Error, exe: &std::path::Path| {
+    let classify = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::PermissionDenied && process_exists(pid) {
             AttachError::ExeUnreadable {
-                path: exe.to_owned(),
+                path: exe.clone(),
                 advice: privileges::unreadable_exe_advice(),
             }
         } else {
             AttachError::ProcessGone { pid }
         }
     };
-    let current = FileIdentity::of(&exe).map_err(|e| classify(e, &exe))?;
-    if current != analysed {
+    let file = File::open(&exe).map_err(classify)?;
+    // The identity of what was opened, not of what the path names a moment later.
+    if FileIdentity::of_file(&file).map_err(classify)? != analysed {
         return Err(AttachError::BinaryChanged { pid });
     }
-    let file = File::open(&exe).map_err(|e| classify(e, &exe))?;
-    Ok((exe, file))
+    Ok(CheckedExe { path: exe, file })
 }
 
 fn verify_bytes(
@@ -570,7 +596,8 @@ fn verify_bytes(
         return Err(AttachError::BytesMismatch {
             path: path.to_path_buf(),
             function: probe.function,
-            offset: probe.vaddr,
+            vaddr: probe.vaddr,
+            file_offset: probe.file_offset,
             expected: probe.expected_bytes.clone(),
             found,
         });
@@ -593,4 +620,87 @@ fn close_concurrently<T: Send>(links: Vec<T>) {
             scope.spawn(move || drop(batch));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use mapwatch_common::MemoryLoad;
+
+    use super::*;
+    use crate::{metrics::AttachErrorReason, plan::Site as PlannedSite};
+
+    fn probe_at(file_offset: u64, expected_bytes: &[u8]) -> PlannedProbe {
+        PlannedProbe {
+            probe: ProbeKind::HashGrow.label(),
+            kind: ProbeKind::HashGrow,
+            function: "runtime.hashGrow",
+            site: PlannedSite::Entry,
+            vaddr: 0x40_0000 + file_offset,
+            file_offset,
+            expected_bytes: expected_bytes.to_vec(),
+            spec: ProbeSpec {
+                kind: ProbeKind::HashGrow as u16,
+                flags: 0,
+                _pad: 0,
+                loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
+            },
+            map_assign: None,
+            directory: None,
+        }
+    }
+
+    /// The one refusal placement.rs cannot reach through a running process (ETXTBSY
+    /// keeps its file's bytes as analysed): named by function, address and file offset,
+    /// counted as `bytes_mismatch`. A site past the end of the file is refused too.
+    #[test]
+    fn bytes_that_differ_from_the_plan_are_refused_by_function_and_offset() {
+        let path = std::env::temp_dir().join(format!("mapwatch-verify-{}", std::process::id()));
+        std::fs::write(&path, [0x90, 0x90, 0x55, 0x48, 0x89, 0xe5, 0xc3]).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(verify_bytes(&file, &path, &probe_at(2, &[0x55])).is_ok());
+        assert!(verify_bytes(&file, &path, &probe_at(3, &[0x48, 0x89, 0xe5])).is_ok());
+
+        let refused = verify_bytes(&file, &path, &probe_at(3, &[0x48, 0x8b, 0xec]))
+            .expect_err("another encoding of the instruction is other bytes");
+        assert_eq!(refused.reason(), AttachErrorReason::BytesMismatch);
+        let message = refused.to_string();
+        for part in [
+            "runtime.hashGrow at 0x400003",
+            "file offset 0x3",
+            "[48, 8b, ec]",
+            "[48, 89, e5]",
+            "not attaching",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from: {message}");
+        }
+        let past_the_end = verify_bytes(&file, &path, &probe_at(6, &[0xc3, 0xcc]));
+        assert!(matches!(
+            past_the_end,
+            Err(AttachError::BytesMismatch { file_offset: 6, .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The executable is checked as opened, and attached through that open file: the
+    /// path given to the kernel names the file whose identity and bytes were checked.
+    #[test]
+    fn the_executable_is_checked_and_attached_as_one_open_file() {
+        let me = std::process::id();
+        let identity = FileIdentity::of(&exe_path(me)).unwrap();
+        let exe = open_exe(me, identity).expect("this process runs its own executable");
+        assert_eq!(
+            FileIdentity::of(&exe.attach_path()).unwrap(),
+            identity,
+            "{:?}",
+            exe.attach_path()
+        );
+        let other = FileIdentity {
+            ino: identity.ino + 1,
+            ..identity
+        };
+        assert!(matches!(
+            open_exe(me, other),
+            Err(AttachError::BinaryChanged { pid }) if pid == me
+        ));
+    }
 }

@@ -1,6 +1,13 @@
 //! The ring-buffer reader task: drains records in batches and hands them to the
 //! aggregator through a bounded channel.
 //!
+//! It also tells the aggregator that a process is gone ([`Forget`]), after draining:
+//! the records a process's probes wrote before they were detached are still in the
+//! ring, and reach the aggregator ahead of the news, while the process's slots are
+//! still registered to count them. Sent by whoever detached, the news overtook them:
+//! a process that exited or exec'd within a drain interval of its last records lost
+//! them as orphans (tests/placement.rs, tests/churn.rs).
+//!
 //! The BPF side wakes us only when a backlog builds up (batched wake-ups), so the
 //! reader also drains on a short timer. When the aggregator falls behind, the bounded
 //! channel makes the reader wait, the ring fills, and the kernel counts what it cannot
@@ -11,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use mapwatch_common::Event;
 use tokio::{
     io::unix::AsyncFd,
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::warn;
 
@@ -21,11 +28,20 @@ use crate::aggregate::Input;
 /// Upper bound on records per batch, so one busy burst cannot hold the channel long.
 const MAX_BATCH: usize = 8192;
 
+/// A process whose probes are all detached: once the ring is drained, the aggregator
+/// is told ([`Input::ProcessGone`]), then `done` answers — the caller may register the
+/// pid again (an exec'd process) only after that.
+pub struct Forget {
+    pub pid: u32,
+    pub done: oneshot::Sender<()>,
+}
+
 pub async fn run(
     ring: RingBuf<MapData>,
     to_aggregator: mpsc::Sender<Input>,
     drain_interval: Duration,
     mut stop: watch::Receiver<bool>,
+    mut forget: mpsc::Receiver<Forget>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf,
     // and always reports that same fd.
@@ -34,6 +50,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(drain_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut gone = None;
         let stopping = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -42,6 +59,10 @@ pub async fn run(
             }
             _ = ticker.tick() => false,
             _ = stop.changed() => true,
+            Some(request) = forget.recv() => {
+                gone = Some(request);
+                false
+            }
         };
         // Drain until empty: after a stop the probes are already detached, so this
         // final pass collects every record they wrote.
@@ -54,6 +75,12 @@ pub async fn run(
             if !full {
                 break;
             }
+        }
+        if let Some(Forget { pid, done }) = gone {
+            if to_aggregator.send(Input::ProcessGone(pid)).await.is_err() {
+                return Ok(());
+            }
+            let _ = done.send(());
         }
         if stopping {
             return Ok(());

@@ -12,7 +12,7 @@ use crate::{
     aggregate::LabelLimits,
     attach::{self, FileIdentity},
     budget::{self, BudgetConfig},
-    discover::procs::{binary_label, command_name, process_start_time},
+    discover::procs::{binary_label_of, command_name, process_start_time},
     goelf::{GoBinary, GoElfError},
     metrics::{Metrics, WorkloadLabels},
     plan::{self, PlanRequest},
@@ -31,8 +31,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         ))
     })?;
     let exe = attach::exe_path(pid);
-    let identity = FileIdentity::of(&exe).map_err(|e| exe_error(pid, &e))?;
-    let binary = GoBinary::open(&exe).map_err(|e| match e {
+    // Opened once, so that the identity probes are checked against, the name and the
+    // analysis are of one file even if the process execs meanwhile.
+    let file = std::fs::File::open(&exe).map_err(|e| exe_error(pid, &e))?;
+    let identity = FileIdentity::of_file(&file).map_err(|e| exe_error(pid, &e))?;
+    let binary_name = binary_label_of(&file, pid);
+    let binary = GoBinary::from_file(&exe, file).map_err(|e| match e {
         GoElfError::NotGo { .. } => UsageError(format!(
             "process {pid} ({}) is not a Go program: its executable has no Go build info",
             command_name(pid)
@@ -65,7 +69,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         .into());
     }
     let labels = WorkloadLabels {
-        binary: binary_label(pid),
+        binary: binary_name,
         go_version: plan.go_version.clone(),
         ..Default::default()
     };

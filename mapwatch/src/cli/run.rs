@@ -34,7 +34,7 @@ use crate::{
         kubernetes::ResolverOptions,
         parse_proc_cgroup,
         procs::{
-            ProcessInfo, binary_label, exe_path, process_info, read_proc_text, scan_processes,
+            ProcessInfo, binary_label_of, exe_path, process_info, read_proc_text, scan_processes,
         },
         tracker::{Change, Tracker},
     },
@@ -94,28 +94,35 @@ enum Refusal {
     Unsupported { reason: AttachErrorReason },
 }
 
-/// The cache key of an analysis: the file (device, inode) and its size and mtime, which
-/// change if the inode is reused for another file after the last process running it
-/// exited. Cheaper than reading the build ID of every new process's binary; the build
-/// ID is logged with each analysis.
+/// The cache key of an analysis: the file (device, inode), its size, mtime and ctime.
+/// The inode may be reused for another file after the last process running it exited,
+/// or the file rewritten in place while no process runs it; mtime can be set back
+/// (`cp -p`, `rsync -t`, tools that normalise it), ctime cannot, and every write moves
+/// it. Cheaper than reading the build ID of every new process's binary; the build ID is
+/// logged with each analysis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct BinaryKey {
     file: FileIdentity,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl BinaryKey {
-    fn of(path: &Path) -> Option<BinaryKey> {
+    /// The key of an open file: of the file a process ran when its /proc/PID/exe was
+    /// opened, which is also the file analysed (see [`Daemon::examine`]).
+    fn of(file: &std::fs::File) -> Option<BinaryKey> {
         use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(path).ok()?;
+        let meta = file.metadata().ok()?;
+        let ns = |s: i64, ns: i64| i128::from(s) * 1_000_000_000 + i128::from(ns);
         Some(BinaryKey {
             file: FileIdentity {
                 dev: meta.dev(),
                 ino: meta.ino(),
             },
             size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
@@ -293,15 +300,23 @@ impl Daemon {
             return;
         }
         let exe = exe_path(pid);
-        let Some(key) = BinaryKey::of(&exe) else {
+        // Opened once: its name, cache key, analysis and the identity the probes are
+        // checked against all come from this file. Opened again for each, a process that
+        // exec'd in between was analysed as one program and keyed, named or attached as
+        // another (tests/placement.rs: a cached plan of one binary under the other's
+        // key refused every later process of it).
+        let Ok(file) = std::fs::File::open(&exe) else {
             return;
         };
-        let binary_name = binary_label(pid);
+        let Some(key) = BinaryKey::of(&file) else {
+            return;
+        };
+        let binary_name = binary_label_of(&file, pid);
         // The binary-name filter first: it needs no analysis.
         if !self.filters.admits_binary(&binary_name) {
             return;
         }
-        let analysis = match self.analysis(key, &exe, &binary_name).await {
+        let analysis = match self.analysis(key, file, &exe, &binary_name).await {
             Ok(analysis) => analysis,
             Err(Refusal::NotGo | Refusal::Unreadable) => return,
             Err(Refusal::Unsupported { reason }) => {
@@ -309,7 +324,8 @@ impl Daemon {
                 return;
             }
         };
-        let mut identity = WorkloadIdentity::host(binary_name, analysis.plan.go_version.clone());
+        let mut identity =
+            WorkloadIdentity::host(binary_name.clone(), analysis.plan.go_version.clone());
         if let Some(pods) = &self.pods
             && let Some(container) = read_proc_text(format!("/proc/{pid}/cgroup"))
                 .ok()
@@ -334,13 +350,16 @@ impl Daemon {
         };
         match self.session.attach(target).await {
             Ok(count) => {
-                self.tracker.set_attached(pid, true);
+                self.tracker.attached_to(pid, key.file);
                 info!(pid, probes = count, "attached");
             }
             // A process that exits while probes are being attached is ordinary churn;
             // anything else is worth one line per binary.
             Err(e @ AttachError::ProcessGone { .. }) => debug!(pid, "{e}"),
-            Err(e) => self.log_once(&analysis_label(&analysis), e.reason(), &e.to_string()),
+            Err(e) => {
+                let message = format!("process {pid}: {e}");
+                self.log_once(&binary_name, e.reason(), &message);
+            }
         }
     }
 
@@ -348,6 +367,7 @@ impl Daemon {
     async fn analysis(
         &mut self,
         key: BinaryKey,
+        file: std::fs::File,
         exe: &Path,
         binary_name: &str,
     ) -> Result<Arc<Analysis>, Refusal> {
@@ -358,7 +378,7 @@ impl Daemon {
         let path = exe.to_path_buf();
         let request = self.request;
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || analyse(&path, request))
+        let result = tokio::task::spawn_blocking(move || analyse(&path, file, request))
             .await
             .unwrap_or_else(|e| {
                 // The analysis panicked: a binary our parsers could not cope with.
@@ -422,7 +442,7 @@ impl Daemon {
     async fn detach(&mut self, pid: u32) {
         let started = Instant::now();
         let count = self.session.detach(pid).await;
-        self.tracker.set_attached(pid, false);
+        self.tracker.detached(pid);
         if count > 0 {
             info!(
                 pid,
@@ -451,15 +471,15 @@ fn budget_config(config: &RunConfig) -> BudgetConfig {
     }
 }
 
-fn analysis_label(analysis: &Analysis) -> String {
-    analysis.binary.path().display().to_string()
-}
-
-/// Opens and plans a binary (blocking: reads and parses the file).
-fn analyse(path: &Path, request: PlanRequest) -> Result<Analysis, (Refusal, String)> {
+/// Analyses and plans the open binary `path` names (blocking: reads and parses it).
+fn analyse(
+    path: &Path,
+    file: std::fs::File,
+    request: PlanRequest,
+) -> Result<Analysis, (Refusal, String)> {
     let unsupported =
         |reason: AttachErrorReason, message: String| (Refusal::Unsupported { reason }, message);
-    let binary = GoBinary::open(path).map_err(|e| match e {
+    let binary = GoBinary::from_file(path, file).map_err(|e| match e {
         GoElfError::NotGo { .. } | GoElfError::NotElf { .. } => (Refusal::NotGo, e.to_string()),
         GoElfError::Io { .. } => (Refusal::Unreadable, e.to_string()),
         GoElfError::UnsupportedArch { .. } => {

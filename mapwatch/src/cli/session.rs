@@ -115,6 +115,8 @@ pub struct Session {
     to_aggregator: mpsc::Sender<Input>,
     aggregator: JoinHandle<()>,
     stop_reader: watch::Sender<bool>,
+    /// Processes detached, for the reader to forget after draining what they wrote.
+    forget: mpsc::Sender<attach::reader::Forget>,
     reader: JoinHandle<std::io::Result<()>>,
     to_budget: mpsc::Sender<BudgetInput>,
     stop_budget: watch::Sender<bool>,
@@ -186,11 +188,13 @@ impl Session {
             .take_ring_buf()
             .context("ring buffer already taken")?;
         let (stop_reader, stop_signal) = watch::channel(false);
+        let (forget, forget_requests) = mpsc::channel(64);
         let reader = tokio::spawn(attach::reader::run(
             ring,
             to_aggregator.clone(),
             options.drain_interval,
             stop_signal,
+            forget_requests,
         ));
 
         let counters = probes.counters();
@@ -224,6 +228,7 @@ impl Session {
             to_aggregator,
             aggregator,
             stop_reader,
+            forget,
             reader,
             to_budget,
             stop_budget,
@@ -253,9 +258,21 @@ impl Session {
         let result = self.try_attach(target).await;
         if let Err(e) = &result {
             self.metrics.count_attach_error(e.reason());
-            let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
+            self.forget(pid).await;
         }
         result
+    }
+
+    /// Has the aggregator forget `pid`, whose probes are all detached, after the records
+    /// they wrote; returns once it is queued, so that a registration of the same pid
+    /// (the process exec'd) comes after it.
+    async fn forget(&self, pid: u32) {
+        let (done, forgotten) = tokio::sync::oneshot::channel();
+        let request = attach::reader::Forget { pid, done };
+        if self.forget.send(request).await.is_err() || forgotten.await.is_err() {
+            // The reader has stopped (reading the ring failed): nothing is left to drain.
+            let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
+        }
     }
 
     async fn try_attach(&self, target: Target) -> Result<usize, AttachError> {
@@ -335,7 +352,7 @@ impl Session {
             tokio::task::spawn_blocking(move || probes.lock().expect("probes").detach_process(pid))
                 .await
                 .unwrap_or(0);
-        let _ = self.to_aggregator.send(Input::ProcessGone(pid)).await;
+        self.forget(pid).await;
         count
     }
 

@@ -14,11 +14,19 @@ pub struct FileIdentity {
 
 impl FileIdentity {
     pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
-        let meta = std::fs::metadata(path)?;
-        Ok(FileIdentity {
+        Ok(Self::of_metadata(&std::fs::metadata(path)?))
+    }
+
+    /// The identity of an open file (what a path named when it was opened).
+    pub fn of_file(file: &std::fs::File) -> std::io::Result<FileIdentity> {
+        Ok(Self::of_metadata(&file.metadata()?))
+    }
+
+    fn of_metadata(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
     }
 }
 
@@ -125,15 +133,19 @@ pub fn command_name(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// The executable's file name: a bounded label, unlike its full path or the pid.
-pub fn binary_label(pid: u32) -> String {
-    std::fs::read_link(exe_path(pid))
-        .ok()
-        .and_then(|p| {
-            let name = p.file_name()?.to_string_lossy().into_owned();
-            Some(name.trim_end_matches(" (deleted)").to_string())
-        })
+/// The file name of the executable `pid` ran when `exe` (its /proc/PID/exe) was opened
+/// — a process that exec'd since is not named after its new program —: a bounded label,
+/// unlike its full path or the pid.
+pub fn binary_label_of(exe: &std::fs::File, pid: u32) -> String {
+    use std::os::fd::AsRawFd as _;
+    file_name_of_link(Path::new(&format!("/proc/self/fd/{}", exe.as_raw_fd())))
         .unwrap_or_else(|| command_name(pid))
+}
+
+fn file_name_of_link(link: &Path) -> Option<String> {
+    let target = std::fs::read_link(link).ok()?;
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    Some(name.trim_end_matches(" (deleted)").to_string())
 }
 
 /// Path through which a process's executable is read and attached: /proc/PID/exe

@@ -93,10 +93,22 @@ impl Tracker {
         })
     }
 
-    /// Records that `pid` (as observed last) now has probes attached, or no longer has.
-    pub fn set_attached(&mut self, pid: u32, attached: bool) {
+    /// Records that `pid` (as observed last) now has probes attached, planned for the
+    /// executable `exe`. The daemon identifies the executable again when it attaches,
+    /// later than the scan or notice that reported the process: if the process exec'd
+    /// in between, the probes are for the newer executable, and an exec back to the
+    /// one observed first must be seen as a change.
+    pub fn attached_to(&mut self, pid: u32, exe: FileIdentity) {
         if let Some(known) = self.known.get_mut(&pid) {
-            known.attached = attached;
+            known.attached = true;
+            known.exe = Some(exe);
+        }
+    }
+
+    /// Records that `pid` no longer has probes attached.
+    pub fn detached(&mut self, pid: u32) {
+        if let Some(known) = self.known.get_mut(&pid) {
+            known.attached = false;
         }
     }
 
@@ -112,11 +124,15 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    fn exe(ino: u64) -> FileIdentity {
+        FileIdentity { dev: 1, ino }
+    }
+
     fn process(pid: u32, start_time: u64, ino: u64) -> ProcessInfo {
         ProcessInfo {
             pid,
             start_time,
-            exe: Some(FileIdentity { dev: 1, ino }),
+            exe: Some(exe(ino)),
         }
     }
 
@@ -138,7 +154,7 @@ mod tests {
     fn exit_reports_whether_probes_must_be_detached() {
         let mut tracker = Tracker::new();
         tracker.reconcile(&[process(1, 10, 100), process(2, 20, 200)]);
-        tracker.set_attached(2, true);
+        tracker.attached_to(2, exe(200));
         assert_eq!(
             tracker.reconcile(&[]),
             vec![
@@ -159,7 +175,7 @@ mod tests {
     fn a_reused_pid_is_a_new_process() {
         let mut tracker = Tracker::new();
         tracker.reconcile(&[process(7, 10, 100)]);
-        tracker.set_attached(7, true);
+        tracker.attached_to(7, exe(100));
         let reused = process(7, 99, 100);
         assert_eq!(
             tracker.reconcile(std::slice::from_ref(&reused)),
@@ -178,7 +194,7 @@ mod tests {
     fn exec_is_a_change_of_executable_in_the_same_process() {
         let mut tracker = Tracker::new();
         tracker.reconcile(&[process(7, 10, 100)]);
-        tracker.set_attached(7, true);
+        tracker.attached_to(7, exe(100));
         let execed = process(7, 10, 101);
         assert_eq!(
             tracker.observe(execed.clone()),
@@ -202,8 +218,48 @@ mod tests {
     fn attachment_survives_rescans() {
         let mut tracker = Tracker::new();
         tracker.reconcile(&[process(3, 10, 100)]);
-        tracker.set_attached(3, true);
+        tracker.attached_to(3, exe(100));
         tracker.reconcile(&[process(3, 10, 100)]);
         assert_eq!(tracker.attached_pids().collect::<Vec<_>>(), vec![3]);
+    }
+
+    /// The exit notice of a process may be lost (the notices ring was full) and its pid
+    /// reused by a new process of the same binary; the new one is seen first through
+    /// its exec notice. Same pid, same executable, another start time: the old process
+    /// exits (its probes detached) and the new one is examined afresh, unattached.
+    #[test]
+    fn a_reused_pid_seen_through_an_exec_notice_is_a_new_process() {
+        let mut tracker = Tracker::new();
+        tracker.observe(process(7, 10, 100));
+        tracker.attached_to(7, exe(100));
+        let reused = process(7, 11, 100);
+        assert_eq!(
+            tracker.observe(reused.clone()),
+            vec![
+                Change::Exited {
+                    pid: 7,
+                    attached: true
+                },
+                Change::Appeared(reused)
+            ]
+        );
+        assert_eq!(tracker.attached_pids().count(), 0);
+        tracker.detached(7);
+        assert_eq!(
+            tracker.attached_pids().count(),
+            0,
+            "nothing to detach twice"
+        );
+    }
+
+    /// Observed running A, attached once it already ran B (it exec'd before the daemon
+    /// opened its executable): an exec back to A is a change, not "still A".
+    #[test]
+    fn the_executable_attached_to_is_what_the_next_exec_is_compared_with() {
+        let mut tracker = Tracker::new();
+        tracker.observe(process(7, 10, 100));
+        tracker.attached_to(7, exe(200));
+        let back = process(7, 10, 100);
+        assert_eq!(tracker.observe(back.clone()), vec![Change::Execed(back)]);
     }
 }

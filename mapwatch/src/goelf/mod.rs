@@ -117,11 +117,22 @@ const MODULEDATA_TEXT_OFFSET: u64 = 176;
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
+        let file = File::open(path).map_err(|source| GoElfError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_file(path, file)
+    }
+
+    /// Analyses a file already open; `path` names it in errors and [`GoBinary::path`].
+    /// The daemon opens a process's executable once and takes its identity from the
+    /// same open file, so that the analysis cannot be of another file than the one
+    /// identified (a process may exec between two opens of /proc/PID/exe).
+    pub fn from_file(path: &Path, file: File) -> Result<GoBinary, GoElfError> {
         let io = |source| GoElfError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         let not_a_file = |what| GoElfError::NotAFile {
             path: path.to_path_buf(),

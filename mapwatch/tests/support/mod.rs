@@ -81,10 +81,18 @@ pub fn privileged(test: &str) -> Option<KernelGuard> {
         .write(true)
         .open(MACHINE_LOCK)
         .expect("open the privileged tests' lock file");
+    let waiting = Instant::now();
     // Released when the file is closed: the guard dropped, or the process gone.
     machine
         .lock()
         .expect("lock the privileged tests' lock file");
+    // So that a test's own run time can be told from the time other suites held the lock.
+    if waiting.elapsed() > Duration::from_secs(1) {
+        eprintln!(
+            "{test}: waited {:.1} s for {MACHINE_LOCK}",
+            waiting.elapsed().as_secs_f64()
+        );
+    }
     Some(KernelGuard {
         _thread: thread,
         _machine: machine,
@@ -197,6 +205,40 @@ impl Fixture {
                 Some((key.to_string(), value.parse().ok()?))
             })
             .collect()
+    }
+
+    /// Sends one line (e.g. `exec` to fixtures/execs).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send a line");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for the `ready <pid>` of the program this process exec'd (fixtures/execs)
+    /// and checks it is still the same process.
+    pub fn wait_ready_after_exec(&mut self) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read ready line");
+        assert_eq!(
+            line.trim(),
+            format!("ready {}", self.pid),
+            "the exec'd image's first line"
+        );
+    }
+
+    /// The next line the fixture prints (without its newline).
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read a line");
+        line.trim_end().to_string()
+    }
+
+    /// Closes stdin: the fixture exits, and stays a zombie (its pid not reusable) until
+    /// [`Fixture::finish`] reaps it.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
     }
 
     /// Closes stdin (the fixture exits) and returns its status.
@@ -348,10 +390,26 @@ impl Mapwatch {
             if drained {
                 return scrape;
             }
-            assert!(
-                Instant::now() < deadline,
-                "pipeline never drained:\n{scrape:?}"
-            );
+            if Instant::now() >= deadline {
+                let counts: Vec<(String, [u64; 3])> = probes
+                    .iter()
+                    .map(|probe| {
+                        let sel = [("probe", probe.as_str())];
+                        let count = |name| scrape.sum(name, &sel);
+                        let counts = [
+                            count("mapwatch_probe_hits_total"),
+                            count("mapwatch_events_received_total"),
+                            count("mapwatch_events_lost_total"),
+                        ];
+                        (probe.clone(), counts)
+                    })
+                    .collect();
+                panic!(
+                    "pipeline never drained: [hits, received, lost] per probe {counts:?}, \
+                     {} records orphaned (read after their process was forgotten)\n{scrape:?}",
+                    scrape.sum("mapwatch_events_orphaned_total", &[])
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
