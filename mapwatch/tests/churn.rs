@@ -135,20 +135,17 @@ fn hundreds_of_short_lived_processes_are_each_counted_exactly_and_let_go() {
         })
         .collect();
 
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
+    let daemon = Mapwatch::run_for(
         "churn-*",
-        "--rescan-interval",
-        "1h",
-        // Long enough to compare a batch's series after its processes exited; short
-        // enough that all are gone when the footprint is measured.
-        "--series-expiry",
-        "5s",
-        "--overhead-share",
-        "100%",
-    ]);
+        &[
+            // Long enough to compare a batch's series after its processes exited; short
+            // enough that all are gone when the footprint is measured.
+            "--series-expiry",
+            "5s",
+            "--overhead-share",
+            "100%",
+        ],
+    );
     let mut reported: BTreeMap<String, u64> = BTreeMap::new();
     let mut baseline = None;
     for batch in processes.chunks(BATCH) {

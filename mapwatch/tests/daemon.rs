@@ -46,20 +46,17 @@ fn run_follows_processes_and_counts_each_workload_exactly() {
         return;
     };
     let mut fixtures = vec![Fixture::start(&binaries[0], &[])];
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
+    let daemon = Mapwatch::run_for(
         "mapgrow",
-        "--rescan-interval",
-        "1h",
-        "--series-expiry",
-        "2s",
-        // Exact counts: the budget must not duty-cycle the map probes during the
-        // fixture's short burst, as 1% of its (mostly idle) CPU might.
-        "--overhead-share",
-        "100%",
-    ]);
+        &[
+            "--series-expiry",
+            "2s",
+            // Exact counts: the budget must not duty-cycle the map probes during the
+            // fixture's short burst, as 1% of its (mostly idle) CPU might.
+            "--overhead-share",
+            "100%",
+        ],
+    );
     daemon.scrape_until("the process started before the daemon", |s| {
         attached(s) == 1
     });

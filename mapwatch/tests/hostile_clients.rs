@@ -57,17 +57,14 @@ fn idle_clients_do_not_starve_metrics_or_attaching() {
         return;
     };
     raise_own_open_files_limit();
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
+    let daemon = Mapwatch::run_for(
         "mapgrow",
-        "--rescan-interval",
-        "1h",
-        // Exact counts (see tests/daemon.rs).
-        "--overhead-share",
-        "100%",
-    ]);
+        &[
+            // Exact counts (see tests/daemon.rs).
+            "--overhead-share",
+            "100%",
+        ],
+    );
     let addr: SocketAddr = daemon.addr.parse().expect("daemon address");
     let fds_before = open_files(daemon.pid());
 

@@ -161,14 +161,7 @@ fn a_process_that_execs_during_attach_carries_only_its_own_images_probes() {
         .iter()
         .map(|binary| (binary.clone(), planned_offsets(binary)))
         .collect();
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
-        "bounce-*",
-        "--rescan-interval",
-        "1h",
-    ]);
+    let daemon = Mapwatch::run_for("bounce-*", &[]);
     let mut images = 0;
     let mut probed = 0;
     let mut expected_images = 0;
@@ -666,16 +659,7 @@ fn a_binary_replaced_on_disk_is_profiled_as_each_process_runs_it() {
     copy_executable(&new, &staged);
     std::fs::rename(&staged, &app).unwrap();
 
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
-        "app",
-        "--rescan-interval",
-        "1h",
-        "--overhead-share",
-        "100%",
-    ]);
+    let daemon = Mapwatch::run_for("app", &["--overhead-share", "100%"]);
     let mut running_new = Fixture::start(&app, &["/bin/false"]);
     let start = daemon.scrape_until("both processes", |s| attached(s) == 2);
     let start_drained = daemon.scrape_drained();
@@ -730,18 +714,10 @@ fn a_binary_rewritten_in_place_with_its_old_size_and_mtime_is_analysed_again() {
     std::fs::set_permissions(&svc, std::fs::Permissions::from_mode(0o755)).unwrap();
     let first = std::fs::metadata(&svc).unwrap();
 
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
+    let daemon = Mapwatch::run_for(
         "svc",
-        "--rescan-interval",
-        "1h",
-        "--series-expiry",
-        "1h",
-        "--overhead-share",
-        "100%",
-    ]);
+        &["--series-expiry", "1h", "--overhead-share", "100%"],
+    );
     let mut process = Fixture::start(&svc, &["/bin/false"]);
     daemon.scrape_until("the first build's process", |s| attached(s) == 1);
     let before = daemon.scrape_drained();
@@ -820,14 +796,7 @@ fn an_exited_process_loses_its_probes_before_its_pid_can_be_reused() {
     let Some(binary) = fixture("go1.24.11", "mapgrow") else {
         return;
     };
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
-        "mapgrow",
-        "--rescan-interval",
-        "1h",
-    ]);
+    let daemon = Mapwatch::run_for("mapgrow", &[]);
     let mut process = Fixture::start(&binary, &[]);
     daemon.scrape_until("the process to be attached", |s| attached(s) == 1);
     assert!(

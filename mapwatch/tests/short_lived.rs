@@ -67,14 +67,7 @@ fn processes_that_exit_during_attach_are_not_attach_errors() {
     )
     .expect("write a Go source file");
 
-    let daemon = Mapwatch::run(&[
-        "--kubernetes",
-        "off",
-        "--include-binary",
-        "gofmt",
-        "--rescan-interval",
-        "1h",
-    ]);
+    let daemon = Mapwatch::run_for("gofmt", &[]);
     let files_before = open_files(daemon.pid());
     // Every fourth run formats a few thousand lines (~0.1 s): long enough to be
     // attached, so the attach path is exercised, not only exits before it.

@@ -289,6 +289,21 @@ impl Mapwatch {
         Self::spawn(&["run", "--listen", "127.0.0.1:0"], extra)
     }
 
+    /// The node daemon for the processes of one binary name only, outside Kubernetes,
+    /// finding them by exec notices alone (the /proc rescan set to an hour).
+    pub fn run_for(binary: &str, extra: &[&str]) -> Mapwatch {
+        let mut args = vec![
+            "--kubernetes",
+            "off",
+            "--include-binary",
+            binary,
+            "--rescan-interval",
+            "1h",
+        ];
+        args.extend_from_slice(extra);
+        Self::run(&args)
+    }
+
     fn spawn(args: &[&str], extra: &[&str]) -> Mapwatch {
         let mut command = mapwatch_command();
         command.args(args).args(extra);
