@@ -80,8 +80,12 @@ fn a_workload_far_above_budget_is_held_to_it() {
     let cycling = daemon.scrape_until("growslice to be duty-cycled", |s| {
         duty(s).is_some_and(|d| d < 1.0)
     });
-    // The overhead gauge averages ~60 s: let the always-on start leave it.
-    std::thread::sleep(Duration::from_secs(65));
+    // The rare groups start always on and are measured first: on this fixture, whose
+    // GC runs all the time, the STW and GC probes cost more than the budget in the
+    // first seconds. The overhead gauge averages ~60 s: wait until that start has left
+    // it (a CI run sampled 1.78% 66 s after the first cycling scrape, 0.59% a second
+    // later).
+    std::thread::sleep(Duration::from_secs(90));
     let samples: Vec<(f64, f64)> = (0..10)
         .map(|_| {
             std::thread::sleep(Duration::from_secs(1));

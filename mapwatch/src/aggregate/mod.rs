@@ -35,7 +35,10 @@ use tracing::debug;
 use process::ProcessState;
 pub use runtime::pearson;
 use weighting::DutyCycledSlots;
-pub use weighting::{Nanos, ScaleUpdate};
+pub use weighting::{Nanos, ScaleUpdate, monotonic_ns};
+
+/// How often paced records of closed duty cycles are released.
+const PACING_STEP: Duration = Duration::from_millis(250);
 pub use workloads::LabelLimits;
 use workloads::Workloads;
 
@@ -148,6 +151,8 @@ impl Aggregator {
                 (e / 4).max(Duration::from_millis(100))
             });
         let mut expiry_check = tokio::time::interval(check_every);
+        let mut pacing = tokio::time::interval(PACING_STEP);
+        pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 input = inputs.recv() => match input {
@@ -155,9 +160,20 @@ impl Aggregator {
                     None => break,
                 },
                 _ = expiry_check.tick() => self.expire(Instant::now()),
+                _ = pacing.tick() => self.release_paced(monotonic_ns()),
             }
         }
+        for (event, reps) in self.duty_cycled.release_all() {
+            self.record(&event, reps);
+        }
         debug!("aggregator: input closed");
+    }
+
+    /// Applies the weighed records of closed duty cycles that are due by `now`.
+    pub fn release_paced(&mut self, now: Nanos) {
+        for (event, reps) in self.duty_cycled.release(now) {
+            self.record(&event, reps);
+        }
     }
 
     /// Forgets workloads gone for longer than the series expiry.
@@ -478,6 +494,7 @@ mod tests {
         aggregator.apply(Input::Scale(ScaleUpdate::Close {
             weights: vec![(0, 2.5)],
             until: 25,
+            spread: 0,
         }));
         assert_eq!(hints(), 2 + 3, "2.5 each, the fraction carried");
         aggregator.apply(Input::Scale(ScaleUpdate::Release {
@@ -519,6 +536,7 @@ mod tests {
         aggregator.apply(Input::Scale(ScaleUpdate::Close {
             weights: vec![(0, 1.0), (1, 1.0)],
             until: 100,
+            spread: 0,
         }));
         let [namespace, pod, container, binary, go_version] = api.labels.values();
         let pauses = metrics.stw_pause_seconds.with_label_values(&[

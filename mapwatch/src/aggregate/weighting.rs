@@ -2,15 +2,32 @@
 //! some probes only part of the time, so each of their records stands for several
 //! events: `reps`, the count every metric update of the record is made with.
 //!
-//! A record's weight (cycle length / time its probe was attached in that cycle) is
-//! known only when its cycle ends, so [`DutyCycledSlots`] keeps the records of an open
-//! cycle until the budget's [`ScaleUpdate`] closes it.
+//! A record's weight (the target's work over its cycle / its work while the probe was
+//! attached, see `budget::cycles`) is known only when its cycle ends, so
+//! [`DutyCycledSlots`] keeps the records of an open cycle until the budget's
+//! [`ScaleUpdate`] closes it. Then it paces them out over as long as the cycle lasted
+//! ([`DutyCycledSlots::release`]): counters then rise as steadily as the events
+//! happened, a cycle later, instead of jumping once per cycle — `rate(…[1m])` over
+//! cycles of 40 s would swing between 0 and twice the truth.
+use std::collections::BTreeMap;
+
 use foldhash::HashMap;
 use mapwatch_common::Event;
 
 /// Nanoseconds on CLOCK_MONOTONIC: the clock of `bpf_ktime_get_ns`, which stamps the
 /// records.
 pub type Nanos = u64;
+
+/// Now on CLOCK_MONOTONIC, in ns (the records' clock).
+pub fn monotonic_ns() -> Nanos {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// What the aggregator must do with the records of duty-cycled slots.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,10 +40,12 @@ pub enum ScaleUpdate {
         planned_weight: f64,
     },
     /// A cycle ended at `until`: the waiting records of each slot stamped before it (and
-    /// late ones) weigh `weight` (cycle length / time the slot was attached in it).
+    /// late ones) weigh `weight`. They are released evenly over the `spread` after
+    /// `until` (0: at once).
     Close {
         weights: Vec<(u32, f64)>,
         until: Nanos,
+        spread: Nanos,
     },
     /// Records of `slots` stamped at or after `from` weigh 1 again (always on).
     Release { slots: Vec<u32>, from: Nanos },
@@ -46,6 +65,9 @@ pub(super) type Weighed = (Event, u64);
 #[derive(Default)]
 pub(super) struct DutyCycledSlots {
     slots: HashMap<u32, Sampled>,
+    /// Weighed records of closed cycles, by (release time, sequence number).
+    paced: BTreeMap<(Nanos, u64), Weighed>,
+    sequence: u64,
 }
 
 /// Records of one duty-cycled slot, and what they will weigh. Late records of a closed
@@ -130,20 +152,37 @@ impl DutyCycledSlots {
                     }
                 }
             }
-            ScaleUpdate::Close { weights, until } => {
+            ScaleUpdate::Close {
+                weights,
+                until,
+                spread,
+            } => {
+                let mut closed = Vec::new();
                 for (slot, weight) in weights {
                     let Some(sampled) = self.slots.get_mut(&slot) else {
                         continue;
                     };
                     sampled.weight = weight;
                     sampled.closed_until = sampled.closed_until.max(until);
-                    let (closed, waiting): (Vec<Event>, Vec<Event>) =
+                    let (done, waiting): (Vec<Event>, Vec<Event>) =
                         std::mem::take(&mut sampled.held)
                             .into_iter()
                             .partition(|e| e.ktime_ns < until);
                     sampled.held = waiting;
-                    for event in closed {
-                        due.push((event, sampled.reps(weight)));
+                    for event in done {
+                        closed.push((event, sampled.reps(weight)));
+                    }
+                }
+                let closed = in_time_order(closed);
+                if spread == 0 {
+                    due.extend(closed);
+                } else {
+                    let n = closed.len() as u128;
+                    for (i, weighed) in closed.into_iter().enumerate() {
+                        let offset = u128::from(spread) * (i as u128 + 1) / n;
+                        let at = until.saturating_add(offset as Nanos);
+                        self.sequence += 1;
+                        self.paced.insert((at, self.sequence), weighed);
                     }
                 }
             }
@@ -166,16 +205,37 @@ impl DutyCycledSlots {
     }
 
     /// Forgets `slots` (their process is gone). Their records could still be waiting
-    /// for a cycle that will never close; they take the last weight known. Returned in
-    /// the order they happened.
+    /// for a cycle that will never close; they take the last weight known. Their paced
+    /// records are due now too. Returned in the order they happened.
     pub fn forget(&mut self, slots: impl IntoIterator<Item = u32>) -> Vec<Weighed> {
+        let slots: Vec<u32> = slots.into_iter().collect();
         let mut due = Vec::new();
+        self.paced.retain(|_, weighed| {
+            let theirs = slots.contains(&weighed.0.slot);
+            if theirs {
+                due.push(*weighed);
+            }
+            !theirs
+        });
         for slot in slots {
             if let Some(sampled) = self.slots.remove(&slot) {
                 sampled.drain_at_last_weight(&mut due);
             }
         }
         in_time_order(due)
+    }
+
+    /// The paced records whose release time is `now` or earlier, in release order.
+    pub fn release(&mut self, now: Nanos) -> Vec<Weighed> {
+        let later = self.paced.split_off(&(now.saturating_add(1), 0));
+        std::mem::replace(&mut self.paced, later)
+            .into_values()
+            .collect()
+    }
+
+    /// Every paced record (mapwatch stops: nothing may be left unexported).
+    pub fn release_all(&mut self) -> Vec<Weighed> {
+        std::mem::take(&mut self.paced).into_values().collect()
     }
 }
 
@@ -236,6 +296,7 @@ mod tests {
         let due = slots.update(ScaleUpdate::Close {
             weights: vec![(0, 2.5)],
             until: 20,
+            spread: 0,
         });
         // 2.5 then 2.5 + the carried 0.5.
         assert_eq!(stamps(&due), [(11, 2)]);
@@ -283,9 +344,35 @@ mod tests {
         let due = slots.update(ScaleUpdate::Close {
             weights: vec![(1, 1.0), (0, 1.0)],
             until: 35,
+            spread: 0,
         });
         assert_eq!(stamps(&due), [(10, 1), (20, 1), (30, 1)]);
         let due = slots.forget([0, 1]);
         assert_eq!(stamps(&due), [(40, 1)]);
+    }
+
+    #[test]
+    fn records_of_a_closed_cycle_are_paced_over_its_length() {
+        let mut slots = DutyCycledSlots::default();
+        slots.update(ScaleUpdate::Hold {
+            slots: vec![0, 1],
+            from: 0,
+            planned_weight: 1.0,
+        });
+        for (slot, t) in [(0, 10), (1, 20), (0, 30), (1, 40)] {
+            assert_eq!(slots.weigh(&record(slot, t)), None);
+        }
+        let due = slots.update(ScaleUpdate::Close {
+            weights: vec![(0, 2.0), (1, 2.0)],
+            until: 100,
+            spread: 400,
+        });
+        assert!(due.is_empty(), "paced, not due at once");
+        assert!(slots.release(199).is_empty());
+        assert_eq!(stamps(&slots.release(200)), [(10, 2)]);
+        assert_eq!(stamps(&slots.release(450)), [(20, 2), (30, 2)]);
+        // The process is gone: what it still had paced is due at once.
+        assert_eq!(stamps(&slots.forget([1])), [(40, 2)]);
+        assert!(slots.release_all().is_empty());
     }
 }

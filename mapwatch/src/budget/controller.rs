@@ -4,11 +4,16 @@
 //! waits for.
 use std::collections::BTreeMap;
 
+use tracing::debug;
+
 use super::{
-    cycles::{Cycle, CyclingSlots, close_weights, cycle_fraction, plan_cycle},
+    cycles::{
+        Cycle, CyclingSlots, Mark, close_weights, cycle_fraction, cycle_work, plan_cycle,
+        work_based_weight,
+    },
     groups::{GroupSpec, Priority},
     shares::{BudgetConfig, group_fractions, process_budgets},
-    state::{Group, Mode, Process},
+    state::{Group, Mode, Process, Reading},
 };
 use crate::{
     aggregate::{Nanos, ScaleUpdate},
@@ -47,6 +52,8 @@ pub struct ProcessReport {
     pub on_cost: Vec<(&'static str, Option<f64>)>,
     /// (group, duty cycles finished so far; 0 = never duty-cycled).
     pub windows: Vec<(&'static str, u64)>,
+    /// (group, share of the process's work it was attached for in its last cycle).
+    pub observed: Vec<(&'static str, f64)>,
 }
 
 /// What a hot group is assumed to cost while attached when its workload has no history:
@@ -125,12 +132,16 @@ impl Controller {
     /// (the same binary restarted, another replica), else [`UNKNOWN_HOT_ON_COST`].
     /// Attached first and measured after, a hot group cost a growth-heavy loop its
     /// whole on-cost until the first control step (1.21× CPU over its first 15 s).
+    ///
+    /// `cpu_ns`: the process's CPU time at `now`, where the work of its first cycles
+    /// is counted from (its probes have no hits yet).
     pub fn add_process(
         &mut self,
         pid: u32,
         labels: WorkloadLabels,
         groups: Vec<GroupSpec>,
         now: Nanos,
+        cpu_ns: Option<u64>,
     ) {
         let detached: Vec<bool> = groups
             .iter()
@@ -167,7 +178,8 @@ impl Controller {
                 },
                 false,
                 0,
-            );
+            )
+            .starting_with(cpu_ns.map(|c| c as f64));
             for slot in &mut group.slots {
                 slot.attached_since = None;
             }
@@ -184,9 +196,10 @@ impl Controller {
     }
 
     /// The process is gone (its probes are detached by the caller). Closes its open
-    /// cycles at `now` so the aggregator can weigh their records.
+    /// cycles at `now` so the aggregator can weigh their records (by wall time: a
+    /// process that is gone cannot be read).
     pub fn remove_process(&mut self, pid: u32, now: Nanos) -> Option<ProcessReport> {
-        self.close_open_cycles(pid, now);
+        self.close_open_cycles(pid, now, None);
         let report = self.report_of(pid);
         if let Some(process) = self.processes.remove(&pid) {
             let measured: BTreeMap<&'static str, f64> = process
@@ -204,24 +217,35 @@ impl Controller {
         report
     }
 
-    /// Closes every open cycle of `pid` at `now` (the process exits, or mapwatch stops).
-    pub fn close_open_cycles(&mut self, pid: u32, now: Nanos) {
+    /// Closes every open cycle of `pid` at `now` (the process exits, or mapwatch
+    /// stops), weighed by work if `reading` (taken at `now`) is given.
+    pub fn close_open_cycles(&mut self, pid: u32, now: Nanos, reading: Option<&Reading>) {
         let Some(process) = self.processes.get_mut(&pid) else {
             return;
         };
-        for group in &mut process.groups {
-            let Mode::Cycling(cycle) = group.mode else {
+        let work = reading.map(|r| process.work(r));
+        let marks: Vec<Option<Mark>> = process
+            .groups
+            .iter()
+            .map(|g| reading.map(|r| process.mark(g.name, r)))
+            .collect();
+        for (group, mark) in process.groups.iter_mut().zip(marks) {
+            let Mode::Cycling(mut cycle) = group.mode else {
                 continue;
             };
+            if group.attached() {
+                cycle.close_window(mark);
+            }
             for slot in &mut group.slots {
                 if let Some(since) = slot.attached_since.take() {
                     slot.on_in_cycle += now.saturating_sub(since.max(cycle.start));
                 }
             }
-            let weights = close_weights(group.on_in_cycle(), cycle.start, now);
+            let weights = cycle_weights(group, &cycle, now, work);
             self.scale_updates.push(ScaleUpdate::Close {
                 weights,
                 until: now,
+                spread: 0,
             });
             group.windows += 1;
             group.mode = Mode::AlwaysOn;
@@ -276,6 +300,16 @@ impl Controller {
                 group.measure_on_cost();
             }
             process.add_cost(now, cost_ns);
+            let cpu_now = process.cpu_history.back().filter(|&&(t, _)| t == now);
+            process.last_work = cpu_now.map(|&(_, cpu_ns)| {
+                let hits = process
+                    .groups
+                    .iter()
+                    .flat_map(|g| &g.slots)
+                    .map(|s| (s.cost.slot, s.last_hits))
+                    .collect();
+                process.work(&Reading { cpu_ns, hits })
+            });
         }
         self.allocate();
         if self.config.enforce {
@@ -333,8 +367,14 @@ impl Controller {
                     },
                     true,
                     group.overrun,
-                );
+                )
+                .starting_with(process.last_work);
                 cycle.opened = true;
+                let cost = group.cost_so_far();
+                cycle.open_window(process.last_work.map(|work| Mark {
+                    work,
+                    group_cost: cost,
+                }));
                 for slot in &mut group.slots {
                     slot.on_in_cycle = 0;
                     if slot.attached_since.is_some() {
@@ -359,8 +399,13 @@ impl Controller {
             .sum()
     }
 
-    /// The attaches and detaches due at `now`, and cycles that ended.
-    pub fn due(&mut self, now: Nanos) -> Vec<Action> {
+    /// The attaches and detaches due at `now`, and cycles that ended. `read` reads a
+    /// process (pid, its slots) at `now`, for the weights by work of the cycles that end.
+    pub fn due(
+        &mut self,
+        now: Nanos,
+        read: &mut dyn FnMut(u32, &[u32]) -> Option<Reading>,
+    ) -> Vec<Action> {
         let cycling = self.cycling_detaches();
         let group_links = self.group_links;
         let mut actions = Vec::new();
@@ -368,6 +413,11 @@ impl Controller {
             let cycling = CyclingSlots {
                 node: cycling,
                 process: process.cycling_detaches(group_links),
+            };
+            let work_now = if process.groups.iter().any(|g| ends(g, now)) {
+                read(pid, &process.slot_numbers()).map(|r| process.work(&r))
+            } else {
+                None
             };
             for group in &mut process.groups {
                 if group.busy {
@@ -380,6 +430,7 @@ impl Controller {
                     group,
                     cycle,
                     now,
+                    work_now,
                     cycling,
                     &mut self.rng,
                     &mut self.scale_updates,
@@ -409,9 +460,17 @@ impl Controller {
             .min()
     }
 
-    /// The task attached `slots` of a group; each entry: when that slot's probe started
-    /// recording (the attach call returned), or None if it failed.
-    pub fn attached(&mut self, pid: u32, group: &str, slots: &[(u32, Option<Nanos>)]) {
+    /// The task attached `slots` of a group; each entry: when that slot's probe may
+    /// have started recording (right before the attach call), or None if it failed.
+    /// `reading`: the process read then.
+    pub fn attached(
+        &mut self,
+        pid: u32,
+        group: &str,
+        slots: &[(u32, Option<Nanos>)],
+        reading: Option<&Reading>,
+    ) {
+        let mark = self.mark_of(pid, group, reading);
         let Some(group) = self.group_mut(pid, group) else {
             return;
         };
@@ -430,18 +489,29 @@ impl Controller {
             let late = (started + length).saturating_sub(cycle.window_until);
             cycle.window_until += late;
             cycle.end += late;
+            cycle.open_window(mark);
         }
     }
 
-    /// The task detached `slots` of a group; each entry: when that slot's probe stopped
-    /// recording (right before its link was closed).
-    pub fn detached(&mut self, pid: u32, group: &str, slots: &[(u32, Nanos)]) {
+    /// The task detached `slots` of a group; each entry: when that slot's probe
+    /// stopped recording for sure (its link closed). `reading`: the process read then.
+    pub fn detached(
+        &mut self,
+        pid: u32,
+        group: &str,
+        slots: &[(u32, Nanos)],
+        reading: Option<&Reading>,
+    ) {
+        let mark = self.mark_of(pid, group, reading);
         let Some(group) = self.group_mut(pid, group) else {
             return;
         };
         group.busy = false;
-        let cycle_start = match group.mode {
-            Mode::Cycling(c) => c.start,
+        let cycle_start = match &mut group.mode {
+            Mode::Cycling(c) => {
+                c.close_window(mark);
+                c.start
+            }
             Mode::AlwaysOn => 0,
         };
         for &(slot, at) in slots {
@@ -452,6 +522,18 @@ impl Controller {
                 state.on_in_cycle += at.saturating_sub(since.max(cycle_start));
             }
         }
+    }
+
+    fn mark_of(&self, pid: u32, group: &str, reading: Option<&Reading>) -> Option<Mark> {
+        Some(self.processes.get(&pid)?.mark(group, reading?))
+    }
+
+    /// Every slot of `pid`: what a [`Reading`] of it reads the hits of.
+    pub fn process_slots(&self, pid: u32) -> Vec<u32> {
+        self.processes
+            .get(&pid)
+            .map(Process::slot_numbers)
+            .unwrap_or_default()
     }
 
     fn group_mut(&mut self, pid: u32, name: &str) -> Option<&mut Group> {
@@ -493,6 +575,11 @@ impl Controller {
             duty: process.groups.iter().map(|g| (g.name, g.duty)).collect(),
             on_cost: process.groups.iter().map(|g| (g.name, g.on_cost)).collect(),
             windows: process.groups.iter().map(|g| (g.name, g.windows)).collect(),
+            observed: process
+                .groups
+                .iter()
+                .map(|g| (g.name, g.observed))
+                .collect(),
         })
     }
 }
@@ -522,6 +609,63 @@ impl Step {
     }
 }
 
+/// Whether `group`'s cycle ends at `now` ([`advance_cycle`] closes it).
+fn ends(group: &Group, now: Nanos) -> bool {
+    matches!(group.mode, Mode::Cycling(c) if c.closed && now >= c.end)
+        && !group.busy
+        && !group.attached()
+}
+
+/// How fast the smoothed share of the probes' cost a process absorbs follows a new
+/// cycle's (one cycle's reading is noisy: a GC in the window, a burst of requests).
+const ABSORBED_SMOOTHING: f64 = 0.3;
+
+/// The weights of `group`'s records in `cycle`, which ends at `now` with the work at
+/// `work_now`: by work for a saturated process, else by wall time (see
+/// [`work_based_weight`]). Also notes the share of the work the group observed.
+fn cycle_weights(
+    group: &mut Group,
+    cycle: &Cycle,
+    now: Nanos,
+    work_now: Option<f64>,
+) -> Vec<(u32, f64)> {
+    let length = now.saturating_sub(cycle.start);
+    let on = group.slots.iter().map(|s| s.on_in_cycle).max().unwrap_or(0);
+    let work = cycle_work(cycle, work_now, on, length);
+    if let Some(absorbed) = work.and_then(|w| w.absorbed) {
+        group.absorbed = Some(match group.absorbed {
+            Some(old) => old + ABSORBED_SMOOTHING * (absorbed - old),
+            None => absorbed,
+        });
+    }
+    if let Some(work) = work {
+        group.observed = (work.window / work.total).min(1.0);
+    }
+    debug!(
+        group = group.name,
+        length,
+        on,
+        ?work,
+        absorbed = ?group.absorbed,
+        in_window = ?cycle.in_window,
+        "duty cycle ended"
+    );
+    match work_based_weight(work, group.absorbed) {
+        Some(weight) => group
+            .slot_numbers()
+            .into_iter()
+            .map(|s| (s, weight))
+            .collect(),
+        None => {
+            let weights = close_weights(group.on_in_cycle(), cycle.start, now);
+            if work.is_none() {
+                group.observed = weights.first().map_or(1.0, |&(_, w)| 1.0 / w);
+            }
+            weights
+        }
+    }
+}
+
 /// Moves `group`, in `cycle`, along at `now`: opens its window, closes it, or ends the
 /// cycle (its weights to `scale_updates`) and starts the next one or goes back to
 /// always on. Returns the attach or detach that needs, if any.
@@ -529,6 +673,7 @@ fn advance_cycle(
     group: &mut Group,
     mut cycle: Cycle,
     now: Nanos,
+    work_now: Option<f64>,
     cycling: CyclingSlots,
     rng: &mut fastrand::Rng,
     scale_updates: &mut Vec<ScaleUpdate>,
@@ -545,7 +690,7 @@ fn advance_cycle(
     } else if cycle.closed && !attached && now >= cycle.end {
         // A detach that finished late stretches the cycle to its end: the
         // cycle always contains its window.
-        let weights = close_weights(group.on_in_cycle(), cycle.start, now);
+        let weights = cycle_weights(group, &cycle, now, work_now);
         let attached_ns: Nanos = group.slots.iter().map(|s| s.on_in_cycle).sum();
         let per_slot = attached_ns / group.slots.len().max(1) as Nanos;
         group.duty = per_slot as f64 / now.saturating_sub(cycle.start).max(1) as f64;
@@ -554,6 +699,7 @@ fn advance_cycle(
         scale_updates.push(ScaleUpdate::Close {
             weights,
             until: now,
+            spread: now.saturating_sub(cycle.start),
         });
         group.windows += 1;
         for slot in &mut group.slots {
@@ -562,13 +708,15 @@ fn advance_cycle(
         if group.fraction >= 1.0 {
             group.mode = Mode::AlwaysOn;
             group.duty = 1.0;
+            group.observed = 1.0;
             scale_updates.push(ScaleUpdate::Release {
                 slots: group.slot_numbers(),
                 from: now,
             });
             Some(Step::Attach)
         } else {
-            let mut next = plan_cycle(rng, now, group.fraction, cycling, false, group.overrun);
+            let mut next = plan_cycle(rng, now, group.fraction, cycling, false, group.overrun)
+                .starting_with(work_now);
             // Degenerate plan (no off time before the window): open now.
             next.opened = now >= next.window_from;
             group.mode = Mode::Cycling(next);

@@ -40,6 +40,49 @@ pub(super) struct Cycle {
     pub(super) opened: bool,
     pub(super) closed: bool,
     pub(super) planned_weight: f64,
+    /// The target's work (its CPU time minus the probes' estimated cost, ns) when the
+    /// cycle started; None if it could not be read.
+    pub(super) work_at_start: Option<f64>,
+    /// The reading at the opening of the window under way.
+    pub(super) at_open: Option<Mark>,
+    /// What happened while the window was open; None if a reading was missing.
+    pub(super) in_window: Option<Mark>,
+}
+
+/// A process's work (ns) and what the group's probes have cost it (ns): at one moment,
+/// or added up over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct Mark {
+    pub(super) work: f64,
+    pub(super) group_cost: f64,
+}
+
+impl Cycle {
+    /// The cycle, its work counted from `work` (the work when it starts; None: unread).
+    pub(super) fn starting_with(mut self, work: Option<f64>) -> Cycle {
+        self.work_at_start = work;
+        self.in_window = work.map(|_| Mark::default());
+        self
+    }
+
+    /// A window opened at `mark`.
+    pub(super) fn open_window(&mut self, mark: Option<Mark>) {
+        self.at_open = mark;
+        if mark.is_none() {
+            self.in_window = None;
+        }
+    }
+
+    /// The window closed at `mark`: what happened in it is added up.
+    pub(super) fn close_window(&mut self, mark: Option<Mark>) {
+        self.in_window = match (self.in_window, self.at_open.take(), mark) {
+            (Some(sum), Some(open), Some(close)) => Some(Mark {
+                work: sum.work + (close.work - open.work).max(0.0),
+                group_cost: sum.group_cost + (close.group_cost - open.group_cost).max(0.0),
+            }),
+            _ => None,
+        };
+    }
 }
 
 /// The planned on-fraction of a cycle.
@@ -94,7 +137,79 @@ pub(super) fn plan_cycle(
         opened: false,
         closed: false,
         planned_weight: 1.0 / fraction,
+        work_at_start: None,
+        at_open: None,
+        in_window: None,
     }
+}
+
+/// Less work than this in a window (1 ms of CPU) is too little to divide by: the
+/// cycle is weighed by wall time instead.
+const MIN_WINDOW_WORK: f64 = 1e6;
+
+/// Above this share of the probes' estimated cost taken on top of its usual CPU use, a
+/// process is taken to have had CPU to spare while attached (see
+/// [`CycleWork::absorbed`]). Low because the estimate is rough: the calibrated per-hit
+/// cost (1.14 µs here) was twice what a hit cost a Go process pacing itself with 1 ms
+/// sleeps (its CPU rose by 0.56× the estimate while attached, over 15 cycles: 0.55–1.06
+/// per cycle); a saturated process takes on ~0.
+pub(super) const UNSATURATED: f64 = 0.3;
+
+/// What a cycle that ended tells about the process, for its weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct CycleWork {
+    /// Work over the whole cycle and in its window, ns.
+    pub(super) total: f64,
+    pub(super) window: f64,
+    /// The share of the group's cost the process took on top of its usual CPU use
+    /// while attached: ~1 when it had CPU to spare (the probes' cost came on top of
+    /// its work), ~0 when saturated (it came out of its work). None when unknown.
+    pub(super) absorbed: Option<f64>,
+}
+
+/// The work of `cycle`, which ended with the work at `work_at_end`, attached for
+/// `on` of its `length` (ns). None when a reading is missing or the window did too
+/// little work to divide by.
+pub(super) fn cycle_work(
+    cycle: &Cycle,
+    work_at_end: Option<f64>,
+    on: Nanos,
+    length: Nanos,
+) -> Option<CycleWork> {
+    let window = cycle.in_window?;
+    let total = work_at_end? - cycle.work_at_start?;
+    if window.work < MIN_WINDOW_WORK || total <= 0.0 || on == 0 {
+        return None;
+    }
+    let off = length.saturating_sub(on);
+    let absorbed = (off > 0 && window.group_cost > 0.0).then(|| {
+        let on_rate = window.work / on as f64;
+        let off_rate = (total - window.work).max(0.0) / off as f64;
+        let cost_rate = window.group_cost / on as f64;
+        1.0 + (on_rate - off_rate) / cost_rate
+    });
+    Some(CycleWork {
+        total,
+        window: window.work,
+        absorbed,
+    })
+}
+
+/// The weight of a cycle's records: events follow the work a program does. A
+/// saturated process that a probe slows down does fewer events per second of window
+/// but as many per unit of work: weighed by wall time it came out at half its true
+/// count (a closed-loop JSON service) — so its weight is work over the cycle / work in
+/// the window. A process with CPU to spare does the same work attached or not, and
+/// there wall time is the better measure: the work in a window is CPU time minus the
+/// probes' estimated cost, and where the probes are most of the window's CPU, a few
+/// percent of error in their per-hit cost became +28% in the count.
+/// `absorbed`: the process's share taken on top, smoothed over its cycles. None: weigh
+/// by wall time ([`close_weights`]).
+pub(super) fn work_based_weight(work: Option<CycleWork>, absorbed: Option<f64>) -> Option<f64> {
+    let work = work?;
+    absorbed
+        .is_some_and(|a| a < UNSATURATED)
+        .then(|| (work.total / work.window).max(1.0))
 }
 
 /// The weights of a cycle from `start` to `end` that has ended, per slot given as

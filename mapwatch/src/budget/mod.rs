@@ -22,11 +22,17 @@
 //!   so work that repeats with a period is not aliased. The kernel closes a group's
 //!   links one by one (~100 ms each), so slots stay attached past the window: that
 //!   overrun is measured per cycle and the next windows are planned shorter by it.
-//! - Records of a duty-cycled slot weigh cycle length / the time the slot really was
-//!   attached in that cycle (measured from the attach and detach calls, not planned):
-//!   a [`ScaleUpdate`](crate::aggregate::ScaleUpdate) tells the aggregator, which holds
-//!   the records of an open cycle until its weight is known. The budget sits above the
-//!   aggregator: that message and [`Nanos`] are the aggregator's types.
+//! - Records of a duty-cycled group weigh the process's *work* over the cycle / its work
+//!   while the group was attached, work being CPU time (per-thread run time, ns) minus
+//!   the probes' estimated cost (hits × per-hit cost). Events follow work, not wall
+//!   time: an attached probe slows a saturated process, which then does fewer events per
+//!   second of window but as many per unit of work. The window is measured from right
+//!   before the attach call to right after the close (it holds every hit). Without CPU
+//!   readings the weight falls back to cycle length / time attached. A
+//!   [`ScaleUpdate`](crate::aggregate::ScaleUpdate) tells the aggregator, which holds
+//!   the records of an open cycle until its weight is known and then paces them out
+//!   over the next cycle's length. The budget sits above the aggregator: that message
+//!   and [`Nanos`] are the aggregator's types.
 //!
 //! The files, in the order the numbers flow:
 //! - `cost.rs`: what one hit costs ([`SiteClass`], [`HitCost`]).
@@ -55,6 +61,7 @@ pub use cost::{HitCost, SiteClass, site_class};
 pub use cycles::MIN_FRACTION;
 pub use groups::{GroupSpec, Priority, SlotCost, group_of, groups_for, groups_for_plan};
 pub use shares::{BudgetConfig, water_fill};
+pub use state::Reading;
 
 use crate::aggregate::Nanos;
 

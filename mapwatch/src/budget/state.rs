@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use super::{
     MILLISECOND, SECOND,
-    cycles::Cycle,
+    cycles::{Cycle, Mark},
     groups::{GroupSpec, Priority, SlotCost},
     shares::BudgetConfig,
 };
@@ -60,6 +60,12 @@ pub(super) struct Group {
     pub(super) windows: u64,
     /// Attached time per slot beyond the planned window, averaged over recent cycles.
     pub(super) overrun: Nanos,
+    /// Share of the process's work done while the group was attached, in the last
+    /// cycle (1 while always on): how much of what happened its records saw.
+    pub(super) observed: f64,
+    /// The share of the group's cost the process takes on top of its usual CPU use
+    /// while it is attached (`cycles::CycleWork::absorbed`), smoothed over cycles.
+    pub(super) absorbed: Option<f64>,
 }
 
 impl Group {
@@ -87,7 +93,18 @@ impl Group {
             duty: 1.0,
             windows: 0,
             overrun: 0,
+            observed: 1.0,
+            absorbed: None,
         }
+    }
+
+    /// What the group's probes have cost so far (ns), by the hit totals of the last
+    /// control step.
+    pub(super) fn cost_so_far(&self) -> f64 {
+        self.slots
+            .iter()
+            .map(|s| s.last_hits as f64 * s.cost.per_hit_ns)
+            .sum()
     }
 
     /// Detaches one detach of this group costs (see [`Process::cycling_detaches`]).
@@ -144,6 +161,16 @@ pub(super) struct Process {
     pub(super) budget: f64,
     /// (time, the process's CPU time in ns), oldest first, over ~CPU_SPAN.
     pub(super) cpu_history: VecDeque<(Nanos, u64)>,
+    /// The process's work at the last control step, when its CPU time was read.
+    pub(super) last_work: Option<f64>,
+}
+
+/// What the task read of a process at one moment: its CPU time (ns, all threads,
+/// probes included) and the hit totals of its probes' slots.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    pub cpu_ns: u64,
+    pub hits: Vec<(u32, u64)>,
 }
 
 impl Process {
@@ -165,7 +192,52 @@ impl Process {
             since: now,
             budget,
             cpu_history: VecDeque::new(),
+            last_work: None,
         }
+    }
+
+    /// The process's work at `reading`: its CPU time minus what its probes cost (hits ×
+    /// per-hit cost, every slot). What it would have done unprobed in that CPU time.
+    pub(super) fn work(&self, reading: &Reading) -> f64 {
+        let probes: f64 = reading
+            .hits
+            .iter()
+            .filter_map(|&(slot, hits)| Some(hits as f64 * self.per_hit_ns(slot)?))
+            .sum();
+        reading.cpu_ns as f64 - probes
+    }
+
+    /// The process's work and what `group`'s probes have cost it, at `reading`.
+    pub(super) fn mark(&self, group: &str, reading: &Reading) -> Mark {
+        let slots: Vec<u32> = self
+            .groups
+            .iter()
+            .filter(|g| g.name == group)
+            .flat_map(|g| g.slot_numbers())
+            .collect();
+        let group_cost = reading
+            .hits
+            .iter()
+            .filter(|(slot, _)| slots.contains(slot))
+            .filter_map(|&(slot, hits)| Some(hits as f64 * self.per_hit_ns(slot)?))
+            .sum();
+        Mark {
+            work: self.work(reading),
+            group_cost,
+        }
+    }
+
+    fn per_hit_ns(&self, slot: u32) -> Option<f64> {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.slots)
+            .find(|s| s.cost.slot == slot)
+            .map(|s| s.cost.per_hit_ns)
+    }
+
+    /// Every slot of the process (what a [`Reading`] reads the hits of).
+    pub(super) fn slot_numbers(&self) -> Vec<u32> {
+        self.groups.iter().flat_map(|g| g.slot_numbers()).collect()
     }
 
     /// Detaches one cycle of its duty-cycled groups costs: one per group when a group

@@ -213,6 +213,7 @@ impl Session {
                 counters,
                 to_aggregator: to_aggregator.clone(),
                 metrics: Arc::clone(&metrics),
+                clocks: Default::default(),
             }
             .run(budget_inputs, budget_stop),
         );

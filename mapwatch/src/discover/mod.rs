@@ -3,6 +3,7 @@
 //! scans processes and follows exec/exit lives with `mapwatch run`; this module holds the
 //! pure parts it calls and the Kubernetes pod resolver.
 pub mod cgroup;
+pub mod cpu;
 pub mod kubernetes;
 pub mod procs;
 pub mod tracker;

@@ -192,6 +192,7 @@ pub struct Metrics {
     pub attach_errors_total: IntCounterVec,
     pub kubernetes_api_errors_total: IntCounterVec,
     pub probe_duty_cycle_ratio: prometheus::GaugeVec,
+    pub probe_observed_work_ratio: prometheus::GaugeVec,
     pub estimated_overhead_ratio: prometheus::GaugeVec,
     pub build_info: IntGaugeVec,
     families: Vec<Family>,
@@ -199,8 +200,9 @@ pub struct Metrics {
 
 /// Appended to the HELP of every metric whose counts a duty-cycled probe scales: how a
 /// scrape (and docs/metrics.md's test) tells estimated families from exact ones.
-pub const ESTIMATED_HELP: &str = " Estimated (scaled by 1/on-fraction) while the overhead budget \
-                          duty-cycles the probe: see mapwatch_probe_duty_cycle_ratio.";
+pub const ESTIMATED_HELP: &str = " Estimated (scaled by 1/observed share of the work) while the \
+                          overhead budget duty-cycles the probe: see \
+                          mapwatch_probe_duty_cycle_ratio.";
 
 /// `help` + [`ESTIMATED_HELP`].
 fn estimated(help: &str) -> String {
@@ -437,8 +439,15 @@ impl Metrics {
                 "probe_duty_cycle_ratio",
                 "Fraction of the time a probe group (growslice, map_growth, stw, gc, …) was \
                  attached in its last cycle: 1 = always on; below 1 the overhead budget \
-                 duty-cycles it and its counts are estimates scaled by the measured \
-                 on-fraction. Mean over the workload's processes.",
+                 duty-cycles it and its counts are estimates (see \
+                 mapwatch_probe_observed_work_ratio). Mean over the workload's processes.",
+            ),
+            &duty_labels,
+        )?)?;
+        let probe_observed_work_ratio = r.register(prometheus::GaugeVec::new(
+            Opts::new(
+                "probe_observed_work_ratio",
+                "Share of its process's work (CPU time not spent in probes) a probe group                  was attached for in its last cycle: 1 = always on; a duty-cycled group's                  counts are its records scaled by 1 / this share. Mean over the                  workload's processes.",
             ),
             &duty_labels,
         )?)?;
@@ -504,6 +513,7 @@ impl Metrics {
             attach_errors_total,
             kubernetes_api_errors_total,
             probe_duty_cycle_ratio,
+            probe_observed_work_ratio,
             estimated_overhead_ratio,
             build_info,
             families,
@@ -556,6 +566,7 @@ impl Metrics {
         forget_series(&self.growth_bytes_per_gc_cycle, &is_workload);
         forget_series(&self.stw_growth_correlation, &is_workload);
         forget_series(&self.probe_duty_cycle_ratio, &is_workload);
+        forget_series(&self.probe_observed_work_ratio, &is_workload);
         forget_series(&self.estimated_overhead_ratio, &is_workload);
     }
 

@@ -73,6 +73,7 @@ impl Simulation {
             labels(),
             groups.into_iter().map(|(g, _)| g).collect(),
             0,
+            None,
         );
         Simulation {
             controller,
@@ -122,7 +123,7 @@ impl Simulation {
                             self.attached.insert(s, true);
                         }
                         let times: Vec<_> = slots.iter().map(|&s| (s, Some(self.now))).collect();
-                        self.controller.attached(pid, group, &times);
+                        self.controller.attached(pid, group, &times, None);
                     }
                     Action::Detach { pid, group, slots } => {
                         // The kernel closed the links one after the other.
@@ -131,7 +132,7 @@ impl Simulation {
                             .enumerate()
                             .map(|(i, &s)| (s, started + i as Nanos * self.close_stagger))
                             .collect();
-                        self.controller.detached(pid, group, &times);
+                        self.controller.detached(pid, group, &times, None);
                     }
                 }
             }
@@ -150,7 +151,7 @@ impl Simulation {
                 self.controller
                     .update(self.now, &|slot| hits.get(&slot).map(|h| *h as u64));
             }
-            for action in self.controller.due(self.now) {
+            for action in self.controller.due(self.now, &mut |_, _| None) {
                 match action {
                     Action::Attach { .. } => pending.push((self.now + self.latency, action)),
                     Action::Detach { pid, group, slots } if self.close_stagger > 0 => {
@@ -171,7 +172,7 @@ impl Simulation {
                             self.attached.insert(s, false);
                         }
                         let times: Vec<_> = slots.iter().map(|&s| (s, self.now)).collect();
-                        self.controller.detached(pid, group, &times);
+                        self.controller.detached(pid, group, &times, None);
                     }
                 }
             }
@@ -196,7 +197,7 @@ impl Simulation {
                     held_from.get_or_insert(*from);
                     last_until = *from;
                 }
-                ScaleUpdate::Close { weights, until } => {
+                ScaleUpdate::Close { weights, until, .. } => {
                     if let Some(&(_, w)) = weights.iter().find(|(s, _)| *s == slot) {
                         closes.push((last_until, *until, w));
                         last_until = *until;
@@ -325,7 +326,7 @@ fn a_new_process_starts_its_hot_groups_detached_at_a_guess_from_its_workload() {
     let mut controller = Controller::new(config, 3);
     let groups = || vec![hot_group(1, 1000.0), rare_group(2, 1000.0)];
     // No history: the guess is a whole core while attached.
-    controller.add_process(1, labels(), groups(), 0);
+    controller.add_process(1, labels(), groups(), 0, None);
     let first = &controller.processes[&1].groups;
     assert!(matches!(first[0].mode, Mode::Cycling(_)) && !first[0].attached());
     assert!((first[0].fraction - 0.01 / UNKNOWN_HOT_ON_COST).abs() < 1e-12);
@@ -333,7 +334,7 @@ fn a_new_process_starts_its_hot_groups_detached_at_a_guess_from_its_workload() {
     // Measured at 0.2 cores while attached; the workload's next process starts there.
     controller.processes.get_mut(&1).unwrap().groups[0].on_cost = Some(0.2);
     controller.remove_process(1, SECOND);
-    controller.add_process(2, labels(), groups(), 2 * SECOND);
+    controller.add_process(2, labels(), groups(), 2 * SECOND, None);
     let next = &controller.processes[&2].groups[0];
     assert!(
         (next.fraction - 0.01 / 0.2).abs() < 1e-12,
@@ -498,9 +499,9 @@ fn the_node_budget_is_shared_between_processes() {
         1,
     );
     for pid in [1, 2, 3] {
-        controller.add_process(pid, labels(), vec![hot_group(pid, 1000.0)], 0);
+        controller.add_process(pid, labels(), vec![hot_group(pid, 1000.0)], 0, None);
         // Their first windows open at once (new hot groups start detached).
-        controller.attached(pid, "growslice", &[(pid, Some(0))]);
+        controller.attached(pid, "growslice", &[(pid, Some(0))], None);
     }
     // pid 1: 1% of a core; pids 2 and 3: 50% each.
     let rates: BTreeMap<u32, u64> = [(1, 10_000), (2, 500_000), (3, 500_000)].into();
@@ -510,4 +511,125 @@ fn the_node_budget_is_shared_between_processes() {
     assert!((budgets[1] - 0.015).abs() < 1e-9, "{budgets:?}");
     assert!((budgets[1] - budgets[2]).abs() < 1e-12);
     assert!(budgets.iter().sum::<f64>() <= 0.04 + 1e-9);
+}
+
+/// How the simulated process's events come.
+#[derive(Clone, Copy)]
+enum Load {
+    /// One core, always busy: each event costs `work_ns`, and a hit more while attached.
+    Saturated,
+    /// This many events a second whatever a hit costs (CPU to spare).
+    Open(f64),
+}
+
+/// A process doing `work_ns` of its own work per event, each probe hit costing it
+/// `per_hit_ns` more while attached (the controller believes `believed_per_hit_ns`).
+/// Returns (events the weighted records stand for, true events, cycles), both up to
+/// the last closed cycle.
+fn simulate(
+    load: Load,
+    work_ns: f64,
+    per_hit_ns: f64,
+    believed_per_hit_ns: f64,
+    seconds: u64,
+) -> (f64, f64, u64) {
+    let mut controller = Controller::new(enforced(0.01), 11);
+    controller.add_process(
+        PID,
+        labels(),
+        vec![hot_group(0, believed_per_hit_ns)],
+        0,
+        Some(0),
+    );
+    let (mut cpu, mut hits, mut attached) = (0.0f64, 0.0f64, false);
+    // (time, events) per ms step while attached, and the true events per ms step.
+    let mut recorded: Vec<(Nanos, f64)> = Vec::new();
+    let mut truth: Vec<(Nanos, f64)> = Vec::new();
+    let mut updates = Vec::new();
+    let mut now = 0;
+    while now < seconds * SECOND {
+        now += MILLISECOND;
+        let per_event = work_ns + if attached { per_hit_ns } else { 0.0 };
+        let events = match load {
+            Load::Saturated => MILLISECOND as f64 / per_event,
+            Load::Open(rate) => rate / 1000.0,
+        };
+        cpu += events * per_event;
+        truth.push((now, events));
+        if attached {
+            hits += events;
+            recorded.push((now, events));
+        }
+        if now.is_multiple_of(SECOND) {
+            controller.process_cpu(PID, now, cpu as u64);
+            controller.update(now, &|_| Some(hits as u64));
+        }
+        let read = Reading {
+            cpu_ns: cpu as u64,
+            hits: vec![(0, hits as u64)],
+        };
+        for action in controller.due(now, &mut |_, _| Some(read.clone())) {
+            match action {
+                Action::Attach { pid, group, slots } => {
+                    attached = true;
+                    controller.attached(pid, group, &[(slots[0], Some(now))], Some(&read));
+                }
+                Action::Detach { pid, group, slots } => {
+                    attached = false;
+                    controller.detached(pid, group, &[(slots[0], now)], Some(&read));
+                }
+            }
+        }
+        updates.extend(controller.take_scale_updates());
+    }
+    let closes: Vec<(Nanos, f64)> = updates
+        .iter()
+        .filter_map(|u| match u {
+            ScaleUpdate::Close { weights, until, .. } => Some((*until, weights[0].1)),
+            _ => None,
+        })
+        .collect();
+    let last = closes.last().expect("cycles closed").0;
+    let estimate = recorded
+        .iter()
+        .filter(|(t, _)| *t < last)
+        .map(|&(t, events)| {
+            let weight = closes.iter().find(|(until, _)| t < *until).unwrap().1;
+            events * weight
+        })
+        .sum();
+    let true_events = truth.iter().filter(|(t, _)| *t < last).map(|e| e.1).sum();
+    (estimate, true_events, closes.len() as u64)
+}
+
+fn assert_close(what: &str, (estimate, truth, cycles): (f64, f64, u64)) {
+    let ratio = estimate / truth;
+    assert!(cycles >= 20, "{what}: {cycles} cycles");
+    assert!(
+        (0.97..1.03).contains(&ratio),
+        "{what}: estimate {estimate:.0} vs {truth:.0} ({ratio:.3}×)"
+    );
+}
+
+#[test]
+fn weights_by_work_estimate_a_saturated_process() {
+    // The probe doubles an event's cost, and triples it: by wall time the estimate
+    // would be 1/2 and 1/3 of the truth.
+    for per_hit in [1000.0, 2000.0] {
+        let run = simulate(Load::Saturated, 1000.0, per_hit, per_hit, 300);
+        assert_close(&format!("saturated, hit {per_hit} ns"), run);
+    }
+}
+
+#[test]
+fn a_process_with_cpu_to_spare_is_weighed_by_time_whatever_the_per_hit_cost_error() {
+    // 50k events a second of 200 ns each, a hit 2 µs: attached, the probes are 90% of
+    // the process's CPU, so an error of 10% in the believed per-hit cost would be
+    // ~100% in the work while attached — the weight must not rest on it. The believed
+    // cost is off by up to 2× either way (the calibration was, for a Go process that
+    // paced itself).
+    for believed in [1000.0, 1800.0, 2000.0, 2200.0, 4000.0] {
+        let run = simulate(Load::Open(50_000.0), 200.0, 2000.0, believed, 300);
+        assert_close(&format!("open loop, believed hit {believed} ns"), run);
+    }
 }
