@@ -330,8 +330,9 @@ mod tests {
         assert_eq!(stamps(&slots.update(hold(10))), [(1, 4)]);
     }
 
-    #[test]
-    fn records_of_several_slots_come_due_in_the_order_they_happened() {
+    /// Slots 0 and 1 duty-cycled from 0, holding records stamped 10, 20 (slot 1), 30
+    /// and 40 (slot 1).
+    fn two_slots_holding_four_records() -> DutyCycledSlots {
         let mut slots = DutyCycledSlots::default();
         slots.update(ScaleUpdate::Hold {
             slots: vec![0, 1],
@@ -341,6 +342,12 @@ mod tests {
         for (slot, t) in [(0, 10), (1, 20), (0, 30), (1, 40)] {
             assert_eq!(slots.weigh(&record(slot, t)), None);
         }
+        slots
+    }
+
+    #[test]
+    fn records_of_several_slots_come_due_in_the_order_they_happened() {
+        let mut slots = two_slots_holding_four_records();
         let due = slots.update(ScaleUpdate::Close {
             weights: vec![(1, 1.0), (0, 1.0)],
             until: 35,
@@ -353,15 +360,7 @@ mod tests {
 
     #[test]
     fn records_of_a_closed_cycle_are_paced_over_its_length() {
-        let mut slots = DutyCycledSlots::default();
-        slots.update(ScaleUpdate::Hold {
-            slots: vec![0, 1],
-            from: 0,
-            planned_weight: 1.0,
-        });
-        for (slot, t) in [(0, 10), (1, 20), (0, 30), (1, 40)] {
-            assert_eq!(slots.weigh(&record(slot, t)), None);
-        }
+        let mut slots = two_slots_holding_four_records();
         let due = slots.update(ScaleUpdate::Close {
             weights: vec![(0, 2.0), (1, 2.0)],
             until: 100,
