@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mapwatch::metrics::http;
 use support::{Fixture, MAP_GROWTH_KINDS, Mapwatch, fixture, mapwatch_links, privileged};
 
 /// More than the common default soft limit of 1024 open files.
@@ -86,9 +87,18 @@ fn idle_clients_do_not_starve_metrics_or_attaching() {
             "GET {path}: {response}"
         );
     }
-    let fds = open_files(daemon.pid());
+    // An evicted connection's task is aborted at once but its socket is closed when a
+    // runtime worker next drops the task, a moment later under a flood of accepts: the
+    // bound must hold once that happened, not at the instant the last accept returned.
+    let bound = fds_before + http::MAX_CONNECTIONS + 16;
+    let settle_by = Instant::now() + Duration::from_secs(5);
+    let mut fds = open_files(daemon.pid());
+    while fds > bound && Instant::now() < settle_by {
+        std::thread::sleep(Duration::from_millis(50));
+        fds = open_files(daemon.pid());
+    }
     assert!(
-        fds <= fds_before + 64 + 16,
+        fds <= bound,
         "the daemon holds {fds} files with idle clients (was {fds_before})"
     );
 
@@ -111,7 +121,8 @@ fn idle_clients_do_not_starve_metrics_or_attaching() {
     }
     assert_eq!(after.sum("mapwatch_attach_errors_total", &[]), 0);
     assert!(
-        after.sum("mapwatch_http_connections_evicted_total", &[]) as usize >= idle.len() - 64,
+        after.sum("mapwatch_http_connections_evicted_total", &[]) as usize
+            >= idle.len() - http::MAX_CONNECTIONS,
         "evicted connections are counted"
     );
 
