@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     aggregate::{Nanos, ScaleUpdate},
+    discover::cpu::CpuTime,
     metrics::WorkloadLabels,
 };
 
@@ -133,15 +134,15 @@ impl Controller {
     /// Attached first and measured after, a hot group cost a growth-heavy loop its
     /// whole on-cost until the first control step (1.21× CPU over its first 15 s).
     ///
-    /// `cpu_ns`: the process's CPU time at `now`, where the work of its first cycles
-    /// is counted from (its probes have no hits yet).
+    /// `cpu`: the process's CPU time at `now`, where the work of its first cycles is
+    /// counted from (its probes have no hits yet).
     pub fn add_process(
         &mut self,
         pid: u32,
         labels: WorkloadLabels,
         groups: Vec<GroupSpec>,
         now: Nanos,
-        cpu_ns: Option<u64>,
+        cpu: Option<CpuTime>,
     ) {
         let detached: Vec<bool> = groups
             .iter()
@@ -149,6 +150,15 @@ impl Controller {
             .collect();
         let known = self.history.get(&history_key(&labels)).cloned();
         let mut process = Process::new(labels, groups, now, self.config.per_process);
+        let reading = cpu.map(|cpu| Reading {
+            at: now,
+            cpu,
+            hits: Vec::new(),
+        });
+        if let Some(reading) = &reading {
+            process.learn_cost(reading);
+        }
+        let at_start = reading.map(|r| process.mark(None, &r));
         let cycling = self.cycling_detaches();
         let in_process = process
             .groups
@@ -179,7 +189,7 @@ impl Controller {
                 false,
                 0,
             )
-            .starting_with(cpu_ns.map(|c| c as f64));
+            .starting_with(at_start);
             for slot in &mut group.slots {
                 slot.attached_since = None;
             }
@@ -223,11 +233,15 @@ impl Controller {
         let Some(process) = self.processes.get_mut(&pid) else {
             return;
         };
-        let work = reading.map(|r| process.work(r));
+        if let Some(reading) = reading {
+            process.learn_cost(reading);
+        }
+        let scale = process.cost_scale.scale();
+        let at_end = reading.map(|r| process.mark(None, r));
         let marks: Vec<Option<Mark>> = process
             .groups
             .iter()
-            .map(|g| reading.map(|r| process.mark(g.name, r)))
+            .map(|g| reading.map(|r| process.mark(Some(g.name), r)))
             .collect();
         for (group, mark) in process.groups.iter_mut().zip(marks) {
             let Mode::Cycling(mut cycle) = group.mode else {
@@ -241,7 +255,7 @@ impl Controller {
                     slot.on_in_cycle += now.saturating_sub(since.max(cycle.start));
                 }
             }
-            let weights = cycle_weights(group, &cycle, now, work);
+            let weights = cycle_weights(group, &cycle, now, at_end, scale);
             self.scale_updates.push(ScaleUpdate::Close {
                 weights,
                 until: now,
@@ -266,9 +280,9 @@ impl Controller {
 
     /// The CPU time `pid` has used so far (ns, user + system, probes included), for the
     /// budget relative to it (`BudgetConfig::share_of_process`). Call before `update`.
-    pub fn process_cpu(&mut self, pid: u32, now: Nanos, cpu_ns: u64) {
+    pub fn process_cpu(&mut self, pid: u32, now: Nanos, cpu: CpuTime) {
         if let Some(process) = self.processes.get_mut(&pid) {
-            process.add_cpu_time(now, cpu_ns);
+            process.add_cpu_time(now, cpu);
         }
     }
 
@@ -277,6 +291,7 @@ impl Controller {
     /// duty-cycled. Call every second or so.
     pub fn update(&mut self, now: Nanos, hits: &dyn Fn(u32) -> Option<u64>) {
         for process in self.processes.values_mut() {
+            let scale = process.cost_scale.scale();
             let mut cost_ns = 0.0;
             for group in &mut process.groups {
                 for slot in &mut group.slots {
@@ -285,7 +300,7 @@ impl Controller {
                     };
                     let delta = total.saturating_sub(slot.last_hits);
                     slot.last_hits = total;
-                    cost_ns += delta as f64 * slot.cost.per_hit_ns;
+                    cost_ns += delta as f64 * slot.cost.per_hit_ns * scale;
                     slot.pending_hits += delta;
                     if let Some(since) = slot.attached_since {
                         slot.pending_on += now.saturating_sub(since);
@@ -297,19 +312,24 @@ impl Controller {
                         }
                     }
                 }
-                group.measure_on_cost();
+                group.measure_on_cost(scale);
             }
             process.add_cost(now, cost_ns);
             let cpu_now = process.cpu_history.back().filter(|&&(t, _)| t == now);
-            process.last_work = cpu_now.map(|&(_, cpu_ns)| {
-                let hits = process
+            let reading = cpu_now.map(|&(at, cpu)| Reading {
+                at,
+                cpu,
+                hits: process
                     .groups
                     .iter()
                     .flat_map(|g| &g.slots)
                     .map(|s| (s.cost.slot, s.last_hits))
-                    .collect();
-                process.work(&Reading { cpu_ns, hits })
+                    .collect(),
             });
+            if let Some(reading) = &reading {
+                process.learn_cost(reading);
+            }
+            process.last_mark = reading.map(|r| process.mark(None, &r));
         }
         self.allocate();
         if self.config.enforce {
@@ -368,12 +388,12 @@ impl Controller {
                     true,
                     group.overrun,
                 )
-                .starting_with(process.last_work);
+                .starting_with(process.last_mark);
                 cycle.opened = true;
-                let cost = group.cost_so_far();
-                cycle.open_window(process.last_work.map(|work| Mark {
-                    work,
-                    group_cost: cost,
+                let group_cost = group.cost_so_far();
+                cycle.open_window(process.last_mark.map(|mark| Mark {
+                    group: group_cost,
+                    ..mark
                 }));
                 for slot in &mut group.slots {
                     slot.on_in_cycle = 0;
@@ -414,11 +434,16 @@ impl Controller {
                 node: cycling,
                 process: process.cycling_detaches(group_links),
             };
-            let work_now = if process.groups.iter().any(|g| ends(g, now)) {
-                read(pid, &process.slot_numbers()).map(|r| process.work(&r))
+            let mark_now = if process.groups.iter().any(|g| ends(g, now)) {
+                let reading = read(pid, &process.slot_numbers());
+                if let Some(reading) = &reading {
+                    process.learn_cost(reading);
+                }
+                reading.map(|r| process.mark(None, &r))
             } else {
                 None
             };
+            let scale = process.cost_scale.scale();
             for group in &mut process.groups {
                 if group.busy {
                     continue;
@@ -430,7 +455,7 @@ impl Controller {
                     group,
                     cycle,
                     now,
-                    work_now,
+                    (mark_now, scale),
                     cycling,
                     &mut self.rng,
                     &mut self.scale_updates,
@@ -470,7 +495,7 @@ impl Controller {
         slots: &[(u32, Option<Nanos>)],
         reading: Option<&Reading>,
     ) {
-        let mark = self.mark_of(pid, group, reading);
+        let mark = self.learn_and_mark(pid, group, reading);
         let Some(group) = self.group_mut(pid, group) else {
             return;
         };
@@ -502,7 +527,7 @@ impl Controller {
         slots: &[(u32, Nanos)],
         reading: Option<&Reading>,
     ) {
-        let mark = self.mark_of(pid, group, reading);
+        let mark = self.learn_and_mark(pid, group, reading);
         let Some(group) = self.group_mut(pid, group) else {
             return;
         };
@@ -524,8 +549,11 @@ impl Controller {
         }
     }
 
-    fn mark_of(&self, pid: u32, group: &str, reading: Option<&Reading>) -> Option<Mark> {
-        Some(self.processes.get(&pid)?.mark(group, reading?))
+    /// Learns the per-hit cost from `reading`, and marks `group`'s window with it.
+    fn learn_and_mark(&mut self, pid: u32, group: &str, reading: Option<&Reading>) -> Option<Mark> {
+        let (process, reading) = (self.processes.get_mut(&pid)?, reading?);
+        process.learn_cost(reading);
+        Some(process.mark(Some(group), reading))
     }
 
     /// Every slot of `pid`: what a [`Reading`] of it reads the hits of.
@@ -620,18 +648,20 @@ fn ends(group: &Group, now: Nanos) -> bool {
 /// cycle's (one cycle's reading is noisy: a GC in the window, a burst of requests).
 const ABSORBED_SMOOTHING: f64 = 0.3;
 
-/// The weights of `group`'s records in `cycle`, which ends at `now` with the work at
-/// `work_now`: by work for a saturated process, else by wall time (see
-/// [`work_based_weight`]). Also notes the share of the work the group observed.
+/// The weights of `group`'s records in `cycle`, which ends at `now`, the process then
+/// at `at_end`, a hit costing `scale` × its believed cost: by work for a saturated
+/// process, else by wall time (see [`work_based_weight`]). Also notes the share of the
+/// work the group observed.
 fn cycle_weights(
     group: &mut Group,
     cycle: &Cycle,
     now: Nanos,
-    work_now: Option<f64>,
+    at_end: Option<Mark>,
+    scale: f64,
 ) -> Vec<(u32, f64)> {
     let length = now.saturating_sub(cycle.start);
     let on = group.slots.iter().map(|s| s.on_in_cycle).max().unwrap_or(0);
-    let work = cycle_work(cycle, work_now, on, length);
+    let work = cycle_work(cycle, at_end, on, length, scale);
     if let Some(absorbed) = work.and_then(|w| w.absorbed) {
         group.absorbed = Some(match group.absorbed {
             Some(old) => old + ABSORBED_SMOOTHING * (absorbed - old),
@@ -646,6 +676,7 @@ fn cycle_weights(
         length,
         on,
         ?work,
+        scale,
         absorbed = ?group.absorbed,
         in_window = ?cycle.in_window,
         "duty cycle ended"
@@ -668,12 +699,13 @@ fn cycle_weights(
 
 /// Moves `group`, in `cycle`, along at `now`: opens its window, closes it, or ends the
 /// cycle (its weights to `scale_updates`) and starts the next one or goes back to
-/// always on. Returns the attach or detach that needs, if any.
+/// always on. `at_now`: the process now, if read, and the per-hit cost's scale.
+/// Returns the attach or detach that needs, if any.
 fn advance_cycle(
     group: &mut Group,
     mut cycle: Cycle,
     now: Nanos,
-    work_now: Option<f64>,
+    (mark_now, scale): (Option<Mark>, f64),
     cycling: CyclingSlots,
     rng: &mut fastrand::Rng,
     scale_updates: &mut Vec<ScaleUpdate>,
@@ -690,7 +722,7 @@ fn advance_cycle(
     } else if cycle.closed && !attached && now >= cycle.end {
         // A detach that finished late stretches the cycle to its end: the
         // cycle always contains its window.
-        let weights = cycle_weights(group, &cycle, now, work_now);
+        let weights = cycle_weights(group, &cycle, now, mark_now, scale);
         let attached_ns: Nanos = group.slots.iter().map(|s| s.on_in_cycle).sum();
         let per_slot = attached_ns / group.slots.len().max(1) as Nanos;
         group.duty = per_slot as f64 / now.saturating_sub(cycle.start).max(1) as f64;
@@ -716,7 +748,7 @@ fn advance_cycle(
             Some(Step::Attach)
         } else {
             let mut next = plan_cycle(rng, now, group.fraction, cycling, false, group.overrun)
-                .starting_with(work_now);
+                .starting_with(mark_now);
             // Degenerate plan (no off time before the window): open now.
             next.opened = now >= next.window_from;
             group.mode = Mode::Cycling(next);

@@ -40,28 +40,31 @@ pub(super) struct Cycle {
     pub(super) opened: bool,
     pub(super) closed: bool,
     pub(super) planned_weight: f64,
-    /// The target's work (its CPU time minus the probes' estimated cost, ns) when the
-    /// cycle started; None if it could not be read.
-    pub(super) work_at_start: Option<f64>,
+    /// The process when the cycle started; None if it could not be read.
+    pub(super) at_start: Option<Mark>,
     /// The reading at the opening of the window under way.
     pub(super) at_open: Option<Mark>,
     /// What happened while the window was open; None if a reading was missing.
     pub(super) in_window: Option<Mark>,
 }
 
-/// A process's work (ns) and what the group's probes have cost it (ns): at one moment,
-/// or added up over a window.
+/// A process's CPU time and the believed cost of its probes' hits (all of them, and
+/// those of the group whose cycle it marks), ns: at one moment, or added up over a
+/// window. Kept apart until the cycle is weighed, with the per-hit cost learned by then
+/// (`cost_scale.rs`): work = CPU time − scale × believed cost.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(super) struct Mark {
-    pub(super) work: f64,
-    pub(super) group_cost: f64,
+    pub(super) cpu: f64,
+    pub(super) probes: f64,
+    pub(super) group: f64,
 }
 
 impl Cycle {
-    /// The cycle, its work counted from `work` (the work when it starts; None: unread).
-    pub(super) fn starting_with(mut self, work: Option<f64>) -> Cycle {
-        self.work_at_start = work;
-        self.in_window = work.map(|_| Mark::default());
+    /// The cycle, its work counted from `mark` (the process when it starts; None:
+    /// unread).
+    pub(super) fn starting_with(mut self, mark: Option<Mark>) -> Cycle {
+        self.at_start = mark;
+        self.in_window = mark.map(|_| Mark::default());
         self
     }
 
@@ -77,8 +80,9 @@ impl Cycle {
     pub(super) fn close_window(&mut self, mark: Option<Mark>) {
         self.in_window = match (self.in_window, self.at_open.take(), mark) {
             (Some(sum), Some(open), Some(close)) => Some(Mark {
-                work: sum.work + (close.work - open.work).max(0.0),
-                group_cost: sum.group_cost + (close.group_cost - open.group_cost).max(0.0),
+                cpu: sum.cpu + (close.cpu - open.cpu).max(0.0),
+                probes: sum.probes + (close.probes - open.probes).max(0.0),
+                group: sum.group + (close.group - open.group).max(0.0),
             }),
             _ => None,
         };
@@ -137,7 +141,7 @@ pub(super) fn plan_cycle(
         opened: false,
         closed: false,
         planned_weight: 1.0 / fraction,
-        work_at_start: None,
+        at_start: None,
         at_open: None,
         in_window: None,
     }
@@ -167,30 +171,34 @@ pub(super) struct CycleWork {
     pub(super) absorbed: Option<f64>,
 }
 
-/// The work of `cycle`, which ended with the work at `work_at_end`, attached for
-/// `on` of its `length` (ns). None when a reading is missing or the window did too
-/// little work to divide by.
+/// The work of `cycle`, which ended at `at_end`, attached for `on` of its `length`
+/// (ns), a hit costing `scale` × its believed cost. None when a reading is missing or
+/// the window did too little work to divide by.
 pub(super) fn cycle_work(
     cycle: &Cycle,
-    work_at_end: Option<f64>,
+    at_end: Option<Mark>,
     on: Nanos,
     length: Nanos,
+    scale: f64,
 ) -> Option<CycleWork> {
-    let window = cycle.in_window?;
-    let total = work_at_end? - cycle.work_at_start?;
-    if window.work < MIN_WINDOW_WORK || total <= 0.0 || on == 0 {
+    let in_window = cycle.in_window?;
+    let (start, end) = (cycle.at_start?, at_end?);
+    let window = in_window.cpu - scale * in_window.probes;
+    let total = (end.cpu - start.cpu) - scale * (end.probes - start.probes);
+    if window < MIN_WINDOW_WORK || total <= 0.0 || on == 0 {
         return None;
     }
     let off = length.saturating_sub(on);
-    let absorbed = (off > 0 && window.group_cost > 0.0).then(|| {
-        let on_rate = window.work / on as f64;
-        let off_rate = (total - window.work).max(0.0) / off as f64;
-        let cost_rate = window.group_cost / on as f64;
+    let group_cost = scale * in_window.group;
+    let absorbed = (off > 0 && group_cost > 0.0).then(|| {
+        let on_rate = window / on as f64;
+        let off_rate = (total - window).max(0.0) / off as f64;
+        let cost_rate = group_cost / on as f64;
         1.0 + (on_rate - off_rate) / cost_rate
     });
     Some(CycleWork {
         total,
-        window: window.work,
+        window,
         absorbed,
     })
 }

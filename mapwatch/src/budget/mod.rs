@@ -35,7 +35,8 @@
 //!   and [`Nanos`] are the aggregator's types.
 //!
 //! The files, in the order the numbers flow:
-//! - `cost.rs`: what one hit costs ([`SiteClass`], [`HitCost`]).
+//! - `cost.rs`: what one hit costs, as believed ([`SiteClass`], [`HitCost`]).
+//! - `cost_scale.rs`: what it really costs each process, learned from its system time.
 //! - `groups.rs`: probes grouped per signal, rare or hot ([`GroupSpec`]).
 //! - `shares.rs`: the limits ([`BudgetConfig`]) and water-filling them node →
 //!   processes → groups.
@@ -47,6 +48,7 @@
 //! - `task.rs`: the I/O around the controller.
 mod controller;
 mod cost;
+mod cost_scale;
 mod cycles;
 mod groups;
 mod shares;

@@ -5,11 +5,12 @@ use std::collections::VecDeque;
 
 use super::{
     MILLISECOND, SECOND,
+    cost_scale::{CostSample, CostScale},
     cycles::{Cycle, Mark},
     groups::{GroupSpec, Priority, SlotCost},
     shares::BudgetConfig,
 };
-use crate::{aggregate::Nanos, metrics::WorkloadLabels};
+use crate::{aggregate::Nanos, discover::cpu::CpuTime, metrics::WorkloadLabels};
 
 /// Attached time needed before a measurement of the on-cost counts.
 const MIN_MEASURED_ON: Nanos = 20 * MILLISECOND;
@@ -126,8 +127,9 @@ impl Group {
     }
 
     /// Turns the pending hits and attached time into an on-cost measurement once
-    /// enough time was attached.
-    pub(super) fn measure_on_cost(&mut self) {
+    /// enough time was attached; `scale`: what a hit really costs, as a factor on the
+    /// believed cost.
+    pub(super) fn measure_on_cost(&mut self, scale: f64) {
         let on = self.slots.iter().map(|s| s.pending_on).max().unwrap_or(0);
         if on < MIN_MEASURED_ON {
             return;
@@ -137,7 +139,8 @@ impl Group {
             .iter()
             .filter(|s| s.pending_on > 0)
             .map(|s| s.pending_hits as f64 * s.cost.per_hit_ns / s.pending_on as f64)
-            .sum();
+            .sum::<f64>()
+            * scale;
         self.on_cost = Some(match self.on_cost {
             Some(old) if measured < old => old + DECAY * (measured - old),
             _ => measured,
@@ -159,17 +162,20 @@ pub(super) struct Process {
     pub(super) total_cost_ns: f64,
     pub(super) since: Nanos,
     pub(super) budget: f64,
-    /// (time, the process's CPU time in ns), oldest first, over ~CPU_SPAN.
-    pub(super) cpu_history: VecDeque<(Nanos, u64)>,
-    /// The process's work at the last control step, when its CPU time was read.
-    pub(super) last_work: Option<f64>,
+    /// (time, the process's CPU time), oldest first, over ~CPU_SPAN.
+    pub(super) cpu_history: VecDeque<(Nanos, CpuTime)>,
+    /// The process at the last control step, when its CPU time was read.
+    pub(super) last_mark: Option<Mark>,
+    /// What its probes' hits really cost it, as a factor on the believed cost.
+    pub(super) cost_scale: CostScale,
 }
 
-/// What the task read of a process at one moment: its CPU time (ns, all threads,
+/// What the task read of a process at one moment (`at`): its CPU time (all threads,
 /// probes included) and the hit totals of its probes' slots.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reading {
-    pub cpu_ns: u64,
+    pub at: Nanos,
+    pub cpu: CpuTime,
     pub hits: Vec<(u32, u64)>,
 }
 
@@ -192,39 +198,45 @@ impl Process {
             since: now,
             budget,
             cpu_history: VecDeque::new(),
-            last_work: None,
+            last_mark: None,
+            cost_scale: CostScale::default(),
         }
     }
 
-    /// The process's work at `reading`: its CPU time minus what its probes cost (hits ×
-    /// per-hit cost, every slot). What it would have done unprobed in that CPU time.
-    pub(super) fn work(&self, reading: &Reading) -> f64 {
-        let probes: f64 = reading
-            .hits
-            .iter()
+    /// The believed cost (hits × per-hit cost, ns) of the hits in `hits` of the slots
+    /// `of` accepts.
+    fn believed_cost(&self, hits: &[(u32, u64)], of: impl Fn(u32) -> bool) -> f64 {
+        hits.iter()
+            .filter(|&&(slot, _)| of(slot))
             .filter_map(|&(slot, hits)| Some(hits as f64 * self.per_hit_ns(slot)?))
-            .sum();
-        reading.cpu_ns as f64 - probes
+            .sum()
     }
 
-    /// The process's work and what `group`'s probes have cost it, at `reading`.
-    pub(super) fn mark(&self, group: &str, reading: &Reading) -> Mark {
+    /// The process at `reading`, for the weights of `group`'s cycles (None: of no
+    /// group, for the marks where a cycle starts or ends).
+    pub(super) fn mark(&self, group: Option<&str>, reading: &Reading) -> Mark {
         let slots: Vec<u32> = self
             .groups
             .iter()
-            .filter(|g| g.name == group)
+            .filter(|g| Some(g.name) == group)
             .flat_map(|g| g.slot_numbers())
             .collect();
-        let group_cost = reading
-            .hits
-            .iter()
-            .filter(|(slot, _)| slots.contains(slot))
-            .filter_map(|&(slot, hits)| Some(hits as f64 * self.per_hit_ns(slot)?))
-            .sum();
         Mark {
-            work: self.work(reading),
-            group_cost,
+            cpu: reading.cpu.total_ns as f64,
+            probes: self.believed_cost(&reading.hits, |_| true),
+            group: self.believed_cost(&reading.hits, |slot| slots.contains(&slot)),
         }
+    }
+
+    /// Learns from `reading` what the probes' hits really cost the process.
+    pub(super) fn learn_cost(&mut self, reading: &Reading) {
+        let believed_ns = self.believed_cost(&reading.hits, |_| true);
+        self.cost_scale.observe(CostSample {
+            at: reading.at,
+            cpu_ns: reading.cpu.total_ns,
+            system_ns: reading.cpu.system_ns,
+            believed_ns,
+        });
     }
 
     fn per_hit_ns(&self, slot: u32) -> Option<f64> {
@@ -256,9 +268,9 @@ impl Process {
         self.groups.iter().filter_map(|g| g.on_cost).sum()
     }
 
-    /// The process's CPU time at `now` (ns); keeps ~CPU_SPAN of them.
-    pub(super) fn add_cpu_time(&mut self, now: Nanos, cpu_ns: u64) {
-        self.cpu_history.push_back((now, cpu_ns));
+    /// The process's CPU time at `now`; keeps ~CPU_SPAN of them.
+    pub(super) fn add_cpu_time(&mut self, now: Nanos, cpu: CpuTime) {
+        self.cpu_history.push_back((now, cpu));
         while self.cpu_history.len() > 2 && self.cpu_history[1].0 + CPU_SPAN <= now {
             self.cpu_history.pop_front();
         }
@@ -268,7 +280,7 @@ impl Process {
     fn cpu_rate(&self) -> Option<f64> {
         match (self.cpu_history.front(), self.cpu_history.back()) {
             (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => {
-                Some(c1.saturating_sub(c0) as f64 / (t1 - t0) as f64)
+                Some(c1.total_ns.saturating_sub(c0.total_ns) as f64 / (t1 - t0) as f64)
             }
             _ => None,
         }

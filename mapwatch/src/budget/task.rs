@@ -16,7 +16,7 @@ use super::{Action, Controller, GroupSpec, ProcessReport, Reading};
 use crate::{
     aggregate::{Input, Nanos, monotonic_ns},
     attach::{KernelCounters, Probes},
-    discover::cpu::CpuClock,
+    discover::cpu::{CpuClock, CpuTime},
     metrics::{Metrics, WorkloadLabels},
 };
 
@@ -61,7 +61,8 @@ fn read_process(
     clocks: &Clocks,
     counters: &Mutex<KernelCounters>,
 ) -> Option<Reading> {
-    let cpu_ns = clocks
+    let at = monotonic_ns();
+    let cpu = clocks
         .lock()
         .expect("cpu clocks")
         .entry(pid)
@@ -72,7 +73,7 @@ fn read_process(
         .iter()
         .filter_map(|&slot| counters.read(slot).ok().map(|c| (slot, c.hits)))
         .collect();
-    Some(Reading { cpu_ns, hits })
+    Some(Reading { at, cpu, hits })
 }
 
 pub struct BudgetTask {
@@ -108,9 +109,9 @@ impl BudgetTask {
                 }
                 input = inputs.recv() => match input {
                     Some(BudgetInput::Attached { pid, labels, groups }) => {
-                        let cpu_ns = self.cpu_ns(pid);
+                        let cpu = self.cpu_time(pid);
                         self.controller
-                            .add_process(pid, labels, groups, monotonic_ns(), cpu_ns);
+                            .add_process(pid, labels, groups, monotonic_ns(), cpu);
                     }
                     Some(BudgetInput::Gone { pid }) => {
                         self.controller.remove_process(pid, monotonic_ns());
@@ -157,8 +158,8 @@ impl BudgetTask {
         let now = monotonic_ns();
         let pids: Vec<u32> = self.controller.pids().collect();
         for pid in pids {
-            if let Some(cpu_ns) = self.cpu_ns(pid) {
-                self.controller.process_cpu(pid, now, cpu_ns);
+            if let Some(cpu) = self.cpu_time(pid) {
+                self.controller.process_cpu(pid, now, cpu);
             }
         }
         let slots = self.controller.slots();
@@ -173,7 +174,7 @@ impl BudgetTask {
             .update(now, &|slot| hits.get(&slot).copied());
     }
 
-    fn cpu_ns(&self, pid: u32) -> Option<u64> {
+    fn cpu_time(&self, pid: u32) -> Option<CpuTime> {
         self.clocks
             .lock()
             .expect("cpu clocks")

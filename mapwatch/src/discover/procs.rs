@@ -84,20 +84,28 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
 
 /// Fields 14 and 15 of a /proc/PID/stat line: user and system time, in clock ticks,
 /// of all the process's threads.
-pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
+pub fn user_system_ticks_from_stat(stat: &str) -> Option<(u64, u64)> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_comm.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// User plus system time of a /proc/PID/stat line, in clock ticks.
+pub fn cpu_ticks_from_stat(stat: &str) -> Option<u64> {
+    let (utime, stime) = user_system_ticks_from_stat(stat)?;
     utime.checked_add(stime)
 }
 
-/// CPU time a live process has used, in ns (clock-tick resolution, 10 ms at 100 Hz).
-pub fn cpu_time_ns(pid: u32) -> Option<u64> {
-    let ticks = cpu_ticks_from_stat(&read_proc_text(format!("/proc/{pid}/stat")).ok()?)?;
+/// System time a live process has used, in ns (clock-tick resolution, 10 ms at 100 Hz,
+/// and sampled: the kernel charges each scheduler tick to user or system time).
+pub fn system_time_ns(pid: u32) -> Option<u64> {
+    let (_, stime) =
+        user_system_ticks_from_stat(&read_proc_text(format!("/proc/{pid}/stat")).ok()?)?;
     // SAFETY: sysconf has no preconditions.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    ticks_to_ns(ticks, per_second)
+    ticks_to_ns(stime, per_second)
 }
 
 /// Clock ticks → ns, None for a zero tick rate or past u64 (584 years). In u128: at
@@ -167,6 +175,7 @@ mod tests {
         assert_eq!(start_time_from_stat("4242 (truncated"), None);
         assert_eq!(start_time_from_stat("4242 (x) S 1"), None);
         assert_eq!(cpu_ticks_from_stat(stat), Some(3));
+        assert_eq!(user_system_ticks_from_stat(stat), Some((1, 2)));
         assert_eq!(cpu_ticks_from_stat("4242 (x) S 1"), None);
     }
 
