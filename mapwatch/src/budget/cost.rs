@@ -53,8 +53,9 @@ impl HitCost {
     /// What a hit costs a real Go program beyond what the calibration sees: the
     /// calibration calls an empty function in a loop, while Go code between two hits
     /// has its caches and TLB to refill after each trap. An estimate from a Go loop's
-    /// extra CPU against the calibrated cost, not a law: tests/budget.rs measures the
-    /// ratio again and reports it.
+    /// extra CPU against the calibrated cost, not a law (1.0–2.5 between machines): it
+    /// is the belief each process starts from, and `cost_scale.rs` corrects it from
+    /// what the process's hits are seen to cost it.
     pub const INDIRECT_FACTOR: f64 = 1.55;
 
     /// From the calibration (`attach::calibration`): ns per hit of mapwatch's program

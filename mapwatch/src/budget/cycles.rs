@@ -153,10 +153,10 @@ const MIN_WINDOW_WORK: f64 = 1e6;
 
 /// Above this share of the probes' estimated cost taken on top of its usual CPU use, a
 /// process is taken to have had CPU to spare while attached (see
-/// [`CycleWork::absorbed`]). Low because the estimate is rough: the calibrated per-hit
-/// cost (1.14 µs here) was twice what a hit cost a Go process pacing itself with 1 ms
-/// sleeps (its CPU rose by 0.56× the estimate while attached, over 15 cycles: 0.55–1.06
-/// per cycle); a saturated process takes on ~0.
+/// [`CycleWork::absorbed`]). Low because a process's first cycles are weighed with the
+/// believed per-hit cost, before its own is learned (`cost_scale.rs`), and the belief
+/// was up to twice the real cost: a Go process pacing itself with 1 ms sleeps took on
+/// 0.56× it while attached (0.55–1.06 per cycle); a saturated process takes on ~0.
 pub(super) const UNSATURATED: f64 = 0.3;
 
 /// What a cycle that ended tells about the process, for its weight.

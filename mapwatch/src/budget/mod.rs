@@ -24,7 +24,8 @@
 //!   overrun is measured per cycle and the next windows are planned shorter by it.
 //! - Records of a duty-cycled group weigh the process's *work* over the cycle / its work
 //!   while the group was attached, work being CPU time (per-thread run time, ns) minus
-//!   the probes' estimated cost (hits × per-hit cost). Events follow work, not wall
+//!   the probes' cost (hits × per-hit cost, the cost learned per process from its system
+//!   time). Events follow work, not wall
 //!   time: an attached probe slows a saturated process, which then does fewer events per
 //!   second of window but as many per unit of work. The window is measured from right
 //!   before the attach call to right after the close (it holds every hit). Without CPU
