@@ -235,6 +235,8 @@ struct ScaledRun {
     windows: u64,
     duties: Vec<f64>,
     mean_duty: f64,
+    /// (time since `start`, mapwatch_slice_grow_total) every second while the loop ran.
+    counts: Vec<(Duration, f64)>,
     /// From the workload's end to growslice always on again; from then to the
     /// counter's last move; from `start` to the end of the run.
     back_on: Duration,
@@ -245,6 +247,21 @@ struct ScaledRun {
 impl ScaledRun {
     fn error(&self) -> f64 {
         (self.scaled as f64 - self.truth as f64) / self.truth as f64
+    }
+
+    /// The counter's increase over each minute that ends ≥ `from` into the run, per
+    /// second, as a ratio to `truth` per second: what `rate(…[1m])` shows a dashboard.
+    fn minute_rates(&self, from: Duration, truth: f64) -> Vec<f64> {
+        let minute = Duration::from_secs(60);
+        self.counts
+            .iter()
+            .filter(|(at, _)| *at >= from.max(minute))
+            .filter_map(|&(at, count)| {
+                let &(began, before) = self.counts.iter().find(|(t, _)| *t + minute >= at)?;
+                let span = (at - began).as_secs_f64();
+                (span >= 55.0).then(|| (count - before) / span / truth)
+            })
+            .collect()
     }
 
     fn describe(&self) -> String {
@@ -287,10 +304,14 @@ fn scaled_count_run(seconds: u64, load: &[&str], mapwatch_args: &[&str]) -> Opti
             &[("probe", "growslice")],
         )
     };
+    let count = |s: &Scrape| s.sum("mapwatch_slice_grow_total", &[("binary", BINARY)]);
     let mut duties = Vec::new();
+    let mut counts = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds - 5) {
         std::thread::sleep(Duration::from_secs(1));
-        duties.extend(duty(&mapwatch.scrape()));
+        let scrape = mapwatch.scrape();
+        duties.extend(duty(&scrape));
+        counts.push((started.elapsed(), count(&scrape) as f64));
     }
     let reported = target.wait_done();
     // Idle now: the last cycles close and their records are weighed; the idle probe
@@ -311,7 +332,6 @@ fn scaled_count_run(seconds: u64, load: &[&str], mapwatch_args: &[&str]) -> Opti
         std::thread::sleep(Duration::from_millis(200));
     }
     let back_on = idle.elapsed();
-    let count = |s: &Scrape| s.sum("mapwatch_slice_grow_total", &[("binary", BINARY)]);
     let settle = Instant::now();
     let mut last = count(&mapwatch.scrape_drained());
     let mut still_since = Instant::now();
@@ -342,6 +362,7 @@ fn scaled_count_run(seconds: u64, load: &[&str], mapwatch_args: &[&str]) -> Opti
         windows,
         duties,
         mean_duty,
+        counts,
         back_on,
         settled,
         took: started.elapsed(),
@@ -363,6 +384,16 @@ fn scaled_counts_estimate_the_exact_count() {
     else {
         return;
     };
+    // Counts that flow: records are held until their cycle closes, then paced out over
+    // the next one, so the counter runs about a cycle (2–6 s) behind a steady rate —
+    // every minute from 70 s on holds only steady load. Held and released in 40 s
+    // lumps, rate(…[1m]) swung between 0 and several times the truth.
+    let rates = run.minute_rates(Duration::from_secs(70), 50_000.0);
+    assert!(
+        rates.len() >= 20 && rates.iter().all(|r| (r - 1.0).abs() <= 0.25),
+        "per-minute rates / truth: {rates:.2?}; {}",
+        run.describe()
+    );
     assert!(
         run.windows >= 20 && run.mean_duty >= 0.10,
         "want ≥ 20 windows at a duty cycle ≥ 10%: {} windows, duty cycles {:?}",
@@ -399,6 +430,13 @@ fn scaled_counts_are_right_on_a_saturated_cpu_bound_loop() {
         run.duties
     );
     assert!(run.error().abs() <= 0.10, "{}", run.describe());
+    // Its true rate is about steady: the probes are attached ~2% of the time.
+    let rates = run.minute_rates(Duration::from_secs(70), run.truth as f64 / 100.0);
+    assert!(
+        rates.len() >= 15 && rates.iter().all(|r| (r - 1.0).abs() <= 0.25),
+        "per-minute rates / truth: {rates:.2?}; {}",
+        run.describe()
+    );
     eprintln!("{}", run.describe());
 }
 
