@@ -106,6 +106,67 @@ fn inspect_names_what_is_not_a_file() {
     let _ = std::fs::remove_file(&empty);
 }
 
+/// Runs `mapwatch inspect path`; returns its exit code, stderr and peak RSS in KiB.
+// Waited for with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn inspect_measured(path: &Path) -> (Option<i32>, String, i64) {
+    let child = mapwatch_command()
+        .arg("inspect")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.unwrap(), &mut stderr).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for the child waited for
+    // (unlike RUSAGE_CHILDREN, which is the peak of every child of this test binary).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, stderr, usage.ru_maxrss)
+}
+
+#[test]
+fn two_gigabyte_files_are_read_in_place_not_into_memory() {
+    // A Go binary with a 2 GiB tail (sparse: it takes no disk), and 2 GiB of zeros.
+    let Some(binary) = fixture("go1.24.11", "mapgrow") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("mapwatch-2g-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let padded = dir.join("mapgrow-padded");
+    std::fs::copy(&binary, &padded).unwrap();
+    let zeros = dir.join("zeros");
+    for path in [&padded, &zeros] {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap();
+        file.set_len(2 << 30).unwrap();
+    }
+    let limit_kib = 200 * 1024;
+    let (code, stderr, rss) = inspect_measured(&padded);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        rss < limit_kib,
+        "inspect of a 2 GiB Go binary peaked at {rss} KiB"
+    );
+    let (code, stderr, rss) = inspect_measured(&zeros);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not an ELF"), "{stderr}");
+    assert!(
+        rss < limit_kib,
+        "inspect of 2 GiB of zeros peaked at {rss} KiB"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn non_go_elf_is_named_as_such() {
     let error = analyse("/bin/true", std::fs::read("/bin/true").unwrap()).unwrap();
