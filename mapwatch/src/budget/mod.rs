@@ -45,7 +45,9 @@
 //!   that ended, and the constants that shape cycles.
 //! - `state.rs`: what is tracked per process, group and slot; on-cost measurement.
 //! - `controller.rs`: [`Controller`], the control step and the attaches and detaches
-//!   due; `controller/tests.rs` drives it against simulated processes.
+//!   due; `controller/steps.rs` moves one duty-cycled group along (window open, closed,
+//!   cycle ended and weighed); `controller/tests.rs` drives it against simulated
+//!   processes.
 //! - `task.rs`: the I/O around the controller.
 mod controller;
 mod cost;
