@@ -89,9 +89,9 @@ process's duty-cycled probes are spaced 4 s apart (`PROCESS_DETACH_SPACING`: a c
 lasts 4 s × the process's cycling probes, up to 40 s; p99 is back within the spread of
 runs without a probe at one detach per 2–4 s). The price: a duty-cycled count is
 scaled per cycle, so its estimate settles over minutes, not seconds; and in the
-service rows above a 10 s run may hold no window at all (hits per request ~0). Next
-step: uprobe_multi links, one unregistration per group instead of one per probe (aya
-0.14 cannot attach them).
+service rows above a 10 s run may hold no window at all (hits per request ~0). On Linux
+6.6+ each group is now one uprobe_multi link (one unregistration per group, ~45 ms):
+a shorter spacing may then keep p99 in the noise — not measured yet.
 
 **The daemon (~1.6% of a core at 100k events/s; met).** Per record: metric children are
 cached (label lookups were ~70% of the daemon's CPU, 9.2% of a core), integer-keyed maps
@@ -101,10 +101,12 @@ aggregator's record path 22% (hash lookups inlined), hashing 32%, `reader::drain
 histogram observe 3.5%. Next step if needed: one lookup per record instead of ~8 (slot
 → workload and process state in one entry).
 
-**Detach (~1 s per process) and SIGTERM (~0.8 s).** Closing a uprobe link waits for the
-kernel (~0.1 s each, serialized in the kernel: closing from many threads measured
-no faster), times the probes of one process. uprobe_multi links (one
-link, one grace period per group) would fix it; aya 0.14 cannot attach them.
+**Detach and SIGTERM.** Closing a perf-event uprobe link waits for the kernel (~0.1 s
+each, serialized in the kernel: closing from many threads measured no faster), times
+the probes of one process: ~1 s per process, ~0.8 s from SIGTERM to exit. On Linux 6.6+
+mapwatch attaches each group as one uprobe_multi link (one grace period per group): 31
+probes of one process detached in ~0.17 s instead of ~2.9 s (by hand; the latency
+table below is from before and needs a rerun of `cargo xtask bench --only latency`).
 "#;
 
 /// Probe names of `--hot-probes` (cli/mod.rs `HotProbe`): off unless asked for.
