@@ -58,6 +58,17 @@ impl Cmd {
         }
         Ok(())
     }
+    /// Runs and returns whether it succeeded, and its stdout and stderr (for commands
+    /// whose failure output is a result too, like a test's panic message).
+    pub fn capture(mut self) -> anyhow::Result<(bool, String)> {
+        let out = self
+            .0
+            .output()
+            .with_context(|| format!("cannot run {:?}", self.0.get_program()))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
     /// Runs and returns stdout; None if it cannot run or fails.
     pub fn output(mut self) -> Option<String> {
         let out = self.0.output().ok()?;

@@ -12,6 +12,7 @@ mod inspect;
 mod probe_cost;
 pub(crate) mod procs;
 mod profilers;
+mod scaled;
 mod service;
 mod stats;
 
@@ -171,6 +172,8 @@ pub enum Section {
     Daemon,
     Latency,
     Inspect,
+    /// Scaled counts ÷ the truth, from the budget tests (~2 min a run).
+    Scaled,
 }
 
 pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
@@ -180,7 +183,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     let started = Instant::now();
     let env = setup::run()?;
     fixtures::build_all(&env)?;
-    let _lock = crate::util::privileged_lock()?;
+    let mut lock = Some(crate::util::privileged_lock()?);
     step("build mapwatch and probe_bench (release)", || {
         cargo(&[
             "build",
@@ -215,7 +218,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
         work_dir,
     };
     if !only.is_empty() {
-        return run_sections(&bench, &env, only);
+        return run_sections(&bench, &env, only, &mut lock);
     }
     let load_before = load_average();
     let probe_cost = step("per-hit cost of a probe", || probe_cost::section(&bench))?;
@@ -235,6 +238,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     let callsites = step("call-site analysis", || {
         callsite_section(&bench, &binaries, &service.callsite_summary)
     })?;
+    let scaled = scaled_section(&bench, &mut lock)?;
     let load_after = load_average();
     let targets: Vec<String> = probe_cost
         .targets
@@ -255,7 +259,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
          — other work on the machine shows up as spread between rounds and in the A/A rows.\n\n\
          ## Targets (issue #7)\n\n\
          | target | this run | |\n|---|---|---|\n{}\n\n{WHERE_THE_COST_GOES}\n\
-         {}\n{}\n{}\n{}\n{}\n{}\n{}",
+         {}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
         started.elapsed().as_secs_f64(),
         date(),
         machine(),
@@ -267,6 +271,7 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
         rates,
         latency,
         inspect,
+        scaled,
     );
     let path = workspace_root().join("BENCHMARKS.md");
     std::fs::write(&path, &report)?;
@@ -276,7 +281,12 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
 
 /// `--only`: the chosen sections, printed (the service's budget-model check needs the
 /// probe-cost section's per-hit costs and is left blank without them).
-fn run_sections(bench: &Bench, env: &setup::Env, only: &[Section]) -> anyhow::Result<()> {
+fn run_sections(
+    bench: &Bench,
+    env: &setup::Env,
+    only: &[Section],
+    lock: &mut Option<std::fs::File>,
+) -> anyhow::Result<()> {
     let mut out = Vec::new();
     let (mut probe_ns, mut ret_ns) = (None, None);
     if only.contains(&Section::ProbeCost) {
@@ -314,8 +324,19 @@ fn run_sections(bench: &Bench, env: &setup::Env, only: &[Section]) -> anyhow::Re
         })?;
         out.push(inspect);
     }
+    if only.contains(&Section::Scaled) {
+        out.push(scaled_section(bench, lock)?);
+    }
     println!("{}", out.join("\n\n"));
     Ok(())
+}
+
+/// The budget tests take the machine-wide lock themselves: it is let go meanwhile.
+fn scaled_section(bench: &Bench, lock: &mut Option<std::fs::File>) -> anyhow::Result<String> {
+    *lock = None;
+    let section = step("scaled counts against the truth", || scaled::section(bench));
+    *lock = Some(crate::util::privileged_lock()?);
+    section
 }
 
 fn callsite_section(
