@@ -10,19 +10,32 @@ use super::{
 };
 use crate::{fixtures, util::cargo};
 
-/// (test, the load it runs) in tests/budget.rs.
-const TESTS: [(&str, &str); 3] = [
+/// (test file, test, the load it runs) in mapwatch/tests.
+const TESTS: [(&str, &str, &str); 5] = [
     (
+        "budget",
         "scaled_counts_estimate_the_exact_count",
         "paced 50k growths/s, ~no work per growth (open loop), 1.5% budget",
     ),
     (
+        "budget",
         "scaled_counts_are_right_on_a_cpu_bound_loop_below_saturation",
         "paced 50k growths/s, 1.5 µs of work each (CPU to spare), 1% budget",
     ),
     (
+        "budget",
         "scaled_counts_are_right_on_a_saturated_cpu_bound_loop",
         "as fast as it can, 1.5 µs of work each (saturated), 1% budget",
+    ),
+    (
+        "budget_service",
+        "scaled_slice_and_map_growth_on_a_saturated_service",
+        "service fixture, closed loop (saturated), `run` defaults; slices",
+    ),
+    (
+        "budget_service",
+        "scaled_slice_and_map_growth_on_a_paced_service",
+        "service fixture, 5k requests/s, `run` defaults; slices",
     ),
 ];
 
@@ -47,17 +60,18 @@ pub fn section(bench: &Bench) -> anyhow::Result<String> {
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); TESTS.len()];
     let mut failed = vec![0usize; TESTS.len()];
     for round in 0..rounds {
-        for (index, (test, _)) in TESTS.iter().enumerate() {
+        for (index, (file, test, _)) in TESTS.iter().enumerate() {
             println!("    round {}/{rounds}: {test}", round + 1);
             let (passed, output) = cargo(&[
                 "test",
                 "-p",
                 "mapwatch",
                 "--test",
-                "budget",
+                file,
                 "--",
                 "--exact",
                 test,
+                "--include-ignored",
                 "--nocapture",
             ])
             .env("MAPWATCH_FIXTURES", &fixtures)
@@ -75,7 +89,7 @@ pub fn section(bench: &Bench) -> anyhow::Result<String> {
         .iter()
         .zip(&ratios)
         .zip(&failed)
-        .map(|(((test, load), ratios), failed)| {
+        .map(|(((_, test, load), ratios), failed)| {
             let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
             format!(
                 "| {load} | {} | {} | {failed} | `{test}` |",
