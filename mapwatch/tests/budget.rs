@@ -264,6 +264,17 @@ impl ScaledRun {
             .collect()
     }
 
+    /// ≥ 20 windows of a duty cycle, and the scaled count within ±10% of the truth.
+    fn assert_within_ten_percent_over_twenty_windows(&self) {
+        assert!(
+            self.windows >= 20 && self.mean_duty < 0.5,
+            "want ≥ 20 windows of a duty cycle: {} windows, duty cycles {:?}",
+            self.windows,
+            self.duties
+        );
+        assert!(self.error().abs() <= 0.10, "{}", self.describe());
+    }
+
     fn describe(&self) -> String {
         format!(
             "scaled {} vs exact {} (ratio {:.3}, {:+.1}%), {} windows at a mean duty cycle \
@@ -427,13 +438,7 @@ fn scaled_counts_are_right_on_a_saturated_cpu_bound_loop() {
     let Some(run) = scaled_count_run(100, &["-work", WORK_NS], &["--overhead-budget", "1%"]) else {
         return;
     };
-    assert!(
-        run.windows >= 20 && run.mean_duty < 0.5,
-        "want ≥ 20 windows of a duty cycle: {} windows, duty cycles {:?}",
-        run.windows,
-        run.duties
-    );
-    assert!(run.error().abs() <= 0.10, "{}", run.describe());
+    run.assert_within_ten_percent_over_twenty_windows();
     // Its true rate is about steady: the probes are attached ~2% of the time.
     let rates = run.minute_rates(Duration::from_secs(70), run.truth as f64 / 100.0);
     assert!(
@@ -462,12 +467,6 @@ fn scaled_counts_are_right_on_a_cpu_bound_loop_below_saturation() {
     ) else {
         return;
     };
-    assert!(
-        run.windows >= 20 && run.mean_duty < 0.5,
-        "want ≥ 20 windows of a duty cycle: {} windows, duty cycles {:?}",
-        run.windows,
-        run.duties
-    );
-    assert!(run.error().abs() <= 0.10, "{}", run.describe());
+    run.assert_within_ten_percent_over_twenty_windows();
     eprintln!("{}", run.describe());
 }
