@@ -152,10 +152,7 @@ impl Controller {
             cpu,
             hits: Vec::new(),
         });
-        if let Some(reading) = &reading {
-            process.learn_cost(reading);
-        }
-        let at_start = reading.map(|r| process.mark(None, &r));
+        let at_start = reading.map(|r| process.take_reading(None, &r));
         let cycling = self.cycling_detaches();
         let in_process = process
             .groups
@@ -230,11 +227,8 @@ impl Controller {
         let Some(process) = self.processes.get_mut(&pid) else {
             return;
         };
-        if let Some(reading) = reading {
-            process.learn_cost(reading);
-        }
+        let at_end = reading.map(|r| process.take_reading(None, r));
         let scale = process.cost_scale.scale();
-        let at_end = reading.map(|r| process.mark(None, r));
         let marks: Vec<Option<Mark>> = process
             .groups
             .iter()
@@ -323,10 +317,7 @@ impl Controller {
                     .map(|s| (s.cost.slot, s.last_hits))
                     .collect(),
             });
-            if let Some(reading) = &reading {
-                process.learn_cost(reading);
-            }
-            process.last_mark = reading.map(|r| process.mark(None, &r));
+            process.last_mark = reading.map(|r| process.take_reading(None, &r));
         }
         self.allocate();
         if self.config.enforce {
@@ -432,11 +423,7 @@ impl Controller {
                 process: process.cycling_detaches(group_links),
             };
             let mark_now = if process.groups.iter().any(|g| ends(g, now)) {
-                let reading = read(pid, &process.slot_numbers());
-                if let Some(reading) = &reading {
-                    process.learn_cost(reading);
-                }
-                reading.map(|r| process.mark(None, &r))
+                read(pid, &process.slot_numbers()).map(|r| process.take_reading(None, &r))
             } else {
                 None
             };
@@ -546,11 +533,13 @@ impl Controller {
         }
     }
 
-    /// Learns the per-hit cost from `reading`, and marks `group`'s window with it.
+    /// `group`'s window marked by `reading` (the per-hit cost learns from it too).
     fn learn_and_mark(&mut self, pid: u32, group: &str, reading: Option<&Reading>) -> Option<Mark> {
-        let (process, reading) = (self.processes.get_mut(&pid)?, reading?);
-        process.learn_cost(reading);
-        Some(process.mark(Some(group), reading))
+        Some(
+            self.processes
+                .get_mut(&pid)?
+                .take_reading(Some(group), reading?),
+        )
     }
 
     /// Every slot of `pid`: what a [`Reading`] of it reads the hits of.

@@ -228,15 +228,17 @@ impl Process {
         }
     }
 
-    /// Learns from `reading` what the probes' hits really cost the process.
-    pub(super) fn learn_cost(&mut self, reading: &Reading) {
-        let believed_ns = self.believed_cost(&reading.hits, |_| true);
+    /// The process at `reading` (see [`Process::mark`]), which the per-hit cost is also
+    /// learned from.
+    pub(super) fn take_reading(&mut self, group: Option<&str>, reading: &Reading) -> Mark {
+        let mark = self.mark(group, reading);
         self.cost_scale.observe(CostSample {
             at: reading.at,
             cpu_ns: reading.cpu.total_ns,
             system_ns: reading.cpu.system_ns,
-            believed_ns,
+            believed_ns: mark.probes,
         });
+        mark
     }
 
     fn per_hit_ns(&self, slot: u32) -> Option<f64> {
