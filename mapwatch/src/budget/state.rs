@@ -17,6 +17,12 @@ const MIN_MEASURED_ON: Nanos = 20 * MILLISECOND;
 /// A lower on-cost measurement moves the estimate this far towards it (a higher one
 /// replaces it at once: over budget is corrected fast, recovery is gradual).
 const DECAY: f64 = 0.3;
+
+/// The least a process's share of its own CPU allows its probes, in cores. An idle
+/// process's share is 0: without a floor, a group duty-cycled while the process was
+/// busy would stay cycled through every quiet spell, however few hits it takes then.
+/// 0.01% of a core: ~100 hits/s at ~1 µs each.
+pub(super) const SHARE_FLOOR: f64 = 0.0001;
 /// Span of the exported overhead estimate: a sliding average that holds at least
 /// one whole cycle (up to MAX_CYCLE × 1.5), or it would swing with each window.
 const OVERHEAD_SPAN: Nanos = 60 * SECOND;
@@ -291,7 +297,7 @@ impl Process {
     /// What the probes of this process may cost, in cores.
     pub(super) fn limit(&self, config: &BudgetConfig) -> f64 {
         match (config.share_of_process, self.cpu_rate()) {
-            (Some(share), Some(rate)) => config.per_process.min(share * rate),
+            (Some(share), Some(rate)) => config.per_process.min((share * rate).max(SHARE_FLOOR)),
             _ => config.per_process,
         }
     }

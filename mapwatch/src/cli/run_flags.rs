@@ -43,7 +43,8 @@ pub struct RunFlags {
 
     /// And at most this share of the process's own CPU use, like 1% [default: 1%]: a
     /// service that keeps half a core busy gets half of --overhead-budget, so the
-    /// probes add about 1% to the CPU each of its requests takes.
+    /// probes add about 1% to the CPU each of its requests takes. Never less than
+    /// 0.01% of a core, so an idle process's rare probes stay attached.
     #[arg(long, value_name = "PERCENT")]
     pub overhead_share: Option<Percent>,
 

@@ -49,6 +49,8 @@ struct Simulation {
     record_every: Nanos,
     /// The process's own CPU use, in cores (for `share_of_process`).
     process_cores: Option<f64>,
+    /// The process's CPU time so far, ns (from `process_cores`).
+    cpu_ns: f64,
     /// A detach closes the group's links this far apart (0: all at once).
     close_stagger: Nanos,
     /// When slots of a detach under way stop recording.
@@ -87,6 +89,7 @@ impl Simulation {
             latency: 5 * MILLISECOND,
             record_every: 10 * MILLISECOND,
             process_cores: None,
+            cpu_ns: 0.0,
             close_stagger: 0,
             stops: BTreeMap::new(),
             pending: Vec::new(),
@@ -143,10 +146,13 @@ impl Simulation {
                 }
             }
             self.stops.retain(|_, at| *at > self.now);
+            if let Some(cores) = self.process_cores {
+                self.cpu_ns += cores * MILLISECOND as f64;
+            }
             if self.now.is_multiple_of(SECOND) {
-                if let Some(cores) = self.process_cores {
+                if self.process_cores.is_some() {
                     let cpu = CpuTime {
-                        total_ns: (self.now as f64 * cores) as u64,
+                        total_ns: self.cpu_ns as u64,
                         system_ns: 0,
                     };
                     self.controller.process_cpu(PID, self.now, cpu);
@@ -470,6 +476,24 @@ fn a_probe_that_calms_down_goes_back_to_always_on() {
             .iter()
             .any(|u| matches!(u, ScaleUpdate::Release { .. }))
     );
+}
+
+#[test]
+fn a_process_that_goes_idle_gets_its_probes_back_always_on() {
+    // Budget: 1% of the process's own CPU, which is 0 once it idles.
+    let config = BudgetConfig {
+        share_of_process: Some(0.01),
+        ..enforced(0.01)
+    };
+    let mut sim = Simulation::new(config, vec![(hot_group(0, 1000.0), 500_000.0)]);
+    sim.process_cores = Some(1.0);
+    sim.run(30 * SECOND);
+    assert!(sim.report().duty[0].1 < 1.0, "{:?}", sim.report());
+    sim.process_cores = Some(0.0);
+    sim.rates.insert(0, 10.0);
+    sim.run(180 * SECOND);
+    assert_eq!(sim.report().duty[0].1, 1.0, "{:?}", sim.report());
+    assert!(sim.attached[&0]);
 }
 
 #[test]
