@@ -204,9 +204,11 @@ pub mod map_names {
     pub const PROCESS_NOTICES: &str = "PROCESS_NOTICES";
     /// Notices that did not fit in [`PROCESS_NOTICES`].
     pub const PROCESS_NOTICES_LOST: &str = "PROCESS_NOTICES_LOST";
+    /// Per slot: nonzero while the overhead budget has the slot paused.
+    pub const SLOTS_PAUSED: &str = "SLOTS_PAUSED";
 
     /// Every map mapwatch's BPF object defines (aya-log's own map aside).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         EVENTS,
         PROBE_SPECS,
         PROBE_HITS,
@@ -216,6 +218,7 @@ pub mod map_names {
         ASSIGN_STATE,
         PROCESS_NOTICES,
         PROCESS_NOTICES_LOST,
+        SLOTS_PAUSED,
     ];
 }
 

@@ -289,11 +289,11 @@ fn service_run(seconds: u64, load: &[&str]) -> Option<ServiceRun> {
     // Idle now. The cycle each group was in when the workload ended closes (within
     // 1.5 × MAX_CYCLE, 60 s), and its records are weighed and paced out over as long
     // as it lasted. Then nothing is held: read the counters once they have stopped
-    // moving. (Waiting for the idle groups to be always on again, as tests/budget.rs
-    // does under `attach --overhead-budget`, would wait forever here: `run` also
-    // limits the probes to 1% of the process's own CPU use, which is now 0, so they
-    // stay at the smallest duty cycle.) A cycle end seen from the sample after this
-    // one on happened after the workload: cycles last ≥ 2 s.
+    // moving. (Not waiting for the idle groups to be always on again, as
+    // tests/budget.rs does under `attach --overhead-budget`: under `run` the budget of
+    // an idle process is its floor, 0.01% of a core, which the on-cost measured while
+    // busy reaches only after it has decayed over ~20 cycles.) A cycle end seen from
+    // the sample after this one on happened after the workload: cycles last ≥ 2 s.
     cycles.sample(&daemon.scrape());
     let during_load = cycles.clone();
     let idle = Instant::now();

@@ -54,6 +54,8 @@ pub struct Probes {
     specs: Array<MapData, ProbeSpec>,
     map_assign_layouts: Array<MapData, MapAssignLayout>,
     directory_layouts: Array<MapData, DirectoryLayout>,
+    /// Per slot: nonzero while suspended, so a closing link records nothing more.
+    paused: Array<MapData, u32>,
     next_slot: u32,
     /// Slots of detached probes, reused before new ones are taken.
     free_slots: Vec<u32>,
@@ -115,6 +117,10 @@ impl Probes {
             ebpf.take_map(mapwatch_common::map_names::DIRECTORY_LAYOUTS)
                 .ok_or(AttachError::Missing("DIRECTORY_LAYOUTS map"))?,
         )?;
+        let paused = Array::try_from(
+            ebpf.take_map(mapwatch_common::map_names::SLOTS_PAUSED)
+                .ok_or(AttachError::Missing("SLOTS_PAUSED map"))?,
+        )?;
         let hits = PerCpuArray::try_from(
             ebpf.take_map(mapwatch_common::map_names::PROBE_HITS)
                 .ok_or(AttachError::Missing("PROBE_HITS map"))?,
@@ -132,6 +138,7 @@ impl Probes {
             specs,
             map_assign_layouts,
             directory_layouts,
+            paused,
             next_slot: 0,
             free_slots: Vec::new(),
             attached: Vec::new(),
@@ -293,6 +300,7 @@ impl Probes {
             .set(slot, probe.map_assign.unwrap_or_default(), 0)?;
         self.directory_layouts
             .set(slot, probe.directory.unwrap_or_default(), 0)?;
+        self.paused.set(slot, u32::from(suspended), 0)?;
         let attached = AttachedProbe {
             slot,
             pid,
@@ -352,9 +360,10 @@ impl Probes {
     }
 
     /// Takes the probes in `slots` (one budget group) out of the kernel's way for a
-    /// while (the overhead budget's off time) and returns their links: the probes stop
-    /// recording as soon as the links are dropped, which blocks for a kernel grace
-    /// period — drop them after releasing the lock on `Probes`. The slots stay
+    /// while (the overhead budget's off time) and returns their links. The probes stop
+    /// counting and recording when this returns (their slots are paused in the BPF
+    /// map); the breakpoints go when the links are dropped, which blocks for a kernel
+    /// grace period — drop them after releasing the lock on `Probes`. The slots stay
     /// reserved with their specs, counters (hits keep their totals) and sites, so
     /// [`Probes::resume`] is one attach call. `pid` guards against a slot freed and
     /// reused by another process meanwhile.
@@ -364,6 +373,9 @@ impl Probes {
             .partition(|(p, _)| p.pid == pid && slots.contains(&p.slot));
         self.attached = kept;
         let mut links: Vec<Arc<ProbeLink>> = Vec::new();
+        for (probe, _) in &taken {
+            self.pause(probe.slot, true);
+        }
         for (probe, link) in taken {
             self.suspended.push(probe);
             if !links.iter().any(|l| Arc::ptr_eq(l, &link)) {
@@ -418,6 +430,9 @@ impl Probes {
             })
             .collect();
         let link = Arc::new(self.attach_sites(pid, &exe.attach_path(), &link_sites)?);
+        for &slot in slots {
+            self.pause(slot, false);
+        }
         let (resumed, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.suspended)
             .into_iter()
             .partition(|p| p.pid == pid && slots.contains(&p.slot));
@@ -425,6 +440,15 @@ impl Probes {
         self.attached
             .extend(resumed.into_iter().map(|probe| (probe, Arc::clone(&link))));
         Ok(())
+    }
+
+    /// Pauses or unpauses `slot` in the kernel. A failed write of an array element
+    /// that exists cannot happen short of a kernel bug; it is logged, and the window's
+    /// edge is then the link's, as before pausing existed.
+    fn pause(&mut self, slot: u32, paused: bool) {
+        if let Err(e) = self.paused.set(slot, u32::from(paused), 0) {
+            warn!(slot, paused, "cannot pause or unpause a probe slot: {e}");
+        }
     }
 
     /// Detaches the given probes; their slots stop recording at once. Their counts go

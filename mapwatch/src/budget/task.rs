@@ -204,10 +204,11 @@ impl BudgetTask {
             // A group is attached and detached as one link (one kernel grace period
             // per detach with uprobe_multi links). The window runs from the attach
             // call's return to the start of the close, and so do the readings of the
-            // work done in it: the breakpoints go in during the call (measured: ~0.4%
-            // of a busy window's hits came before it returned) and out at the start of
-            // the close, which then waits 30–60 ms for the kernel while the process
-            // runs unprobed — work the window must not count.
+            // work done in it. The breakpoints go in during the call and out during
+            // the close (30–60 ms with the kernel, hitting meanwhile), so the slots
+            // stay paused in the kernel outside the window: `resume` unpauses them
+            // when the link is in, `suspend` pauses them before the link is closed,
+            // and each reading follows right after.
             Action::Attach { pid, group, slots } => {
                 let result = probes.lock().expect("probes").resume(pid, &slots);
                 let at = monotonic_ns();
