@@ -9,7 +9,8 @@
 //! probe_bench cost --pid P --variant V            attach, print {"attached":…},
 //!                                                 wait for stdin EOF, print hits
 //! probe_bench callsites --pid P [--runtime]       the same for call-site probes
-//! probe_bench churn --pid P --on-ms N --off-ms M  attach and detach over and over
+//! probe_bench churn --pid P --on-ms N --off-ms M [--multi]
+//!                                                 attach and detach over and over
 //! ```
 //!
 //! An example, not a command of mapwatch: these are measurement set-ups, not ways to
@@ -35,6 +36,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 use mapwatch::{
     aggregate::Input,
+    attach::links,
     goelf::GoBinary,
     goruntime::functions::{GROWSLICE, GROWSLICE_BUF},
     plan::{self, PlanRequest, PlannedProbe, Site},
@@ -72,6 +74,10 @@ enum Command {
         on_ms: u64,
         #[arg(long, default_value_t = 1000)]
         off_ms: u64,
+        /// As a uprobe_multi link (Linux 6.6+, what mapwatch uses where it can), not a
+        /// perf-event uprobe.
+        #[arg(long)]
+        multi: bool,
     },
     /// Attach uprobes on the program's own CALL growslice sites.
     Callsites {
@@ -111,7 +117,12 @@ fn main() -> anyhow::Result<()> {
             bpf_stats,
         } => cost(pid, variant, bpf_stats),
         Command::Callsites { pid, runtime } => callsites(pid, runtime),
-        Command::Churn { pid, on_ms, off_ms } => churn(pid, on_ms, off_ms),
+        Command::Churn {
+            pid,
+            on_ms,
+            off_ms,
+            multi,
+        } => churn(pid, on_ms, off_ms, multi),
     }
 }
 
@@ -213,10 +224,20 @@ struct Loaded {
     ebpf: Ebpf,
     specs: Array<MapData, ProbeSpec>,
     links: Vec<(&'static str, UProbeLinkId)>,
+    multi_links: Vec<links::ProbeLink>,
 }
 
 impl Loaded {
     fn load() -> anyhow::Result<Loaded> {
+        Loaded::load_with(|program| Ok(program.load()?))
+    }
+
+    /// Loaded for uprobe_multi links ([`Loaded::attach_multi`]) instead.
+    fn load_for_multi_links() -> anyhow::Result<Loaded> {
+        Loaded::load_with(|program| Ok(program.load_for_multi_link()?))
+    }
+
+    fn load_with(load: impl Fn(&mut UProbe) -> anyhow::Result<()>) -> anyhow::Result<Loaded> {
         let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/mapwatch"
@@ -226,7 +247,7 @@ impl Loaded {
                 .program_mut(name)
                 .with_context(|| format!("no {name} in the BPF object"))?
                 .try_into()?;
-            program.load()?;
+            load(program)?;
         }
         let specs = Array::try_from(
             ebpf.take_map(map_names::PROBE_SPECS)
@@ -236,6 +257,7 @@ impl Loaded {
             ebpf,
             specs,
             links: Vec::new(),
+            multi_links: Vec::new(),
         })
     }
 
@@ -276,8 +298,32 @@ impl Loaded {
     }
 
     /// Detaches every link; returns how long that took.
+    /// `program` at `file_offset` as a uprobe_multi link, as mapwatch attaches.
+    fn attach_multi(
+        &mut self,
+        program: &'static str,
+        pid: u32,
+        file_offset: u64,
+    ) -> anyhow::Result<()> {
+        let uprobe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .context("program")?
+            .try_into()?;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let site = links::Site {
+            file_offset,
+            cookie: 0,
+        };
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let link = links::attach(uprobe, links::LinkMode::Multi, &exe, pid, &[site])?;
+        self.multi_links.push(link);
+        Ok(())
+    }
+
     fn detach_all(&mut self) -> Duration {
         let started = Instant::now();
+        self.multi_links.clear();
         for (program, link) in std::mem::take(&mut self.links) {
             if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
                 let _ = uprobe.detach(link);
@@ -374,13 +420,17 @@ fn wait_for_stdin_eof() {
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
-fn churn(pid: u32, on_ms: u64, off_ms: u64) -> anyhow::Result<()> {
+fn churn(pid: u32, on_ms: u64, off_ms: u64, multi: bool) -> anyhow::Result<()> {
     let binary = GoBinary::open(Path::new(&format!("/proc/{pid}/exe")))?;
     let entry = growslice_plan(&binary, false)?
         .into_iter()
         .find(|p| p.site == Site::Entry)
         .context("no growslice entry probe")?;
-    let mut loaded = Loaded::load()?;
+    let mut loaded = if multi {
+        Loaded::load_for_multi_links()?
+    } else {
+        Loaded::load()?
+    };
     println!("{}", serde_json::json!({ "attached": 0 }));
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -390,7 +440,11 @@ fn churn(pid: u32, on_ms: u64, off_ms: u64) -> anyhow::Result<()> {
     let (mut cycles, mut attach_time, mut detach_time) = (0u64, Duration::ZERO, Duration::ZERO);
     loop {
         let started = Instant::now();
-        loaded.attach("empty_probe", pid, entry.file_offset, 0, entry.spec)?;
+        if multi {
+            loaded.attach_multi("empty_probe", pid, entry.file_offset)?;
+        } else {
+            loaded.attach("empty_probe", pid, entry.file_offset, 0, entry.spec)?;
+        }
         attach_time += started.elapsed();
         std::thread::sleep(Duration::from_millis(on_ms));
         detach_time += loaded.detach_all();

@@ -10,11 +10,13 @@
 //!   so fewer requests happen while attached);
 //! - an open loop below saturation (a fixed request rate, whatever the probes cost).
 //!
-//! Why 200 s of load: a process's cycles last ~4 s per duty-cycled group
-//! (budget/cycles.rs PROCESS_DETACH_SPACING, randomized ×0.5–1.5), so with growslice
-//! and map_growth both cycling they average ~8 s; 20 of each need ~160 s (seen: 23–28
-//! in 200 s). A map that escaped would add makemap_small (one more cycling group:
-//! ~12 s cycles, ~4 min for 20), which is why the fixture's map stays local.
+//! Why 200 s of load: with perf-event uprobes a process's cycles last ~4 s per
+//! duty-cycled group (budget/cycles.rs PERF_EVENT_SPACING, randomized ×0.5–1.5), so
+//! with growslice and map_growth both cycling they average ~8 s; 20 of each need
+//! ~160 s (seen: 23–28 in 200 s). uprobe_multi links allow shorter cycles, but a
+//! window long enough to measure at a small on-fraction keeps them at several seconds.
+//! A map that escaped would add makemap_small (one more cycling group), which is why
+//! the fixture's map stays local.
 //!
 //! Measured on a shared 2-vCPU VM (scaled/exact, three runs each): saturated slices
 //! 1.063, 1.037, 1.061, maps 1.068, 1.083, 1.019; paced slices 1.030, 1.038, 1.018,

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use steps::{advance_cycle, cycle_weights, ends};
 
 use super::{
-    cycles::{CyclingSlots, Mark, cycle_fraction, plan_cycle},
+    cycles::{
+        CyclingSlots, DetachSpacing, MULTI_LINK_SPACING, Mark, PERF_EVENT_SPACING, cycle_fraction,
+        plan_cycle,
+    },
     groups::{GroupSpec, Priority},
     shares::{BudgetConfig, group_fractions, process_budgets},
     state::{Group, Mode, Process, Reading},
@@ -154,6 +157,7 @@ impl Controller {
         });
         let at_start = reading.map(|r| process.take_reading(None, &r));
         let cycling = self.cycling_detaches();
+        let spacing = self.spacing();
         let in_process = process
             .groups
             .iter()
@@ -179,6 +183,7 @@ impl Controller {
                 CyclingSlots {
                     node: cycling,
                     process: in_process,
+                    spacing,
                 },
                 false,
                 0,
@@ -350,6 +355,7 @@ impl Controller {
     fn start_cycles(&mut self, now: Nanos) {
         let cycling = self.cycling_detaches();
         let group_links = self.group_links;
+        let spacing = self.spacing();
         let starts =
             |group: &Group| group.mode == Mode::AlwaysOn && group.fraction < 1.0 && !group.busy;
         for process in self.processes.values_mut() {
@@ -372,6 +378,7 @@ impl Controller {
                     CyclingSlots {
                         node: cycling,
                         process: in_process,
+                        spacing,
                     },
                     true,
                     group.overrun,
@@ -400,6 +407,15 @@ impl Controller {
         }
     }
 
+    /// How far apart detaches are kept with this link kind.
+    fn spacing(&self) -> DetachSpacing {
+        if self.group_links {
+            MULTI_LINK_SPACING
+        } else {
+            PERF_EVENT_SPACING
+        }
+    }
+
     fn cycling_detaches(&self) -> usize {
         self.processes
             .values()
@@ -416,11 +432,13 @@ impl Controller {
     ) -> Vec<Action> {
         let cycling = self.cycling_detaches();
         let group_links = self.group_links;
+        let spacing = self.spacing();
         let mut actions = Vec::new();
         for (&pid, process) in &mut self.processes {
             let cycling = CyclingSlots {
                 node: cycling,
                 process: process.cycling_detaches(group_links),
+                spacing,
             };
             let mark_now = if process.groups.iter().any(|g| ends(g, now)) {
                 read(pid, &process.slot_numbers()).map(|r| process.take_reading(None, &r))

@@ -10,21 +10,35 @@ pub(super) const MIN_WINDOW: Nanos = 50 * MILLISECOND;
 /// Cycle lengths (before the ±50% randomization). Detaching takes ~100 ms of
 /// blocking-pool time per probe: cycles are seconds, not milliseconds.
 pub(super) const MIN_CYCLE: Nanos = SECOND;
-/// Long enough for ~10 cycling slots of one process at PROCESS_DETACH_SPACING.
+/// Long enough for ~10 cycling perf-event slots of one process at their spacing.
 pub(super) const MAX_CYCLE: Nanos = 40 * SECOND;
-/// The kernel serializes uprobe detaches (~100 ms each; measured: BENCHMARKS.md, "Where
-/// the cost goes"): the node's duty-cycled slots together should not need more than
-/// about half of that time.
-pub(super) const DETACH_SPACING: Nanos = 200 * MILLISECOND;
-/// While the link of a probe that the process keeps hitting is closed (~100 ms),
-/// the process runs slowed down — not for want of CPU: with no hits it does not
-/// happen. One such detach every 0.5–1 s raised the JSON service's p99; one every
-/// 2–4 s kept it within the spread of runs without a probe (measured: BENCHMARKS.md,
-/// "What duty cycles do to tail latency"). So a process's detaches (one per
-/// duty-cycled group with uprobe_multi links, one per slot with perf-event uprobes) are
-/// spaced this far apart. Measured with perf-event detaches (~100 ms); a multi link
-/// closes in ~45 ms, so a shorter spacing may do — not measured yet.
-pub(super) const PROCESS_DETACH_SPACING: Nanos = 4 * SECOND;
+
+/// How far apart detaches are kept: on the node, because the kernel serializes them,
+/// the node's duty-cycled detaches together should need at most about half the time;
+/// in one process, because while the link of a probe the process keeps hitting is
+/// closed, the process runs slowed down (not for want of CPU: with no hits it does not
+/// happen). One detach per duty-cycled group with uprobe_multi links, one per slot with
+/// perf-event uprobes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct DetachSpacing {
+    pub(super) node: Nanos,
+    pub(super) process: Nanos,
+}
+
+/// Perf-event uprobes: ~115 ms per detach. One every 0.5–1 s raised the JSON service's
+/// p99 2.5–6×, one every 4 s kept it near the runs without a probe (BENCHMARKS.md,
+/// "What duty cycles do to tail latency").
+pub(super) const PERF_EVENT_SPACING: DetachSpacing = DetachSpacing {
+    node: 200 * MILLISECOND,
+    process: 4 * SECOND,
+};
+
+/// uprobe_multi links: ~45 ms per detach, and no p99 cost measured at up to two
+/// detaches a second (the same table); one a second leaves a margin.
+pub(super) const MULTI_LINK_SPACING: DetachSpacing = DetachSpacing {
+    node: 100 * MILLISECOND,
+    process: SECOND,
+};
 /// No group is cycled below this fraction: it must still be seen to be measured.
 pub const MIN_FRACTION: f64 = 0.001;
 
@@ -96,11 +110,23 @@ pub(super) fn cycle_fraction(cycle: &Cycle) -> f64 {
 }
 
 /// Detaches per cycle of the duty-cycled groups (one per group with uprobe_multi links,
-/// one per slot with perf-event uprobes) on the node and in the group's process.
-#[derive(Debug, Clone, Copy, Default)]
+/// one per slot with perf-event uprobes) on the node and in the group's process, and
+/// how far apart the link kind needs them.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct CyclingSlots {
     pub(super) node: usize,
     pub(super) process: usize,
+    pub(super) spacing: DetachSpacing,
+}
+
+impl Default for CyclingSlots {
+    fn default() -> CyclingSlots {
+        CyclingSlots {
+            node: 0,
+            process: 0,
+            spacing: PERF_EVENT_SPACING,
+        }
+    }
 }
 
 /// A cycle from `now` for a group that may be attached `fraction` of the time:
@@ -122,8 +148,8 @@ pub(super) fn plan_cycle(
 ) -> Cycle {
     let fraction = fraction.clamp(MIN_FRACTION, 1.0);
     let base = ((MIN_WINDOW.max(2 * overrun) as f64 / fraction) as Nanos)
-        .max(cycling.node as Nanos * DETACH_SPACING)
-        .max(cycling.process as Nanos * PROCESS_DETACH_SPACING)
+        .max(cycling.node as Nanos * cycling.spacing.node)
+        .max(cycling.process as Nanos * cycling.spacing.process)
         .clamp(MIN_CYCLE, MAX_CYCLE);
     let length = (base as f64 * (0.5 + rng.f64())) as Nanos;
     let on_time = (length as f64 * fraction) as Nanos;
@@ -269,22 +295,25 @@ mod tests {
     #[test]
     fn a_process_with_many_cycling_slots_gets_longer_cycles() {
         // Each cycle detaches every slot once, and each detach of a busy probe slows
-        // the process: its slots' detaches are spaced PROCESS_DETACH_SPACING apart.
+        // the process: its slots' detaches are spaced apart.
         let mut rng = fastrand::Rng::with_seed(5);
-        for slots in [1usize, 3, 7] {
-            let cycling = CyclingSlots {
-                node: slots,
-                process: slots,
-            };
-            let lengths: Vec<Nanos> = (0..50)
-                .map(|_| plan_cycle(&mut rng, 0, 0.2, cycling, false, 0).end)
-                .collect();
-            let mean = lengths.iter().sum::<Nanos>() as f64 / lengths.len() as f64;
-            let want = (slots as Nanos * PROCESS_DETACH_SPACING).min(MAX_CYCLE);
-            assert!(
-                (mean / want as f64 - 1.0).abs() < 0.15,
-                "{slots} slots: mean cycle {mean:.0} ns, want about {want} ns"
-            );
+        for spacing in [PERF_EVENT_SPACING, MULTI_LINK_SPACING] {
+            for slots in [1usize, 3, 7] {
+                let cycling = CyclingSlots {
+                    node: slots,
+                    process: slots,
+                    spacing,
+                };
+                let lengths: Vec<Nanos> = (0..50)
+                    .map(|_| plan_cycle(&mut rng, 0, 0.2, cycling, false, 0).end)
+                    .collect();
+                let mean = lengths.iter().sum::<Nanos>() as f64 / lengths.len() as f64;
+                let want = (slots as Nanos * spacing.process).clamp(MIN_CYCLE, MAX_CYCLE);
+                assert!(
+                    (mean / want as f64 - 1.0).abs() < 0.15,
+                    "{slots} slots, {spacing:?}: mean cycle {mean:.0} ns, want about {want} ns"
+                );
+            }
         }
     }
 }

@@ -85,14 +85,16 @@ closing thread sleeps; the probed one is on its own core), and not at all when t
 probe is not being hit (measured with a Go loop that timestamps itself: no stalls
 without hits, 8–16 ms ones with them; the uprobe unregistration's grace periods are the
 likely cause, not verified in the kernel source). The budget used to detach the JSON
-service's 7 cycling links every ~1.4 s, and its p99 went from ~0.8 ms to ~3 ms. Now a
-process's duty-cycled probes are spaced 4 s apart (`PROCESS_DETACH_SPACING`: a cycle
-lasts 4 s × the process's cycling probes, up to 40 s; p99 is back within the spread of
-runs without a probe at one detach per 2–4 s). The price: a duty-cycled count is
-scaled per cycle, so its estimate settles over minutes, not seconds; and in the
-service rows above a 10 s run may hold no window at all (hits per request ~0). On Linux
-6.6+ each group is now one uprobe_multi link (one unregistration per group, ~45 ms):
-a shorter spacing may then keep p99 in the noise — not measured yet.
+service's 7 cycling links every ~1.4 s, and its p99 went from ~0.8 ms to ~3 ms. So a
+process's perf-event detaches are spaced 4 s apart (`PERF_EVENT_SPACING` in
+budget/cycles.rs: a cycle lasts 4 s × the process's cycling probes, up to 40 s; p99 is
+back within the spread of runs without a probe at one detach per 2–4 s). On Linux 6.6+
+each group is one uprobe_multi link: one unregistration per group, ~45 ms, and no p99
+cost measured at up to two detaches a second, so those are spaced 1 s apart
+(`MULTI_LINK_SPACING`): a cycle lasts ~1 s per cycling group, or as long as the
+group's window and on-fraction need. The price of long cycles: a duty-cycled count is
+scaled per cycle, so its estimate settles over cycles; and in the service rows above a
+10 s run may hold no window at all (hits per request ~0).
 
 **The daemon (~1.6% of a core at 100k events/s; met).** Per record: metric children are
 cached (label lookups were ~70% of the daemon's CPU, 9.2% of a core), integer-keyed maps

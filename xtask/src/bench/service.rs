@@ -161,7 +161,7 @@ pub fn section(
     probe_ns: Option<f64>,
     ret_ns: Option<f64>,
 ) -> anyhow::Result<ServiceResult> {
-    // Several duty cycles of the overhead budget only for one probe (~4 s each); with
+    // Several duty cycles of the overhead budget only for few cycling probes; with
     // several cycling probes in the service a cycle is longer than a run.
     let run_length = Duration::from_secs(if bench.quick { 4 } else { 10 });
     let warm_up = Duration::from_secs(if bench.quick { 3 } else { 5 });
