@@ -68,6 +68,9 @@ pub const MIN_SERIES_EXPIRY: Duration = Duration::from_secs(1);
 /// Per-workload label caps: each kept value is a few series per metric family, and the
 /// node's series budget is finite.
 pub const MAX_LABEL_CAP: u32 = 1000;
+/// Below this the aggregate workload and mapwatch's own series alone may not fit.
+pub const MIN_SERIES_BUDGET: u32 = 100;
+pub const MAX_SERIES_BUDGET: u32 = 10_000_000;
 
 /// Resolves a listen address written as `IP:PORT` or `HOST:PORT` (configs name hosts:
 /// `localhost:9433`); an IPv4 address is preferred when a name has both.
@@ -287,6 +290,8 @@ impl Filters {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9433";
 pub const DEFAULT_MAX_SITES: u32 = 50;
 pub const DEFAULT_MAX_ELEM_TYPES: u32 = 20;
+/// Series per node: a 1,000-node fleet then stays around 2 M series.
+pub const DEFAULT_SERIES_BUDGET: u32 = 2000;
 /// New processes are normally seen through exec events; the rescan catches what those
 /// miss (a lost event, processes of a container started before the daemon).
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
@@ -319,6 +324,9 @@ pub struct RunConfig {
     pub max_sites: u32,
     /// Element types kept as labels per workload; later ones are counted as `other`.
     pub max_elem_types: u32,
+    /// Series /metrics exports at most, whatever the number of workloads: the least
+    /// active workloads' detail is folded into `other`, then into one aggregate.
+    pub series_budget: u32,
     /// How often /proc is scanned for processes the exec events missed.
     #[serde(with = "duration_text")]
     pub rescan_interval: Duration,
@@ -341,6 +349,7 @@ impl Default for RunConfig {
             slice_growth: true,
             max_sites: DEFAULT_MAX_SITES,
             max_elem_types: DEFAULT_MAX_ELEM_TYPES,
+            series_budget: DEFAULT_SERIES_BUDGET,
             rescan_interval: DEFAULT_RESCAN_INTERVAL,
             series_expiry: DEFAULT_SERIES_EXPIRY,
             kubernetes: KubernetesMode::Auto,
@@ -448,6 +457,14 @@ impl RunConfig {
                     "must be between 1 and 1000 (each kept value adds series)",
                 );
             }
+        }
+        if !(MIN_SERIES_BUDGET..=MAX_SERIES_BUDGET).contains(&self.series_budget) {
+            return out_of_range(
+                "series_budget",
+                self.series_budget.to_string(),
+                "must be between 100 and 10000000 (mapwatch's own series and the \
+                 aggregate workload need a few hundred)",
+            );
         }
         Ok(())
     }
@@ -744,6 +761,14 @@ container = ["istio-proxy"]
                 ..valid.clone()
             })
             .contains("max_elem_types")
+        );
+        let error = refused(RunConfig {
+            series_budget: 10,
+            ..valid.clone()
+        });
+        assert!(
+            error.starts_with("series_budget (--series-budget) = 10: must be between 100"),
+            "{error}"
         );
         assert!(
             RunConfig {

@@ -87,6 +87,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         drain_interval: DRAIN_INTERVAL,
         label_limits: LabelLimits::default(),
         series_expiry: None,
+        series_budget: None,
         budget: BudgetConfig {
             per_process: args.overhead_budget.map_or(1.0, |b| b.fraction()),
             share_of_process: None,

@@ -171,6 +171,7 @@ impl Daemon {
                 sites: config.max_sites as usize,
             },
             series_expiry: Some(config.series_expiry),
+            series_budget: Some(config.series_budget as usize),
             budget: budget_config(&config),
             exact: false,
             notices_lost,

@@ -104,6 +104,13 @@ pub struct RunFlags {
     #[arg(long, value_name = "N")]
     pub max_elem_types: Option<u32>,
 
+    /// Series /metrics exports at most, whatever the number of workloads [default: 2000].
+    /// Over it, the least active workloads' call sites and element types are folded
+    /// into `other`, then whole workloads into one aggregate workload (all its labels
+    /// `other`); the busiest keep their detail, and no count is lost.
+    #[arg(long, value_name = "N")]
+    pub series_budget: Option<u32>,
+
     /// How often /proc is rescanned for Go processes that exec events missed, like 30s
     /// or 2m [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -150,6 +157,7 @@ impl RunFlags {
         set(&mut config.slice_growth, &self.slice_growth);
         set(&mut config.max_sites, &self.max_sites);
         set(&mut config.max_elem_types, &self.max_elem_types);
+        set(&mut config.series_budget, &self.series_budget);
         set(&mut config.rescan_interval, &self.rescan_interval);
         set(&mut config.series_expiry, &self.series_expiry);
         set(&mut config.kubernetes, &self.kubernetes);

@@ -82,6 +82,9 @@ pub struct SessionOptions {
     pub label_limits: LabelLimits,
     /// Series of processes gone this long are removed; None: kept.
     pub series_expiry: Option<Duration>,
+    /// Series /metrics exports at most (`run`); None: all (`attach` watches one
+    /// workload).
+    pub series_budget: Option<usize>,
     pub budget: BudgetConfig,
     /// The plans have RET probes: the aggregator checks derived values against them.
     pub exact: bool,
@@ -156,6 +159,9 @@ impl Session {
         options: SessionOptions,
     ) -> anyhow::Result<Session> {
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        if let Some(budget) = options.series_budget {
+            metrics.set_series_budget(budget);
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let hook = scrape_hook(attach::scrape_hook(probes.counters()), options.notices_lost);
         // The two arms' server futures differ in type: each is spawned where it is made.

@@ -4,10 +4,18 @@
 //! address, so series stay few and outlive process restarts.
 mod families;
 pub mod http;
+mod labels;
+mod series_budget;
 
 pub use families::{Family, MetricKind, families};
+pub use labels::{AttachErrorReason, KubernetesApiErrorKind};
+pub use series_budget::{AGGREGATE, SeriesBudget, Tier};
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Instant,
+};
 
 use families::Registrar;
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -35,127 +43,6 @@ impl WorkloadLabels {
             &self.binary,
             &self.go_version,
         ]
-    }
-}
-
-/// Why a process or probe was not attached: the `reason` label of
-/// `mapwatch_attach_errors_total`. Every value is exported at 0 from the start, so the
-/// first error is an increase Prometheus can see (a series born at 1 is not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttachErrorReason {
-    /// mapwatch lacks a capability, or a security module denied access.
-    Privileges,
-    /// The BPF object did not load.
-    Load,
-    /// The kernel refused a uprobe for another reason.
-    Attach,
-    /// Writing a BPF map failed.
-    Map,
-    /// The process exited before or while it was attached (not an error of mapwatch;
-    /// counted so short-lived processes are visible).
-    ProcessGone,
-    /// The process exec'd another binary between analysis and attach.
-    BinaryChanged,
-    /// The bytes at a probe site differ from the analysed binary: not attached.
-    BytesMismatch,
-    /// Every probe slot is in use.
-    SlotsExhausted,
-    /// The kernel has no BTF for the exec/exit tracepoints.
-    Btf,
-    /// Not an x86-64 binary.
-    UnsupportedArch,
-    /// A Go version mapwatch has no runtime facts for.
-    UnsupportedGoVersion,
-    /// A Go binary mapwatch cannot read (truncated, corrupt).
-    BadBinary,
-    /// A Go binary with none of the runtime functions mapwatch probes.
-    NothingToProbe,
-}
-
-impl AttachErrorReason {
-    pub const ALL: [AttachErrorReason; 13] = [
-        AttachErrorReason::Privileges,
-        AttachErrorReason::Load,
-        AttachErrorReason::Attach,
-        AttachErrorReason::Map,
-        AttachErrorReason::ProcessGone,
-        AttachErrorReason::BinaryChanged,
-        AttachErrorReason::BytesMismatch,
-        AttachErrorReason::SlotsExhausted,
-        AttachErrorReason::Btf,
-        AttachErrorReason::UnsupportedArch,
-        AttachErrorReason::UnsupportedGoVersion,
-        AttachErrorReason::BadBinary,
-        AttachErrorReason::NothingToProbe,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            AttachErrorReason::Privileges => "privileges",
-            AttachErrorReason::Load => "load",
-            AttachErrorReason::Attach => "attach",
-            AttachErrorReason::Map => "map",
-            AttachErrorReason::ProcessGone => "process_gone",
-            AttachErrorReason::BinaryChanged => "binary_changed",
-            AttachErrorReason::BytesMismatch => "bytes_mismatch",
-            AttachErrorReason::SlotsExhausted => "slots_exhausted",
-            AttachErrorReason::Btf => "btf",
-            AttachErrorReason::UnsupportedArch => "unsupported_arch",
-            AttachErrorReason::UnsupportedGoVersion => "unsupported_go_version",
-            AttachErrorReason::BadBinary => "bad_binary",
-            AttachErrorReason::NothingToProbe => "nothing_to_probe",
-        }
-    }
-}
-
-/// What went wrong talking to the Kubernetes API: the `kind` label of
-/// `mapwatch_kubernetes_api_errors_total`. A handful of values, so an outage is one
-/// series that moves, and every value exported at 0 from the start (as for
-/// [`AttachErrorReason`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KubernetesApiErrorKind {
-    /// No connection: refused, unreachable, or the TLS handshake failed.
-    Connect,
-    /// No connection, response, list or watch event within its time limit.
-    Timeout,
-    /// The connection broke mid-exchange: reset, closed before the body's end, or not
-    /// HTTP at all.
-    Broken,
-    /// 401 or 403 (token rejected, RBAC missing), or the token file unreadable.
-    Unauthorized,
-    /// Any other error status (5xx, 429, 404, …).
-    HttpStatus,
-    /// A body that is not the JSON asked for: invalid JSON, an HTML page, another object.
-    Decode,
-    /// A response or watch event over the size caps.
-    TooLarge,
-    /// An ERROR event in a watch stream (other than 410 Gone, which is routine).
-    WatchError,
-}
-
-impl KubernetesApiErrorKind {
-    pub const ALL: [KubernetesApiErrorKind; 8] = [
-        KubernetesApiErrorKind::Connect,
-        KubernetesApiErrorKind::Timeout,
-        KubernetesApiErrorKind::Broken,
-        KubernetesApiErrorKind::Unauthorized,
-        KubernetesApiErrorKind::HttpStatus,
-        KubernetesApiErrorKind::Decode,
-        KubernetesApiErrorKind::TooLarge,
-        KubernetesApiErrorKind::WatchError,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            KubernetesApiErrorKind::Connect => "connect",
-            KubernetesApiErrorKind::Timeout => "timeout",
-            KubernetesApiErrorKind::Broken => "broken",
-            KubernetesApiErrorKind::Unauthorized => "unauthorized",
-            KubernetesApiErrorKind::HttpStatus => "http_status",
-            KubernetesApiErrorKind::Decode => "decode",
-            KubernetesApiErrorKind::TooLarge => "too_large",
-            KubernetesApiErrorKind::WatchError => "watch_error",
-        }
     }
 }
 
@@ -195,6 +82,10 @@ pub struct Metrics {
     pub probe_observed_work_ratio: prometheus::GaugeVec,
     pub estimated_overhead_ratio: prometheus::GaugeVec,
     pub build_info: IntGaugeVec,
+    pub series_exported: IntGauge,
+    pub series_budget_max: IntGauge,
+    pub series_budget_workloads: IntGaugeVec,
+    series_budget: Mutex<SeriesBudget>,
     families: Vec<Family>,
 }
 
@@ -479,6 +370,27 @@ impl Metrics {
                 option_env!("MAPWATCH_COMMIT").unwrap_or("unknown"),
             ])
             .set(1);
+        let series_exported = r.register(IntGauge::new(
+            "series_exported",
+            "Series in the last /metrics answer (a histogram counts its buckets, +Inf, \
+             _sum and _count), after the series budget.",
+        )?)?;
+        let series_budget_max = r.register(IntGauge::new(
+            "series_budget",
+            "The node-wide series budget (--series-budget); 0: none.",
+        )?)?;
+        let series_budget_workloads = r.register(IntGaugeVec::new(
+            Opts::new(
+                "series_budget_workloads",
+                "Workloads by how much of their detail the series budget exports: tier = \
+                 detail, folded (sites and element types as other), aggregated (counted \
+                 under the workload labels other).",
+            ),
+            &["tier"],
+        )?)?;
+        for tier in Tier::ALL {
+            series_budget_workloads.with_label_values(&[tier.label()]);
+        }
         let (registry, families) = r.finish();
         Ok(Metrics {
             registry,
@@ -516,6 +428,10 @@ impl Metrics {
             probe_observed_work_ratio,
             estimated_overhead_ratio,
             build_info,
+            series_exported,
+            series_budget_max,
+            series_budget_workloads,
+            series_budget: Mutex::new(SeriesBudget::new(None)),
             families,
         })
     }
@@ -540,6 +456,15 @@ impl Metrics {
     /// workloads that are gone expire instead of accumulating on a long-running node.
     pub fn forget_workload(&self, workload: &WorkloadLabels) {
         let values = workload.values();
+        // Held until the series are gone: a scrape meanwhile would see them without
+        // their workload's tier.
+        let mut budget = self.budget_state();
+        let gathered = if budget.holds_in_aggregate(&values) {
+            self.registry.gather()
+        } else {
+            Vec::new()
+        };
+        budget.retire(&values, gathered);
         let is_workload = |labels: &HashMap<&str, &str>| {
             WORKLOAD_LABELS
                 .iter()
@@ -570,9 +495,42 @@ impl Metrics {
         forget_series(&self.estimated_overhead_ratio, &is_workload);
     }
 
-    /// The registry in Prometheus text format.
+    /// Keeps /metrics within `budget` series from now on (`mapwatch run`).
+    pub fn set_series_budget(&self, budget: usize) {
+        *self.budget_state() = SeriesBudget::new(Some(budget));
+        self.series_budget_max.set(budget as i64);
+    }
+
+    fn budget_state(&self) -> std::sync::MutexGuard<'_, SeriesBudget> {
+        self.series_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The registry in Prometheus text format, within the series budget.
     pub fn render(&self) -> String {
-        let families = self.registry.gather();
+        let mut budget = self.budget_state();
+        let (mut families, stats) = budget.apply(self.registry.gather(), Instant::now());
+        drop(budget);
+        self.series_exported.set(stats.series as i64);
+        for (tier, n) in Tier::ALL.iter().zip(stats.workloads) {
+            self.series_budget_workloads
+                .with_label_values(&[tier.label()])
+                .set(n as i64);
+        }
+        // The gathered copies predate these values.
+        use prometheus::core::Collector as _;
+        let fresh = [
+            self.series_exported.collect(),
+            self.series_budget_workloads.collect(),
+        ];
+        for mut family in fresh.into_iter().flatten() {
+            // Collected without the registry's `mapwatch_` prefix.
+            let name = format!("mapwatch_{}", family.name());
+            if let Some(stale) = families.iter_mut().find(|f| f.name() == name) {
+                stale.set_metric(family.take_metric());
+            }
+        }
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
