@@ -1,7 +1,6 @@
 //! The budget on a real registry: what a scrape shows, scrape after scrape.
 use std::collections::BTreeMap;
 
-use super::*;
 use crate::metrics::{Metrics, WorkloadLabels};
 
 fn labels(binary: &str) -> WorkloadLabels {
