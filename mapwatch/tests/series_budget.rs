@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use support::{Fixture, Mapwatch, Scrape, fixture, privileged};
 
 const WORKLOADS: usize = 8;
-const BUDGET: usize = 400;
+const BUDGET: usize = 200;
 /// Exact counts: Go 1.22 has no stack-buffered appends (fixtures/README.md).
 const GO: &str = "go1.22.10";
 
