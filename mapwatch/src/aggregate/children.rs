@@ -10,11 +10,14 @@ use std::cell::OnceCell;
 use foldhash::HashMap;
 
 use prometheus::{
-    Histogram, IntCounter,
+    IntCounter,
     core::{MetricVec, MetricVecBuilder},
 };
 
-use crate::{metrics::WorkloadLabels, symbolize::CallSite};
+use crate::{
+    metrics::{Histogram, WorkloadLabels},
+    symbolize::CallSite,
+};
 
 /// The children of the metrics labelled by the workload alone (plus `kind` for
 /// map growth, a closed set).

@@ -247,12 +247,9 @@ fn in_time_order(mut due: Vec<Weighed>) -> Vec<Weighed> {
     due
 }
 
-/// Observes `value` `times` times: a weighted record stands for that many events, and
-/// the prometheus crate has no weighted observe.
-pub(super) fn observe_n(histogram: &prometheus::Histogram, value: f64, times: u64) {
-    for _ in 0..times {
-        histogram.observe(value);
-    }
+/// Observes `value` `times` times: a weighted record stands for that many events.
+pub(super) fn observe_n(histogram: &crate::metrics::Histogram, value: f64, times: u64) {
+    histogram.observe_n(value, times);
 }
 
 #[cfg(test)]

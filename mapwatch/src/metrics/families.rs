@@ -7,7 +7,7 @@
 //! documentation test (docs/metrics.md) and `cargo xtask deploy-check` (dashboards and
 //! alert rules) both check against [`families`].
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, core::Collector, proto::MetricType,
+    HistogramOpts, IntCounterVec, Opts, Registry, core::Collector, proto::MetricType,
 };
 use serde::Serialize;
 
@@ -118,8 +118,8 @@ impl Registrar {
         help: &str,
         buckets: Vec<f64>,
         labels: &[&str],
-    ) -> Result<HistogramVec, prometheus::Error> {
-        self.register(HistogramVec::new(
+    ) -> Result<super::HistogramVec, prometheus::Error> {
+        self.register(super::weighted::histogram_vec(
             HistogramOpts::new(name, help).buckets(buckets),
             labels,
         )?)

@@ -6,6 +6,7 @@ mod families;
 pub mod http;
 mod labels;
 mod series_budget;
+pub mod weighted;
 
 pub use families::{Family, MetricKind, families};
 pub use labels::{AttachErrorReason, KubernetesApiErrorKind};
@@ -18,7 +19,8 @@ use std::{
 };
 
 use families::Registrar;
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+pub use weighted::{Histogram, HistogramVec};
 
 /// Labels of every per-workload metric. `namespace`, `pod` and `container` are empty
 /// outside Kubernetes.
