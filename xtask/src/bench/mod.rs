@@ -38,19 +38,40 @@ const BENCH_GO: &str = "go1.24.";
 /// changes.
 const WHERE_THE_COST_GOES: &str = r#"## Where the cost goes, and what bounds the targets still missed
 
-**The probe (~1.4× an empty program; target 1.15×).** The kernel's own statistics
-(table below) say it: the empty program runs ~50 ns, go_probe ~360 ns, ~230 ns of it
-without the caller-PC read. What go_probe
-does per growslice hit: one read of the target's memory (the caller PC at [RSP]; with
-hardened-usercopy checks the single most expensive step — see the row without it), a
-128-byte ring-buffer record (reserve, write, submit), `bpf_ktime_get_ns`, a per-CPU hit
-counter and two array lookups. The element type's size and pointer bytes used to be two
-more reads (1.71× then); userspace now reads them from the binary file. A 1.15× target
-leaves ~100 ns for all of that: the caller PC alone costs more (~130 ns; row "without
-its caller-PC read", ~1.2×), and without it mapwatch cannot name the line to fix. Next steps,
-each to be measured here: in-kernel pre-aggregation by (slot, type, caller) instead of
-a record per hit (a hash-map update costs about what a ring record does, so the gain
-is unproven), and a coarse clock for records whose time only orders duty cycles.
+**The probe (~1.3× an empty program; target 1.15×; not met).** What go_probe does per
+growslice hit: one read of the target's memory (the caller PC at [RSP]), a 128-byte
+ring-buffer record (reserve, write, submit), `bpf_ktime_get_ns`, two ring queries for
+the batched wake-up, a per-CPU hit counter and three array lookups. On this kernel each
+helper call goes through the return-thunk mitigations, so it is the helper calls, not
+the work, that cost. Measured part by part on 2026-12-05 with variants of go_probe (a
+patch kept out of the product; each a flag that skips one step), kernel BPF statistics
+(ns per run) and the loop's own CPU per call, median of 2 rounds of 2 M calls:
+
+| variant | BPF ns per run | loop CPU per call, ns | × empty |
+|---|---|---|---|
+| empty program | 43 | 796 | |
+| go_probe as shipped | 273 | 1073 | 1.35 |
+| without the caller-PC read | 175 | 953 | 1.20 |
+| without the ring record (count only) | 171 | 941 | 1.18 |
+| a per-CPU hash update (slot, caller, type) instead of the record | 197 | 963 | 1.21 |
+| without the two ring queries | 248 | 1036 | 1.30 |
+| without `bpf_ktime_get_ns` | 235 | 1024 | 1.29 |
+| without both | 211 | 993 | 1.25 |
+| the caller PC read straight into the ring record | 295 | 1107 | 1.39 |
+
+So in-kernel pre-aggregation (a per-CPU hash keyed by slot, caller and type, drained by
+userspace) would save ~75 ns a hit and reach ~1.21×; dropping the wake-up queries and
+the clock ~60 ns (~1.25×). Neither reaches 1.15×: the caller-PC read alone is ~100 ns
+(~12%), and without it mapwatch cannot name the line to fix. What would: no read of the
+target's memory per hit — probes on the `CALL runtime.growslice` sites themselves, one
+cookie per site in a uprobe_multi link (the row "uprobes on the service's own CALL
+growslice sites" and "Call-site probing" below; the cost is a private copy of every text
+page that holds a site, ~1,200–7,000 sites in real binaries), or a caller read for a
+sample of hits only. Pre-aggregation also gives up the per-record time and goroutine
+that duty-cycle windows and exact mode's entry/RET pairing use, so it is a redesign of
+the aggregator's input, not a swap; it is not done. (Reading into the ring record is
+slower: the hardened-usercopy check of a vmalloc'd destination costs more than the
+stack copy it saves.)
 
 **`attach --exact` vs bpftrace (~10–15% more per hit).** Same 12 sites; bpftrace's program
 only counts. The difference per hit is the same ~300 ns of reads and records as above.
