@@ -144,6 +144,11 @@ fn hundreds_of_short_lived_processes_are_each_counted_exactly_and_let_go() {
             "5s",
             "--overhead-share",
             "100%",
+            // Each process is its own workload and every one's series are checked:
+            // none may be folded into the node-wide aggregate (tests/series_budget.rs
+            // covers that).
+            "--series-budget",
+            "1000000",
         ],
     );
     let mut reported: BTreeMap<String, u64> = BTreeMap::new();
