@@ -82,7 +82,8 @@ pub fn rates_section(bench: &Bench) -> anyhow::Result<(String, Vec<String>)> {
     Ok((text, targets))
 }
 
-pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
+/// The section, and rows of the targets table.
+pub fn latency_section(bench: &Bench) -> anyhow::Result<(String, Vec<String>)> {
     let rounds = bench.rounds.max(3);
     let mut attach_ms = Vec::new();
     let mut detach_ms = Vec::new();
@@ -150,7 +151,20 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
         }
         fixture.finish();
     }
-    Ok(format!(
+    let (detach, sigterm) = (Summary::of(&detach_ms), Summary::of(&sigterm_ms));
+    let targets = vec![
+        format!(
+            "| an exited process detached ≤ 200 ms | {} ms | {} |",
+            show(detach, 0),
+            super::probe_cost::verdict(detach.map(|s| s.max <= 200.0))
+        ),
+        format!(
+            "| SIGTERM to exit ≤ 200 ms | {} ms | {} |",
+            show(sigterm, 0),
+            super::probe_cost::verdict(sigterm.map(|s| s.max <= 200.0))
+        ),
+    ];
+    let text = format!(
         "## Attach, detach and shutdown\n\n\
          `mapwatch run --include-binary budgetloop --kubernetes off`, then a new budgetloop \
          process; {rounds} rounds, median (min–max). *Attach*: from spawning the process to \
@@ -162,7 +176,8 @@ pub fn latency_section(bench: &Bench) -> anyhow::Result<String> {
          | attach a new process, ms | detach an exited one, ms | SIGTERM to exit, ms |\n\
          |---|---|---|\n| {} | {} | {} |\n",
         show(Summary::of(&attach_ms), 0),
-        show(Summary::of(&detach_ms), 0),
-        show(Summary::of(&sigterm_ms), 0),
-    ))
+        show(detach, 0),
+        show(sigterm, 0),
+    );
+    Ok((text, targets))
 }
