@@ -98,8 +98,11 @@ impl Metric for Histogram {
     }
 }
 
+/// Holds the buckets checked once, for every series of its vec.
 #[derive(Clone, Debug)]
-pub struct HistogramBuilder;
+pub struct HistogramBuilder {
+    upper_bounds: Vec<f64>,
+}
 
 impl MetricVecBuilder for HistogramBuilder {
     type M = Histogram;
@@ -131,7 +134,7 @@ impl MetricVecBuilder for HistogramBuilder {
             .collect();
         // As the prometheus crate orders them: the text format prints them so.
         label_pairs.sort();
-        let upper_bounds = upper_bounds(&opts.buckets)?;
+        let upper_bounds = self.upper_bounds.clone();
         Ok(Histogram {
             core: Arc::new(Core {
                 label_pairs,
@@ -163,10 +166,11 @@ fn upper_bounds(buckets: &[f64]) -> prometheus::Result<Vec<f64>> {
 pub type HistogramVec = MetricVec<HistogramBuilder>;
 
 pub fn histogram_vec(opts: HistogramOpts, labels: &[&str]) -> prometheus::Result<HistogramVec> {
-    // Checked here too, not only when a first series is made.
-    upper_bounds(&opts.buckets)?;
+    let builder = HistogramBuilder {
+        upper_bounds: upper_bounds(&opts.buckets)?,
+    };
     let opts = opts.variable_labels(labels.iter().map(|l| l.to_string()).collect());
-    MetricVec::create(MetricType::HISTOGRAM, HistogramBuilder, opts)
+    MetricVec::create(MetricType::HISTOGRAM, builder, opts)
 }
 
 #[cfg(test)]

@@ -124,11 +124,7 @@ impl SeriesBudget {
             let tier = self.tier(w);
             for s in sources {
                 if let Some(id) = identity(tier, &s.key, s.value.is_gauge()) {
-                    let value = match self.baselines.get(&s.key) {
-                        Some(base) => s.value.minus(base),
-                        None => s.value.clone(),
-                    };
-                    add(&mut exported, id, &value);
+                    add(&mut exported, id, &self.contribution(s));
                 }
             }
         }
