@@ -4,7 +4,7 @@
 use mapwatch_common::{DERIVED_UNKNOWN, Event, ProbeKind};
 use tracing::debug;
 
-use super::{Aggregator, Workload, children::child, map_assign, weighting::observe_n};
+use super::{Aggregator, Workload, children::child, map_assign};
 use crate::goruntime::versions::RDI;
 
 impl Aggregator {
@@ -30,26 +30,22 @@ impl Aggregator {
         };
         let (m, c, labels) = (&self.metrics, &w.children, &w.labels);
         let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
-        observe_n(size, count as f64, reps);
+        size.observe_n(count as f64, reps);
         let buckets_log2 = child(&c.map_buckets_log2, &m.map_buckets_log2, labels);
-        observe_n(
-            buckets_log2,
-            f64::from(b) + f64::from(u8::from(doubles)),
-            reps,
-        );
+        buckets_log2.observe_n(f64::from(b) + f64::from(u8::from(doubles)), reps);
         let slots = 8.0 * 2f64.powi(i32::from(b));
         let load_factor = child(
             &c.map_load_factor_at_grow,
             &m.map_load_factor_at_grow,
             labels,
         );
-        observe_n(load_factor, count as f64 / slots, reps);
+        load_factor.observe_n(count as f64 / slots, reps);
         let overflow = child(
             &c.map_overflow_buckets_at_grow,
             &m.map_overflow_buckets_at_grow,
             labels,
         );
-        observe_n(overflow, noverflow as f64, reps);
+        overflow.observe_n(noverflow as f64, reps);
     }
 
     /// Swiss growth at entry. Loads per kind (see plan::plan_swiss_growth):
@@ -79,7 +75,7 @@ impl Aggregator {
         let (m, c, labels) = (&self.metrics, &w.children, &w.labels);
         let [used, dir_len, third, fourth] = event.loads;
         let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
-        observe_n(size, used as f64, reps);
+        size.observe_n(used as f64, reps);
         // The map's slots after growth / 8 (groups), as log2. A small map is one group;
         // growToTable makes one 16-slot table (src/internal/runtime/maps/map.go). For a
         // table's grow or split the kernel totals the slots of all the map's tables at
@@ -107,7 +103,7 @@ impl Aggregator {
                     dir_len
                 };
                 let directory = child(&c.map_directory_len, &m.map_directory_len, labels);
-                observe_n(directory, dir_after as f64, reps);
+                directory.observe_n(dir_after as f64, reps);
                 (slots_before.map(|s| s + MAX_TABLE_CAPACITY), 7.0 / 8.0)
             }
         };
@@ -116,13 +112,13 @@ impl Aggregator {
             &m.map_load_factor_at_grow,
             labels,
         );
-        observe_n(load, load_factor, reps);
+        load.observe_n(load_factor, reps);
         let Some(slots_after) = slots_after else {
             return self.incomplete(kind);
         };
         let log2_groups = (slots_after.max(8) as f64 / 8.0).log2();
         let buckets_log2 = child(&c.map_buckets_log2, &m.map_buckets_log2, labels);
-        observe_n(buckets_log2, log2_groups, reps);
+        buckets_log2.observe_n(log2_groups, reps);
     }
 
     fn count_map_growth(&mut self, state: u64, kind: &'static str, reps: u64) {
@@ -142,7 +138,7 @@ impl Aggregator {
             &self.metrics.map_make_hint,
             &w.labels,
         );
-        observe_n(hints, hint as f64, reps);
+        hints.observe_n(hint as f64, reps);
     }
 
     /// A mapassign_fast64 RET: the kernel located the slot (or says why not).
@@ -167,8 +163,8 @@ impl Aggregator {
             &m.map_assign_bucket_position,
             &w.labels,
         );
-        observe_n(position, slot.position, reps);
+        position.observe_n(slot.position, reps);
         let probe_length = child(&c.map_probe_length, &m.map_probe_length, &w.labels);
-        observe_n(probe_length, slot.probe_length as f64, reps);
+        probe_length.observe_n(slot.probe_length as f64, reps);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use foldhash::HashMap;
 use mapwatch_common::Event;
 
-use super::{Aggregator, Workload, children::child, weighting::observe_n};
+use super::{Aggregator, Workload, children::child};
 use crate::{
     goruntime::functions::MALLOCGC,
     goruntime::versions::{RAX, StwAbi, stw_reason_name},
@@ -107,7 +107,7 @@ impl Aggregator {
             go_version,
             stw_reason_name(reason),
         ]);
-        observe_n(&pauses, pause_ns as f64 / 1e9, reps);
+        pauses.observe_n(pause_ns as f64 / 1e9, reps);
         w.cycle.stw_ns += pause_ns;
     }
 

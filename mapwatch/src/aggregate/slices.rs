@@ -9,7 +9,6 @@ use super::{
     Aggregator, Workload,
     children::{SiteChild, child},
     process::ProcessState,
-    weighting::observe_n,
 };
 use crate::{
     goruntime::functions::GROWSLICE_BUF,
@@ -68,7 +67,7 @@ impl Aggregator {
                 &self.metrics.slice_grow_new_cap,
                 &w.labels,
             );
-            observe_n(new_cap, growth.new_cap as f64, reps);
+            new_cap.observe_n(growth.new_cap as f64, reps);
         }
         if !workload.exact {
             return;

@@ -247,11 +247,6 @@ fn in_time_order(mut due: Vec<Weighed>) -> Vec<Weighed> {
     due
 }
 
-/// Observes `value` `times` times: a weighted record stands for that many events.
-pub(super) fn observe_n(histogram: &crate::metrics::Histogram, value: f64, times: u64) {
-    histogram.observe_n(value, times);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
