@@ -12,4 +12,5 @@ pub mod goelf;
 pub mod goruntime;
 pub mod metrics;
 pub mod plan;
+pub mod record;
 pub mod symbolize;

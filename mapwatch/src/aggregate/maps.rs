@@ -4,8 +4,11 @@
 use mapwatch_common::{DERIVED_UNKNOWN, Event, ProbeKind};
 use tracing::debug;
 
-use super::{Aggregator, Workload, children::child, map_assign};
-use crate::goruntime::versions::RDI;
+use super::{Aggregator, Workload, children::child, map_assign, observe::Observation};
+use crate::{
+    goruntime::versions::{RBX, RDI},
+    plan,
+};
 
 impl Aggregator {
     /// hashGrow at entry: count, B, noverflow, flags (loads 0–3). It doubles when the
@@ -22,7 +25,19 @@ impl Aggregator {
         let doubles = workload.facts.classic_load_factor.over(count + 1, b);
         let kind = if doubles { "double" } else { "same_size" };
         self.count_map_growth(state, kind, reps);
-        if event.load_failed != 0 {
+        let complete = event.load_failed == 0;
+        let slots = 8.0 * 2f64.powi(i32::from(b));
+        self.observe(event, || Observation::MapGrowth {
+            kind,
+            goroutine: event.goroutine,
+            caller_pc: event.caller_pc,
+            map: event.regs[usize::from(RBX)],
+            size: complete.then_some(count),
+            load_factor: complete.then(|| count as f64 / slots),
+            overflow_buckets: complete.then_some(noverflow),
+            slots_after: complete.then(|| 8 << (u32::from(b) + u32::from(doubles))),
+        });
+        if !complete {
             return self.incomplete(ProbeKind::HashGrow);
         }
         let Some(w) = self.workloads.get(state) else {
@@ -33,7 +48,6 @@ impl Aggregator {
         size.observe_n(count as f64, reps);
         let buckets_log2 = child(&c.map_buckets_log2, &m.map_buckets_log2, labels);
         buckets_log2.observe_n(f64::from(b) + f64::from(u8::from(doubles)), reps);
-        let slots = 8.0 * 2f64.powi(i32::from(b));
         let load_factor = child(
             &c.map_load_factor_at_grow,
             &m.map_load_factor_at_grow,
@@ -66,16 +80,21 @@ impl Aggregator {
             _ => "table_split",
         };
         self.count_map_growth(state, label, reps);
+        let map = event.regs[usize::from(plan::swiss_growth_map_register(kind))];
         if event.load_failed != 0 {
+            self.observe(event, || Observation::MapGrowth {
+                kind: label,
+                goroutine: event.goroutine,
+                caller_pc: event.caller_pc,
+                map,
+                size: None,
+                load_factor: None,
+                overflow_buckets: None,
+                slots_after: None,
+            });
             return self.incomplete(kind);
         }
-        let Some(w) = self.workloads.get(state) else {
-            return;
-        };
-        let (m, c, labels) = (&self.metrics, &w.children, &w.labels);
         let [used, dir_len, third, fourth] = event.loads;
-        let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
-        size.observe_n(used as f64, reps);
         // The map's slots after growth / 8 (groups), as log2. A small map is one group;
         // growToTable makes one 16-slot table (src/internal/runtime/maps/map.go). For a
         // table's grow or split the kernel totals the slots of all the map's tables at
@@ -102,11 +121,30 @@ impl Aggregator {
                 } else {
                     dir_len
                 };
-                let directory = child(&c.map_directory_len, &m.map_directory_len, labels);
-                directory.observe_n(dir_after as f64, reps);
+                if let Some(w) = self.workloads.get(state) {
+                    let (m, c) = (&self.metrics, &w.children);
+                    let directory = child(&c.map_directory_len, &m.map_directory_len, &w.labels);
+                    directory.observe_n(dir_after as f64, reps);
+                }
                 (slots_before.map(|s| s + MAX_TABLE_CAPACITY), 7.0 / 8.0)
             }
         };
+        self.observe(event, || Observation::MapGrowth {
+            kind: label,
+            goroutine: event.goroutine,
+            caller_pc: event.caller_pc,
+            map,
+            size: Some(used),
+            load_factor: Some(load_factor),
+            overflow_buckets: None,
+            slots_after,
+        });
+        let Some(w) = self.workloads.get(state) else {
+            return;
+        };
+        let (m, c, labels) = (&self.metrics, &w.children, &w.labels);
+        let size = child(&c.map_size_at_grow, &m.map_size_at_grow, labels);
+        size.observe_n(used as f64, reps);
         let load = child(
             &c.map_load_factor_at_grow,
             &m.map_load_factor_at_grow,
@@ -127,12 +165,16 @@ impl Aggregator {
         }
     }
 
-    pub(super) fn on_make_map(&self, hint: u64, state: u64, reps: u64) {
+    pub(super) fn on_make_map(&mut self, event: &Event, hint: u64, state: u64, reps: u64) {
+        // The hint is an int; a negative one panics in makemap, record it as 0.
+        let hint = i64::try_from(hint).unwrap_or(0).max(0);
+        self.observe(event, || Observation::MakeMap {
+            caller_pc: event.caller_pc,
+            hint: hint as u64,
+        });
         let Some(w) = self.workloads.get(state) else {
             return;
         };
-        // The hint is an int; a negative one panics in makemap, record it as 0.
-        let hint = i64::try_from(hint).unwrap_or(0).max(0);
         let hints = child(
             &w.children.map_make_hint,
             &self.metrics.map_make_hint,

@@ -15,6 +15,7 @@
 mod children;
 pub mod map_assign;
 mod maps;
+pub mod observe;
 mod process;
 mod runtime;
 mod slices;
@@ -32,6 +33,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use observe::{Observation, Observed, Observer};
 use process::ProcessState;
 pub use runtime::pearson;
 use weighting::DutyCycledSlots;
@@ -118,6 +120,9 @@ pub struct Aggregator {
     processes: HashMap<u32, ProcessState>,
     workloads: Workloads,
     duty_cycled: DutyCycledSlots,
+    /// A capture's channel (`mapwatch record`), and what waits to be sent on it.
+    observer: Option<Observer>,
+    observed: Vec<Observed>,
 }
 
 impl Aggregator {
@@ -132,6 +137,8 @@ impl Aggregator {
             processes: HashMap::new(),
             workloads: Workloads::new(limits),
             duty_cycled: DutyCycledSlots::default(),
+            observer: None,
+            observed: Vec::new(),
         }
     }
 
@@ -140,6 +147,29 @@ impl Aggregator {
     pub fn with_series_expiry(mut self, expiry: Duration) -> Aggregator {
         self.workloads.set_series_expiry(expiry);
         self
+    }
+
+    /// Every record is also sent, decoded, to `observer` (a capture).
+    pub fn with_observer(mut self, observer: Observer) -> Aggregator {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Keeps what a record says for the observer, if there is one.
+    fn observe(&mut self, event: &Event, what: impl FnOnce() -> Observation) {
+        if self.observer.is_some() {
+            self.observed.push(Observed {
+                pid: event.tgid,
+                ktime_ns: event.ktime_ns,
+                what: what(),
+            });
+        }
+    }
+
+    fn send_observed(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.send(std::mem::take(&mut self.observed));
+        }
     }
 
     /// Applies inputs until every sender is gone.
@@ -166,6 +196,7 @@ impl Aggregator {
         for (event, reps) in self.duty_cycled.release_all() {
             self.record(&event, reps);
         }
+        self.send_observed();
         debug!("aggregator: input closed");
     }
 
@@ -174,6 +205,7 @@ impl Aggregator {
         for (event, reps) in self.duty_cycled.release(now) {
             self.record(&event, reps);
         }
+        self.send_observed();
     }
 
     /// Forgets workloads gone for longer than the series expiry.
@@ -195,6 +227,7 @@ impl Aggregator {
                 }
             }
         }
+        self.send_observed();
     }
 
     fn register(&mut self, registrations: Vec<SlotRegistration>) {
@@ -281,8 +314,10 @@ impl Aggregator {
             | ProbeKind::MapGrowToTable
             | ProbeKind::MapTableGrow
             | ProbeKind::MapTableSplit => self.on_swiss_growth(kind, event, state, reps),
-            ProbeKind::MakeMap => self.on_make_map(event.regs[usize::from(RBX)], state, reps),
-            ProbeKind::MakeMapSmall => self.on_make_map(0, state, reps),
+            ProbeKind::MakeMap => {
+                self.on_make_map(event, event.regs[usize::from(RBX)], state, reps)
+            }
+            ProbeKind::MakeMapSmall => self.on_make_map(event, 0, state, reps),
             // Bookkeeping for the RET, done in the kernel (mapwatch-ebpf `map_assign`).
             ProbeKind::MapAssignEntry | ProbeKind::MapAssignHash => {}
             ProbeKind::MapAssignRet => self.on_map_assign(event, state, reps),
@@ -291,7 +326,10 @@ impl Aggregator {
             ProbeKind::StartTheWorldRet => {
                 self.on_start_the_world_ret(event, workload, state, reps)
             }
-            ProbeKind::GcMarkTermination => self.on_gc_cycle(state, reps),
+            ProbeKind::GcMarkTermination => {
+                self.observe(event, || Observation::GcCycle);
+                self.on_gc_cycle(state, reps)
+            }
             ProbeKind::Mallocgc => self.on_malloc(event, state, reps),
             ProbeKind::MallocgcSpecialized => self.on_malloc_specialized(event, state, reps),
             ProbeKind::None => {}

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use foldhash::HashMap;
 use mapwatch_common::Event;
 
-use super::{Aggregator, Workload, children::child};
+use super::{Aggregator, Workload, children::child, observe::Observation};
 use crate::{
     goruntime::functions::MALLOCGC,
     goruntime::versions::{RAX, StwAbi, stw_reason_name},
@@ -94,10 +94,15 @@ impl Aggregator {
         let Some((reason, started)) = begun else {
             return; // attached mid-pause
         };
+        let pause_ns = now.saturating_sub(started);
+        self.observe(event, || Observation::StwPause {
+            started_ns: started,
+            duration_ns: pause_ns,
+            reason: stw_reason_name(reason),
+        });
         let Some(w) = self.workloads.get_mut(state) else {
             return;
         };
-        let pause_ns = now.saturating_sub(started);
         let [namespace, pod, container, binary, go_version] = w.labels.values();
         let pauses = self.metrics.stw_pause_seconds.with_label_values(&[
             namespace,

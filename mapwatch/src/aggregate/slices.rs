@@ -8,11 +8,15 @@ use tracing::debug;
 use super::{
     Aggregator, Workload,
     children::{SiteChild, child},
+    observe::Observation,
     process::ProcessState,
 };
 use crate::{
     goruntime::functions::GROWSLICE_BUF,
-    goruntime::{slice_growth::grown_capacity, versions::GROWSLICE_RESULT_CAP},
+    goruntime::{
+        slice_growth::grown_capacity,
+        versions::{GROWSLICE_RESULT_CAP, GROWSLICE_RESULT_PTR},
+    },
 };
 
 /// Per process: entries waiting for what comes next on the same goroutine.
@@ -43,16 +47,28 @@ impl Aggregator {
     ) {
         let abi = workload.facts.growslice;
         let elem_type = event.regs[usize::from(abi.elem_type)];
-        self.name_growth(event, state, elem_type, reps);
+        let caller_pc = self.name_growth(event, state, elem_type, reps);
         let layout = self
             .processes
             .get_mut(&event.tgid)
             .and_then(|p| p.symbolizer.as_mut())
             .and_then(|s| s.elem_layout(elem_type));
+        let reg = |r: u8| event.regs[usize::from(r)];
+        let observed = |elem_size, new_cap, new_bytes| Observation::SliceGrowth {
+            goroutine: event.goroutine,
+            caller_pc,
+            elem_type,
+            elem_size,
+            old_ptr: reg(abi.old_ptr),
+            old_cap: reg(abi.old_cap),
+            new_len: reg(abi.new_len),
+            new_cap,
+            new_bytes,
+        };
         let Some(layout) = layout else {
+            self.observe(event, || observed(None, None, None));
             return self.incomplete(ProbeKind::GrowsliceEntry);
         };
-        let reg = |r: u8| event.regs[usize::from(r)];
         let growth = grown_capacity(
             workload.facts.slice_growth,
             reg(abi.old_cap),
@@ -60,6 +76,13 @@ impl Aggregator {
             layout.size,
             layout.ptr_bytes == 0,
         );
+        self.observe(event, || {
+            observed(
+                Some(layout.size),
+                Some(growth.new_cap),
+                Some(growth.new_bytes),
+            )
+        });
         self.count_growth_bytes(state, growth.new_bytes * reps);
         if let Some(w) = self.workloads.get(state) {
             let new_cap = child(
@@ -99,9 +122,11 @@ impl Aggregator {
     }
 
     /// Counts the growth under its element type and append site (capped labels).
-    fn name_growth(&mut self, event: &Event, state: u64, elem_type_address: u64, reps: u64) {
+    /// Returns the append site's return address: growsliceBuf's caller when growslice
+    /// was called by growsliceBuf.
+    fn name_growth(&mut self, event: &Event, state: u64, elem_type_address: u64, reps: u64) -> u64 {
         let Some(w) = self.workloads.get_mut(state) else {
-            return;
+            return event.caller_pc;
         };
         let m = &self.metrics;
         let Some(ProcessState {
@@ -120,7 +145,7 @@ impl Aggregator {
                     ])
                 })
                 .inc_by(reps);
-            return;
+            return event.caller_pc;
         };
         cache.bound();
         cache
@@ -140,17 +165,19 @@ impl Aggregator {
             cache.by_caller.insert(pc, site.clone());
             site
         };
-        let counter = match site_of(event.caller_pc) {
-            SiteChild::Unknown => return,
-            SiteChild::Line(counter) => counter,
+        let (counter, pc) = match site_of(event.caller_pc) {
+            SiteChild::Unknown => return event.caller_pc,
+            SiteChild::Line(counter) => (counter, event.caller_pc),
             SiteChild::ViaGrowsliceBuf(own) => {
-                match calls.buf_callers.remove(&event.goroutine).map(&mut site_of) {
-                    Some(SiteChild::Line(outer)) => outer,
-                    _ => w.site_grow_for(m, &own),
+                let outer_pc = calls.buf_callers.remove(&event.goroutine);
+                match outer_pc.map(|pc| (site_of(pc), pc)) {
+                    Some((SiteChild::Line(outer), pc)) => (outer, pc),
+                    _ => (w.site_grow_for(m, &own), event.caller_pc),
                 }
             }
         };
         counter.inc_by(reps);
+        pc
     }
 
     /// Exact mode: growslice's RET against the capacity derived at its entry.
@@ -160,6 +187,11 @@ impl Aggregator {
             .get_mut(&event.tgid)
             .and_then(|p| p.slices.derived_caps.remove(&event.goroutine));
         let actual = event.regs[usize::from(GROWSLICE_RESULT_CAP)];
+        self.observe(event, || Observation::SliceGrown {
+            goroutine: event.goroutine,
+            new_ptr: event.regs[usize::from(GROWSLICE_RESULT_PTR)],
+            new_cap: actual,
+        });
         let result = match derived {
             None => "unpaired",
             Some(derived) if derived == actual => "match",

@@ -1,20 +1,19 @@
 //! `mapwatch attach --pid P`: profile one process until stopped.
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing::info;
 
 use super::{
-    AttachArgs, UsageError,
-    session::{self, Listen, Session, SessionOptions, StopSignals, Target},
+    AttachArgs,
+    session::{self, Listen, Session, SessionOptions, StopSignals},
+    target,
 };
 use crate::{
     aggregate::LabelLimits,
-    attach::{self, FileIdentity},
     budget::{self, BudgetConfig},
-    discover::procs::{binary_label_of, command_name, process_start_time},
-    goelf::{GoBinary, GoElfError},
-    metrics::{Metrics, WorkloadLabels},
+    discover::procs::process_start_time,
+    metrics::Metrics,
     plan::{self, PlanRequest},
 };
 
@@ -25,27 +24,8 @@ const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
 
 pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     let pid = args.pid;
-    let start_time = process_start_time(pid).ok_or_else(|| {
-        UsageError(format!(
-            "no process with pid {pid}: check the pid (e.g. with `pgrep -a NAME`)"
-        ))
-    })?;
-    let exe = attach::exe_path(pid);
-    // Opened once, so that the identity probes are checked against, the name and the
-    // analysis are of one file even if the process execs meanwhile.
-    let file = std::fs::File::open(&exe).map_err(|e| exe_error(pid, &e))?;
-    let identity = FileIdentity::of_file(&file).map_err(|e| exe_error(pid, &e))?;
-    let binary_name = binary_label_of(&file, pid);
-    let binary = GoBinary::from_file(&exe, file).map_err(|e| match e {
-        GoElfError::NotGo { .. } => UsageError(format!(
-            "process {pid} ({}) is not a Go program: its executable has no Go build info",
-            command_name(pid)
-        )),
-        GoElfError::Io { source, .. } => exe_error(pid, &source),
-        other => UsageError(format!("process {pid}: {other}")),
-    })?;
-    let plan = plan::plan_probes(
-        &binary,
+    let (target, start_time) = target::analyse(
+        pid,
         PlanRequest {
             slice_growth: true,
             map_growth: true,
@@ -53,33 +33,8 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             exact: args.exact,
             hot: plan::HotProbes::from_names(&args.hot_probes),
         },
-    )
-    .map_err(|e| UsageError(format!("process {pid}: {e}")))?;
-    for unavailable in &plan.unavailable {
-        eprintln!(
-            "mapwatch: {} unavailable: {}",
-            unavailable.signal, unavailable.reason
-        );
-    }
-    if plan.probes.is_empty() {
-        return Err(UsageError(format!(
-            "process {pid}: nothing to probe ({})",
-            plan.unavailable_summary()
-        ))
-        .into());
-    }
-    let labels = WorkloadLabels {
-        binary: binary_name,
-        go_version: plan.go_version.clone(),
-        ..Default::default()
-    };
-    let target = Target {
-        pid,
-        file: identity,
-        binary: Arc::new(binary),
-        plan: Arc::new(plan),
-        labels: labels.clone(),
-    };
+    )?;
+    let labels = target.labels.clone();
 
     let (probes, hit_cost) = session::load_probes()?;
     let options = SessionOptions {
@@ -96,6 +51,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         },
         exact: args.exact,
         notices_lost: None,
+        observer: None,
     };
     session::runtime()?.block_on(async move {
         let session = Session::start(probes, hit_cost, options).await?;
@@ -106,10 +62,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         session.metrics().attached_processes.set(1);
         session.set_ready(true);
         eprintln!(
-            "mapwatch: attached {attached} probe(s) to pid {pid} ({}, {}); metrics at http://{}/metrics",
+            "mapwatch: attached {attached} probe(s) to pid {pid} ({}, {}); {}",
             labels.binary,
             labels.go_version,
-            session.addr()
+            session.metrics_at()
         );
 
         let why = wait_for_stop(pid, start_time, args.duration).await?;
@@ -123,19 +79,6 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
-}
-
-fn exe_error(pid: u32, error: &std::io::Error) -> UsageError {
-    match error.kind() {
-        std::io::ErrorKind::PermissionDenied => UsageError(format!(
-            "cannot read /proc/{pid}/exe: permission denied; {}",
-            crate::attach::privileges::unreadable_exe_advice()
-        )),
-        std::io::ErrorKind::NotFound => UsageError(format!(
-            "process {pid} has no executable (a kernel thread, or it exited)"
-        )),
-        _ => UsageError(format!("cannot read /proc/{pid}/exe: {error}")),
-    }
 }
 
 async fn wait_for_stop(

@@ -3,9 +3,11 @@
 mod attach;
 mod inspect;
 pub mod logging;
+mod record;
 mod run;
 pub mod run_flags;
 mod session;
+mod target;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -54,7 +56,7 @@ impl Cli {
     pub fn init_logging(&self) {
         let default_level = match self.command {
             Command::Run(_) => "info",
-            Command::Attach(_) | Command::Inspect(_) => "warn",
+            Command::Attach(_) | Command::Inspect(_) | Command::Record(_) => "warn",
         };
         logging::init(self.log_format, default_level);
     }
@@ -69,6 +71,16 @@ pub enum Command {
     Attach(AttachArgs),
     /// Show what mapwatch can probe in a Go binary (no root needed).
     Inspect(InspectArgs),
+    /// Capture a Go program's slice and map growth, GC cycles and stop-the-world pauses
+    /// into a file for `mapwatch report`.
+    #[command(after_help = "Examples:\n  \
+sudo mapwatch record --pid $(pidof myservice) --duration 30s -o myservice.mapwatch\n  \
+sudo mapwatch record -- ./loadtest -n 1000\n\n\
+Every probe stays attached for the whole capture, RET probes included (each growth \
+costs a few microseconds more than under `mapwatch run`): record for seconds or \
+minutes, not for days. A capture that is killed is still readable up to its last \
+second.")]
+    Record(RecordArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +120,25 @@ pub struct AttachArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// Process id of the Go program to record.
+    #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+    pub pid: Option<u32>,
+    /// How long to record, e.g. 30s or 2m [default: 30s with --pid; with a command,
+    /// until it exits]. Ctrl-C ends a capture early and still writes a valid file.
+    #[arg(long, value_parser = positive_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// The file to write [default: BINARY.mapwatch in the current directory].
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The Go program to start and record, with its arguments, after `--`. It starts
+    /// with its probes in place; if it still runs when the capture ends, it gets
+    /// SIGTERM (SIGKILL 5 s later).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// Path to a Go executable.
     pub binary: PathBuf,
@@ -133,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(flags) => run::run(*flags),
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Record(args) => record::run(args),
     }
 }
 

@@ -175,6 +175,7 @@ impl Daemon {
             budget: budget_config(&config),
             exact: false,
             notices_lost,
+            observer: None,
         };
         let session = Session::start(probes, hit_cost, options).await?;
         let pods = PodResolver::from_environment(
@@ -196,13 +197,13 @@ impl Daemon {
             hot: plan::HotProbes::from_names(&config.hot_probes),
         };
         eprintln!(
-            "mapwatch: watching Go processes on this node ({}); metrics at http://{}/metrics",
+            "mapwatch: watching Go processes on this node ({}); {}",
             if following {
                 "exec/exit notices + /proc scans"
             } else {
                 "/proc scans only"
             },
-            session.addr()
+            session.metrics_at()
         );
         let mut daemon = Daemon {
             request,

@@ -30,7 +30,7 @@ use tokio::{
 
 use super::UsageError;
 use crate::{
-    aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload},
+    aggregate::{Aggregator, Input, LabelLimits, SlotRegistration, Workload, observe::Observer},
     attach::{self, AttachError, FileIdentity, Probes, notices::NoticesLost},
     budget::{
         self, BudgetConfig, Controller, HitCost, ProcessReport,
@@ -72,6 +72,8 @@ pub enum Listen {
     /// Bound by the command earlier, before privileges were used, so that a taken port
     /// is reported before anything is loaded into the kernel.
     Bound(std::net::TcpListener),
+    /// No HTTP server (`record` writes a file instead).
+    Nowhere,
 }
 
 /// What differs between the commands that start a session.
@@ -90,6 +92,8 @@ pub struct SessionOptions {
     pub exact: bool,
     /// Process notices lost in the kernel, counted at each scrape (`run`).
     pub notices_lost: Option<NoticesLost>,
+    /// A capture (`record`): every record, decoded, is also sent here.
+    pub observer: Option<Observer>,
 }
 
 /// A process to profile: its executable as analysed, and the plan made from it.
@@ -108,8 +112,8 @@ pub struct Target {
 pub struct Session {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    addr: SocketAddr,
-    server: JoinHandle<std::io::Result<()>>,
+    /// Where /metrics is served, and the server; None with [`Listen::Nowhere`].
+    server: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
     probes: Arc<Mutex<Probes>>,
     hit_cost: HitCost,
     exact: bool,
@@ -165,19 +169,20 @@ impl Session {
         let ready = Arc::new(AtomicBool::new(false));
         let hook = scrape_hook(attach::scrape_hook(probes.counters()), options.notices_lost);
         // The two arms' server futures differ in type: each is spawned where it is made.
-        let (addr, server) = match options.listen {
+        let server = match options.listen {
             Listen::Address(listen) => {
                 let (addr, server) =
                     http::bind(listen, Arc::clone(&metrics), Arc::clone(&ready), hook)
                         .map_err(|e| UsageError(format!("cannot listen on {listen}: {e}")))?;
-                (addr, tokio::spawn(server))
+                Some((addr, tokio::spawn(server)))
             }
             Listen::Bound(listener) => {
                 let (addr, server) =
                     http::serve_bound(listener, Arc::clone(&metrics), Arc::clone(&ready), hook)
                         .context("serving HTTP")?;
-                (addr, tokio::spawn(server))
+                Some((addr, tokio::spawn(server)))
             }
+            Listen::Nowhere => None,
         };
         if let Some(logger) = probes.take_logger() {
             tokio::spawn(attach::reader::forward_logs(logger));
@@ -187,6 +192,9 @@ impl Session {
         let mut aggregator = Aggregator::with_limits(Arc::clone(&metrics), options.label_limits);
         if let Some(expiry) = options.series_expiry {
             aggregator = aggregator.with_series_expiry(expiry);
+        }
+        if let Some(observer) = options.observer {
+            aggregator = aggregator.with_observer(observer);
         }
         let aggregator = tokio::spawn(aggregator.run(from_probes));
 
@@ -226,7 +234,6 @@ impl Session {
         Ok(Session {
             metrics,
             ready,
-            addr,
             server,
             probes,
             hit_cost,
@@ -247,9 +254,17 @@ impl Session {
         &self.metrics
     }
 
-    /// Where /metrics is served.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where /metrics is served; None with [`Listen::Nowhere`].
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// "metrics at http://ADDR/metrics", or that they are not served.
+    pub fn metrics_at(&self) -> String {
+        self.addr()
+            .map_or("metrics not served".to_string(), |addr| {
+                format!("metrics at http://{addr}/metrics")
+            })
     }
 
     /// What /readyz answers.
@@ -290,13 +305,7 @@ impl Session {
             plan,
             labels,
         } = target;
-        let proc_maps = crate::discover::procs::read_proc_text(format!("/proc/{pid}/maps"))
-            .map_err(|_| AttachError::ProcessGone { pid })?;
-        // Names for what the probes see: type pointers and return addresses are run-time
-        // addresses, shifted by the load bias in PIE binaries (a different one in each
-        // process).
-        let bias = binary.load_bias(&proc_maps, file.ino).unwrap_or(0);
-        let symbolizer = Box::new(Symbolizer::new(binary, bias, plan.offsets.as_ref()));
+        let symbolizer = Box::new(symbolizer_for(pid, &file, &binary, &plan)?);
         let workload = Arc::new(Workload {
             labels,
             facts: plan.facts,
@@ -395,7 +404,9 @@ impl Session {
             .context("reading the ring buffer")?;
         self.aggregator.await.context("aggregator task")?;
         let draining = started.elapsed() - detaching;
-        self.server.abort();
+        if let Some((_, server)) = self.server {
+            server.abort();
+        }
         Ok(Stopped {
             metrics: self.metrics,
             reports,
@@ -404,6 +415,25 @@ impl Session {
             draining,
         })
     }
+}
+
+/// Names for what the probes of `pid` see: type pointers and return addresses are
+/// run-time addresses, shifted by the load bias in PIE binaries (a different one in
+/// each process).
+pub fn symbolizer_for(
+    pid: u32,
+    file: &FileIdentity,
+    binary: &Arc<GoBinary>,
+    plan: &ProbePlan,
+) -> Result<Symbolizer, AttachError> {
+    let proc_maps = crate::discover::procs::read_proc_text(format!("/proc/{pid}/maps"))
+        .map_err(|_| AttachError::ProcessGone { pid })?;
+    let bias = binary.load_bias(&proc_maps, file.ino).unwrap_or(0);
+    Ok(Symbolizer::new(
+        Arc::clone(binary),
+        bias,
+        plan.offsets.as_ref(),
+    ))
 }
 
 /// SIGTERM and SIGINT, the signals that stop a session.

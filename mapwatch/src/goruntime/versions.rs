@@ -97,6 +97,9 @@ impl MapImplementation {
 /// Where `runtime.growslice`'s arguments are at its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrowsliceAbi {
+    /// The old backing array: a slice's successive growths chain through it (the
+    /// array one growth returns is the one the next growth copies from).
+    pub old_ptr: AbiReg,
     /// The length the slice needs (`newLen`; 1.19 calls it `cap`).
     pub new_len: AbiReg,
     pub old_cap: AbiReg,
@@ -106,6 +109,7 @@ pub struct GrowsliceAbi {
 /// Where the result slice is at growslice's RET: (ptr, len, cap) in RAX, RBX, RCX — a
 /// 3-word result is register-assigned like arguments (abi-internal.md).
 pub const GROWSLICE_RESULT_CAP: AbiReg = RCX;
+pub const GROWSLICE_RESULT_PTR: AbiReg = RAX;
 
 /// Classic maps' load factor as the runtime computes it: a map grows (doubles) when
 /// `count > 8 && count > num * ((1 << B) / den)` (src/runtime/map.go `overLoadFactor`).
@@ -202,6 +206,7 @@ pub fn facts_for(
         // RAX=et, then the slice struct {array, len, cap} in RBX, RCX, RDI, then the
         // needed length in RSI (docs/go-runtime.md, "Go 1.19", confirmed by DWARF).
         GrowsliceAbi {
+            old_ptr: RBX,
             new_len: RSI,
             old_cap: RDI,
             elem_type: RAX,
@@ -210,6 +215,7 @@ pub fn facts_for(
         // growslice(oldPtr unsafe.Pointer, newLen, oldCap, num int, et *_type) slice —
         // src/runtime/slice.go since Go 1.20.
         GrowsliceAbi {
+            old_ptr: RAX,
             new_len: RBX,
             old_cap: RCX,
             elem_type: RSI,

@@ -408,6 +408,14 @@ fn plan_hash_grow(
     )?])
 }
 
+/// Where a Swiss growth probe's `*Map` is (see [`plan_swiss_growth`]).
+pub fn swiss_growth_map_register(kind: ProbeKind) -> u8 {
+    match kind {
+        ProbeKind::MapGrowToSmall | ProbeKind::MapGrowToTable => RAX,
+        _ => RCX,
+    }
+}
+
 /// Swiss growth, one probe per growth kind. Receivers and arguments in ABI order
 /// (docs/go-runtime.md, "Arguments"; signatures in src/internal/runtime/maps/map.go and table.go):
 /// growToSmall/growToTable(m=RAX), grow(t=RAX, typ, m=RCX, newCapacity=DI),
