@@ -13,4 +13,5 @@ pub mod goruntime;
 pub mod metrics;
 pub mod plan;
 pub mod record;
+pub mod report;
 pub mod symbolize;

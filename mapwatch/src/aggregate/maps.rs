@@ -6,7 +6,7 @@ use tracing::debug;
 
 use super::{Aggregator, Workload, children::child, map_assign, observe::Observation};
 use crate::{
-    goruntime::versions::{RBX, RDI},
+    goruntime::versions::{RAX, RDI},
     plan,
 };
 
@@ -27,11 +27,13 @@ impl Aggregator {
         self.count_map_growth(state, kind, reps);
         let complete = event.load_failed == 0;
         let slots = 8.0 * 2f64.powi(i32::from(b));
+        let (map_reg, type_reg) = plan::map_growth_registers(ProbeKind::HashGrow);
         self.observe(event, || Observation::MapGrowth {
             kind,
             goroutine: event.goroutine,
             caller_pc: event.caller_pc,
-            map: event.regs[usize::from(RBX)],
+            map: event.regs[usize::from(map_reg)],
+            map_type: event.regs[usize::from(type_reg)],
             size: complete.then_some(count),
             load_factor: complete.then(|| count as f64 / slots),
             overflow_buckets: complete.then_some(noverflow),
@@ -80,13 +82,18 @@ impl Aggregator {
             _ => "table_split",
         };
         self.count_map_growth(state, label, reps);
-        let map = event.regs[usize::from(plan::swiss_growth_map_register(kind))];
+        let (map_reg, type_reg) = plan::map_growth_registers(kind);
+        let (map, map_type) = (
+            event.regs[usize::from(map_reg)],
+            event.regs[usize::from(type_reg)],
+        );
         if event.load_failed != 0 {
             self.observe(event, || Observation::MapGrowth {
                 kind: label,
                 goroutine: event.goroutine,
                 caller_pc: event.caller_pc,
                 map,
+                map_type,
                 size: None,
                 load_factor: None,
                 overflow_buckets: None,
@@ -134,6 +141,7 @@ impl Aggregator {
             goroutine: event.goroutine,
             caller_pc: event.caller_pc,
             map,
+            map_type,
             size: Some(used),
             load_factor: Some(load_factor),
             overflow_buckets: None,
@@ -170,6 +178,7 @@ impl Aggregator {
         let hint = i64::try_from(hint).unwrap_or(0).max(0);
         self.observe(event, || Observation::MakeMap {
             caller_pc: event.caller_pc,
+            map_type: event.regs[usize::from(RAX)],
             hint: hint as u64,
         });
         let Some(w) = self.workloads.get(state) else {

@@ -30,6 +30,7 @@ pub enum Observation {
         /// None when the element type's layout could not be read.
         elem_size: Option<u64>,
         old_ptr: u64,
+        old_len: u64,
         old_cap: u64,
         new_len: u64,
         new_cap: Option<u64>,
@@ -48,6 +49,8 @@ pub enum Observation {
         goroutine: u64,
         caller_pc: u64,
         map: u64,
+        /// The map's type descriptor (its name says key and value types).
+        map_type: u64,
         /// Entries in the map (classic `count`, Swiss `used`); None if unreadable.
         size: Option<u64>,
         load_factor: Option<f64>,
@@ -57,7 +60,11 @@ pub enum Observation {
         slots_after: Option<u64>,
     },
     /// makemap / makemap_small at entry.
-    MakeMap { caller_pc: u64, hint: u64 },
+    MakeMap {
+        caller_pc: u64,
+        map_type: u64,
+        hint: u64,
+    },
     /// A stop-the-world pause, from its start to the world restarting.
     StwPause {
         started_ns: u64,

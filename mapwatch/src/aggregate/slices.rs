@@ -60,6 +60,7 @@ impl Aggregator {
             elem_type,
             elem_size,
             old_ptr: reg(abi.old_ptr),
+            old_len: abi.old_len.read(&abi, &event.regs),
             old_cap: reg(abi.old_cap),
             new_len: reg(abi.new_len),
             new_cap,

@@ -104,6 +104,29 @@ pub struct GrowsliceAbi {
     pub new_len: AbiReg,
     pub old_cap: AbiReg,
     pub elem_type: AbiReg,
+    /// The elements growslice copies: the old length.
+    pub old_len: OldLen,
+}
+
+/// Where growslice's old length is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldLen {
+    /// In a register (Go 1.19: the old slice's len).
+    Register(AbiReg),
+    /// `newLen - num`, num in this register (Go 1.20+: `oldLen := newLen - num`,
+    /// src/runtime/slice.go).
+    NewLenMinus(AbiReg),
+}
+
+impl OldLen {
+    pub fn read(self, abi: &GrowsliceAbi, regs: &[u64]) -> u64 {
+        match self {
+            OldLen::Register(r) => regs[usize::from(r)],
+            OldLen::NewLenMinus(num) => {
+                regs[usize::from(abi.new_len)].saturating_sub(regs[usize::from(num)])
+            }
+        }
+    }
 }
 
 /// Where the result slice is at growslice's RET: (ptr, len, cap) in RAX, RBX, RCX — a
@@ -210,6 +233,7 @@ pub fn facts_for(
             new_len: RSI,
             old_cap: RDI,
             elem_type: RAX,
+            old_len: OldLen::Register(RCX),
         }
     } else {
         // growslice(oldPtr unsafe.Pointer, newLen, oldCap, num int, et *_type) slice —
@@ -219,6 +243,7 @@ pub fn facts_for(
             new_len: RBX,
             old_cap: RCX,
             elem_type: RSI,
+            old_len: OldLen::NewLenMinus(RDI),
         }
     };
     // loadFactorNum/loadFactorDen in src/runtime/map.go: 13/2 (6.5) in 1.19; 1.21 wrote

@@ -408,11 +408,13 @@ fn plan_hash_grow(
     )?])
 }
 
-/// Where a Swiss growth probe's `*Map` is (see [`plan_swiss_growth`]).
-pub fn swiss_growth_map_register(kind: ProbeKind) -> u8 {
+/// Where a map growth probe's map and map type are: (map, type) registers (see
+/// [`plan_hash_grow`], [`plan_swiss_growth`]; the type is the receiver's next argument).
+pub fn map_growth_registers(kind: ProbeKind) -> (u8, u8) {
     match kind {
-        ProbeKind::MapGrowToSmall | ProbeKind::MapGrowToTable => RAX,
-        _ => RCX,
+        ProbeKind::HashGrow => (RBX, RAX),
+        ProbeKind::MapGrowToSmall | ProbeKind::MapGrowToTable => (RAX, RBX),
+        _ => (RCX, RBX),
     }
 }
 

@@ -85,6 +85,8 @@ pub enum Entry {
         elem_type: NameId,
         elem_size: Option<u64>,
         old_ptr: u64,
+        /// Elements copied into the new array.
+        old_len: u64,
         old_cap: u64,
         new_len: u64,
         new_cap: Option<u64>,
@@ -105,13 +107,20 @@ pub enum Entry {
         /// The `kind` label of mapwatch_map_grow_total ("double", "table_split", …).
         kind: NameId,
         map: u64,
+        /// e.g. "map[string]int".
+        map_type: NameId,
         size: Option<u64>,
         load_factor: Option<f64>,
         overflow_buckets: Option<u64>,
         slots_after: Option<u64>,
     },
     /// make(map) with its size hint.
-    MakeMap { t: u64, site: SiteId, hint: u64 },
+    MakeMap {
+        t: u64,
+        site: SiteId,
+        map_type: NameId,
+        hint: u64,
+    },
     /// A stop-the-world pause; `t` is its start.
     StwPause {
         t: u64,

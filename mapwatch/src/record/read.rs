@@ -235,6 +235,7 @@ mod tests {
             elem_type,
             elem_size: Some(24),
             old_ptr: 0,
+            old_len: 0,
             old_cap: 0,
             new_len: 1,
             new_cap: Some(1),
