@@ -310,6 +310,27 @@ fn shared_sources() -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// The Go files of the package whose main.go is `main`, by name.
+fn package_sources(main: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let dir = main.parent().context("fixture dir")?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "go") {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let code =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            files.push((name, code));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn fixture_sources() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let dir = workspace_root().join("fixtures");
     let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
@@ -339,7 +360,7 @@ fn build_one(
     let binary_name = format!("{name}{}", variant.suffix);
     let binary = dir.join(&binary_name);
     let stamp_path = dir.join(format!("{binary_name}.stamp"));
-    let code = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+    let code = package_sources(source)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     code.hash(&mut hasher);
     shared_sources()?.hash(&mut hasher);
@@ -358,7 +379,9 @@ fn build_one(
     Cmd::new(go.root.join("bin/go"))
         .args(["build"])
         .args(variant.args)
-        .args(["-o".as_ref(), binary.as_os_str(), source.as_os_str()])
+        // The whole package: a fixture may have several files (presize's sites are
+        // spread over files on purpose).
+        .args(["-o".as_ref(), binary.as_os_str(), ".".as_ref()])
         .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", if variant.cgo { "1" } else { "0" })
         .env("GOEXPERIMENT", flavor.goexperiment)

@@ -4,6 +4,7 @@ mod attach;
 mod inspect;
 pub mod logging;
 mod record;
+mod report;
 mod run;
 pub mod run_flags;
 mod session;
@@ -56,7 +57,9 @@ impl Cli {
     pub fn init_logging(&self) {
         let default_level = match self.command {
             Command::Run(_) => "info",
-            Command::Attach(_) | Command::Inspect(_) | Command::Record(_) => "warn",
+            Command::Attach(_) | Command::Inspect(_) | Command::Record(_) | Command::Report(_) => {
+                "warn"
+            }
         };
         logging::init(self.log_format, default_level);
     }
@@ -81,6 +84,19 @@ costs a few microseconds more than under `mapwatch run`): record for seconds or 
 minutes, not for days. A capture that is killed is still readable up to its last \
 second.")]
     Record(RecordArgs),
+    /// Read a capture from `mapwatch record` and say which lines to change: the
+    /// append and map-insert sites that grow most, the make(…, N) to write there, and
+    /// what it saves.
+    #[command(after_help = "Examples:\n  \
+mapwatch report myservice.mapwatch                 # Markdown on stdout\n  \
+mapwatch report myservice.mapwatch --format json -o report.json\n  \
+mapwatch report run.mapwatch --fail-on 'slice_grow_bytes_rate>50MB/s,map_grow>1000'\n\n\
+--fail-on takes comma-separated conditions NAME OP VALUE (OP: > >= < <=), any failing \
+one fails the gate (exit code 3, summary on stderr). NAMEs: slice_grow, slice_grow_rate, \
+slice_grow_bytes, slice_grow_bytes_rate, map_grow, map_grow_rate, gc_cycles, stw_p99, \
+stw_max, advised_sites. Units: B kB MB GB KiB MiB GiB; /s after a rate; ms or s for \
+pauses; k or M for counts.")]
+    Report(ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +155,39 @@ pub struct RecordArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A file written by `mapwatch record`.
+    pub file: PathBuf,
+    /// md: for people; json: the same content for programs (schema in
+    /// docs/report.md); sarif: GitHub code scanning; vet: file:line:col: message lines.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Sites shown per table.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+    /// Write the report here instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Exit with code 3 when any condition holds, e.g.
+    /// 'slice_grow_bytes_rate>50MB/s,map_grow>1000' (see below).
+    #[arg(long, value_name = "EXPR")]
+    pub fail_on: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
+    Sarif,
+    Vet,
+}
+
+/// A `--fail-on` condition held: the summary is already printed; exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("the --fail-on gate failed")]
+pub struct GateFailed;
+
+#[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// Path to a Go executable.
     pub binary: PathBuf,
@@ -165,6 +214,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Record(args) => record::run(args),
+        Command::Report(args) => match report::run(args)? {
+            true => Ok(()),
+            false => Err(GateFailed.into()),
+        },
     }
 }
 

@@ -220,7 +220,11 @@ fn header(
         duration_asked_s: duration.map(|d| d.as_secs_f64()),
         target: TargetInfo {
             pid: target.pid,
-            binary: target.binary.path().display().to_string(),
+            // The path the process ran, not the /proc/PID/exe link it was read through.
+            binary: std::fs::read_link(target.binary.path())
+                .unwrap_or_else(|_| target.binary.path().to_path_buf())
+                .display()
+                .to_string(),
             build_id: target.binary.go_build_id().unwrap_or_default().to_string(),
             go_version: target.plan.go_version.clone(),
             map_implementation: format!("{:?}", target.plan.map_implementation).to_lowercase(),

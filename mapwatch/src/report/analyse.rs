@@ -1,1 +1,568 @@
-//! Recording → Report.
+//! Recording → [`Report`]: growths per site, the growth chains of slice instances, the
+//! growths of each map, pauses and GC cycles; advice comes from `advice.rs`.
+//!
+//! A slice instance is a chain of growths: growslice's result (its RET, recorded as
+//! `SliceGrown` on the same goroutine right after the entry) is the array the same
+//! slice's next growth copies from, so growth n+1's (old pointer, old capacity) equals
+//! growth n's (new pointer, new capacity). A chain starts at a growth from nil, or from
+//! an array no recorded growth made (a make, a literal, or a growth before the capture).
+//! Limit: an array freed and its address reused for a slice of the same capacity could
+//! join a dead chain; records without results (no RET probe) make one-growth chains.
+//! A map instance is its header address; a growth whose size is below the previous
+//! one's at that address is a new map there (the old one was freed).
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::{
+    advice,
+    model::{
+        CaptureInfo, Distribution, Location, MapSite, Pause, Report, SCHEMA_VERSION, SliceSite,
+        Summary, Timeline,
+    },
+};
+use crate::{
+    aggregate::pearson,
+    record::{
+        format::{Entry, SiteId},
+        read::Recording,
+    },
+};
+
+/// Timelines have at most this many buckets (of whole seconds, at least 1 s).
+const MAX_BUCKETS: u64 = 120;
+
+pub fn analyse(recording: &Recording) -> Report {
+    let duration_ns = duration_ns(recording);
+    let duration_s = duration_ns as f64 / 1e9;
+    let per_s = |n: f64| {
+        if duration_s > 0.0 {
+            n / duration_s
+        } else {
+            0.0
+        }
+    };
+    let bucket_s = (duration_ns / 1_000_000_000).div_ceil(MAX_BUCKETS).max(1);
+    let buckets = (duration_ns.div_ceil(bucket_s * 1_000_000_000)).max(1) as usize;
+    let bucket_of = |t: u64| ((t / (bucket_s * 1_000_000_000)) as usize).min(buckets - 1);
+    let mut timeline = Timeline {
+        bucket_s: bucket_s as f64,
+        slice_growths: vec![0; buckets],
+        map_growths: vec![0; buckets],
+        slice_bytes_copied: vec![0; buckets],
+        gc_cycles: vec![0; buckets],
+    };
+
+    let mut slices = SliceChains::default();
+    let mut maps = MapInstances::default();
+    let mut pauses = Vec::new();
+    let mut cycles = Cycles::default();
+    for event in &recording.events {
+        match *event {
+            Entry::SliceGrowth {
+                t,
+                goroutine,
+                site,
+                elem_type,
+                elem_size,
+                old_ptr,
+                old_len,
+                old_cap,
+                new_cap,
+                new_bytes,
+                ..
+            } => {
+                let copied = elem_size.map_or(0, |size| old_len * size);
+                let b = bucket_of(t);
+                timeline.slice_growths[b] += 1;
+                timeline.slice_bytes_copied[b] += copied;
+                cycles.growth_bytes += new_bytes.unwrap_or(0);
+                slices.growth(Growth {
+                    goroutine,
+                    site,
+                    elem_type,
+                    elem_size,
+                    old_ptr,
+                    old_cap,
+                    new_cap,
+                    new_bytes: new_bytes.unwrap_or(0),
+                    copied,
+                });
+            }
+            Entry::SliceGrown {
+                goroutine,
+                new_ptr,
+                new_cap,
+                ..
+            } => slices.grown(goroutine, new_ptr, new_cap),
+            Entry::MapGrowth {
+                t,
+                site,
+                kind,
+                map,
+                map_type,
+                size,
+                load_factor,
+                overflow_buckets,
+                slots_after,
+                ..
+            } => {
+                timeline.map_growths[bucket_of(t)] += 1;
+                maps.growth(MapGrowth {
+                    site,
+                    kind: recording.name(kind).to_string(),
+                    map,
+                    map_type,
+                    size,
+                    load_factor,
+                    overflow_buckets,
+                    capacity_after: slots_after.map(|slots| {
+                        capacity_of(&recording.header.target.map_implementation, slots)
+                    }),
+                });
+            }
+            Entry::MakeMap { .. } => {}
+            Entry::StwPause {
+                t,
+                duration_ns,
+                reason,
+            } => {
+                cycles.stw_ns += duration_ns;
+                pauses.push(Pause {
+                    t_s: t as f64 / 1e9,
+                    duration_ms: duration_ns as f64 / 1e6,
+                    reason: recording.name(reason).to_string(),
+                });
+            }
+            Entry::GcCycle { t } => {
+                timeline.gc_cycles[bucket_of(t)] += 1;
+                cycles.end();
+            }
+            Entry::Name { .. } | Entry::Site { .. } | Entry::End(_) => {}
+        }
+    }
+
+    let slice_sites = slices.sites(recording, duration_s);
+    let map_sites = maps.sites(recording);
+    let mut durations: Vec<f64> = pauses.iter().map(|p| p.duration_ms).collect();
+    durations.sort_by(f64::total_cmp);
+    let slice_growths: u64 = slice_sites.iter().map(|s| s.growths).sum();
+    let map_growths: u64 = map_sites.iter().map(|s| s.growths).sum();
+    let bytes_copied: u64 = slice_sites.iter().map(|s| s.bytes_copied).sum();
+    let summary = Summary {
+        slice_growths,
+        slice_growths_per_s: per_s(slice_growths as f64),
+        slice_bytes_allocated: slice_sites.iter().map(|s| s.bytes_allocated).sum(),
+        slice_bytes_copied: bytes_copied,
+        slice_bytes_copied_per_s: per_s(bytes_copied as f64),
+        map_growths,
+        map_growths_per_s: per_s(map_growths as f64),
+        gc_cycles: cycles.count,
+        stw_pauses: pauses.len() as u64,
+        stw_p50_ms: quantile_f64(&durations, 0.50),
+        stw_p99_ms: quantile_f64(&durations, 0.99),
+        stw_max_ms: durations.last().copied().unwrap_or(0.0),
+        stw_total_ms: durations.iter().sum(),
+        growth_stw_correlation: (cycles.history.len() >= 3).then(|| pearson(&cycles.history)),
+    };
+    Report {
+        schema_version: SCHEMA_VERSION,
+        capture: capture_info(recording, duration_s),
+        summary,
+        slice_sites,
+        map_sites,
+        timeline,
+        stw_pauses: pauses,
+    }
+}
+
+/// The capture's length: the end record's, else the last event's time.
+fn duration_ns(recording: &Recording) -> u64 {
+    if let Some(summary) = &recording.summary {
+        return summary.duration_ns;
+    }
+    recording
+        .events
+        .iter()
+        .filter_map(|e| match *e {
+            Entry::SliceGrowth { t, .. }
+            | Entry::SliceGrown { t, .. }
+            | Entry::MapGrowth { t, .. }
+            | Entry::MakeMap { t, .. }
+            | Entry::StwPause { t, .. }
+            | Entry::GcCycle { t } => Some(t),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn capture_info(recording: &Recording, duration_s: f64) -> CaptureInfo {
+    let header = &recording.header;
+    let summary = recording.summary.clone().unwrap_or_default();
+    CaptureInfo {
+        binary: header.target.binary.clone(),
+        build_id: header.target.build_id.clone(),
+        go_version: header.target.go_version.clone(),
+        map_implementation: header.target.map_implementation.clone(),
+        pid: header.target.pid,
+        command: header.target.command.clone(),
+        start_unix_s: header.start_unix_s,
+        duration_s,
+        stopped_because: recording
+            .summary
+            .as_ref()
+            .map(|s| s.stopped_because.clone()),
+        complete: recording.damage.is_none()
+            && summary.events_lost == 0
+            && summary.observations_dropped == 0,
+        damage: recording.damage.clone(),
+        events_lost: summary.events_lost,
+        observations_dropped: summary.observations_dropped,
+    }
+}
+
+/// Entries a map holds before its next growth, from its slots: a classic bucket holds
+/// 8 and grows past 6.5 per bucket on average (loadFactorNum/Den, src/runtime/map.go);
+/// a Swiss table grows past 7/8 full (maxAvgGroupLoad, internal/runtime/maps/table.go).
+fn capacity_of(map_implementation: &str, slots: u64) -> u64 {
+    if map_implementation == "swiss" {
+        slots * 7 / 8
+    } else {
+        slots * 13 / 16
+    }
+}
+
+/// GC cycles: growth bytes and STW time per cycle, for their correlation.
+#[derive(Default)]
+struct Cycles {
+    count: u64,
+    growth_bytes: u64,
+    stw_ns: u64,
+    history: VecDeque<(f64, f64)>,
+}
+
+impl Cycles {
+    fn end(&mut self) {
+        self.count += 1;
+        self.history
+            .push_back((self.growth_bytes as f64, self.stw_ns as f64 / 1e9));
+        self.growth_bytes = 0;
+        self.stw_ns = 0;
+    }
+}
+
+struct Growth {
+    goroutine: u64,
+    site: SiteId,
+    elem_type: u32,
+    elem_size: Option<u64>,
+    old_ptr: u64,
+    old_cap: u64,
+    new_cap: Option<u64>,
+    new_bytes: u64,
+    copied: u64,
+}
+
+/// One slice instance: its growths (site, new capacity, bytes copied), in order.
+struct Chain {
+    started_non_empty: bool,
+    growths: Vec<(SiteId, u64, u64)>,
+}
+
+/// A slice instance as one site saw it.
+struct Instance {
+    caps: Vec<u64>,
+    copied: Vec<u64>,
+    final_cap: u64,
+    started_non_empty: bool,
+}
+
+#[derive(Default)]
+struct SitePart {
+    growths: u64,
+    bytes_allocated: u64,
+    bytes_copied: u64,
+    elem_types: BTreeMap<u32, u64>,
+    elem_size: Option<u64>,
+}
+
+#[derive(Default)]
+struct SliceChains {
+    chains: Vec<Chain>,
+    /// By goroutine: the chain of its growth waiting for growslice's result.
+    waiting: HashMap<u64, usize>,
+    /// By (array, capacity) a growth returned: the chain it continues.
+    by_result: HashMap<(u64, u64), usize>,
+    per_site: HashMap<SiteId, SitePart>,
+}
+
+impl SliceChains {
+    fn growth(&mut self, g: Growth) {
+        let continued = (g.old_ptr != 0 && g.old_cap != 0)
+            .then(|| self.by_result.remove(&(g.old_ptr, g.old_cap)))
+            .flatten();
+        let chain = continued.unwrap_or_else(|| {
+            self.chains.push(Chain {
+                started_non_empty: g.old_cap != 0,
+                growths: Vec::new(),
+            });
+            self.chains.len() - 1
+        });
+        let new_cap = g.new_cap.unwrap_or(0);
+        self.chains[chain].growths.push((g.site, new_cap, g.copied));
+        self.waiting.insert(g.goroutine, chain);
+        let part = self.per_site.entry(g.site).or_default();
+        part.growths += 1;
+        part.bytes_allocated += g.new_bytes;
+        part.bytes_copied += g.copied;
+        *part.elem_types.entry(g.elem_type).or_default() += 1;
+        part.elem_size = part.elem_size.or(g.elem_size);
+    }
+
+    fn grown(&mut self, goroutine: u64, new_ptr: u64, new_cap: u64) {
+        if let Some(chain) = self.waiting.remove(&goroutine) {
+            // The result is the truth where the entry derived the capacity.
+            if let Some(last) = self.chains[chain].growths.last_mut() {
+                last.1 = new_cap;
+            }
+            self.by_result.insert((new_ptr, new_cap), chain);
+        }
+    }
+
+    fn sites(self, recording: &Recording, duration_s: f64) -> Vec<SliceSite> {
+        // A slice appended to at several sites is an instance of each; at each, its
+        // growths there and its final capacity count.
+        let mut instances: HashMap<SiteId, Vec<Instance>> = HashMap::new();
+        for chain in &self.chains {
+            let final_cap = chain.growths.last().map_or(0, |g| g.1);
+            let mut sites: Vec<SiteId> = chain.growths.iter().map(|g| g.0).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            for site in sites {
+                let (caps, copied) = chain
+                    .growths
+                    .iter()
+                    .filter(|g| g.0 == site)
+                    .map(|g| (g.1, g.2))
+                    .unzip();
+                instances.entry(site).or_default().push(Instance {
+                    caps,
+                    copied,
+                    final_cap,
+                    started_non_empty: chain.started_non_empty,
+                });
+            }
+        }
+        let mut sites: Vec<SliceSite> = self
+            .per_site
+            .iter()
+            .map(|(&site, part)| {
+                let chains = instances.remove(&site).unwrap_or_default();
+                let growths_per = distribution(chains.iter().map(|c| c.caps.len() as u64));
+                let final_cap = distribution(chains.iter().map(|c| c.final_cap));
+                let mut elem_types: Vec<(&u32, &u64)> = part.elem_types.iter().collect();
+                elem_types.sort_by(|a, b| b.1.cmp(a.1));
+                let location = location(recording, site);
+                let elem_types: Vec<String> = elem_types
+                    .into_iter()
+                    .map(|(&id, _)| recording.name(id).to_string())
+                    .collect();
+                let instance_caps: Vec<(&[u64], &[u64])> = chains
+                    .iter()
+                    .map(|c| (c.caps.as_slice(), c.copied.as_slice()))
+                    .collect();
+                let started_non_empty = chains.iter().filter(|c| c.started_non_empty).count();
+                let facts = advice::SliceFacts {
+                    location: location.as_ref(),
+                    elem_type: elem_types.first().map(String::as_str),
+                    growths: part.growths,
+                    instances: &instance_caps,
+                    started_non_empty: started_non_empty as u64,
+                    growths_per_instance: growths_per,
+                    final_cap,
+                    bytes_copied_per_s: rate(part.bytes_copied, duration_s),
+                    duration_s,
+                };
+                SliceSite {
+                    advice: advice::for_slice(&facts),
+                    location,
+                    elem_types,
+                    elem_size: part.elem_size,
+                    growths: part.growths,
+                    bytes_allocated: part.bytes_allocated,
+                    bytes_copied: part.bytes_copied,
+                    bytes_copied_per_s: rate(part.bytes_copied, duration_s),
+                    instances: chains.len() as u64,
+                    growths_per_instance: growths_per,
+                    final_cap,
+                    started_non_empty: started_non_empty as u64,
+                    stacks: Vec::new(),
+                }
+            })
+            .collect();
+        sites.sort_by(|a, b| {
+            b.growths
+                .cmp(&a.growths)
+                .then_with(|| a.location.cmp(&b.location))
+        });
+        sites
+    }
+}
+
+struct MapGrowth {
+    site: SiteId,
+    kind: String,
+    map: u64,
+    map_type: u32,
+    size: Option<u64>,
+    load_factor: Option<f64>,
+    overflow_buckets: Option<u64>,
+    capacity_after: Option<u64>,
+}
+
+/// One map's growths.
+#[derive(Default)]
+struct MapInstance {
+    site: SiteId,
+    map_type: u32,
+    growths: u64,
+    last_size: u64,
+    capacity: u64,
+}
+
+#[derive(Default)]
+struct MapSitePart {
+    kinds: BTreeMap<String, u64>,
+    growths: u64,
+    load_factors: (f64, u64),
+    overflow: (f64, u64),
+}
+
+#[derive(Default)]
+struct MapInstances {
+    maps: Vec<MapInstance>,
+    live: HashMap<u64, usize>,
+    per_site: HashMap<SiteId, MapSitePart>,
+}
+
+impl MapInstances {
+    fn growth(&mut self, g: MapGrowth) {
+        let size = g.size.unwrap_or(0);
+        let existing = self
+            .live
+            .get(&g.map)
+            .copied()
+            .filter(|&i| size >= self.maps[i].last_size);
+        let instance = existing.unwrap_or_else(|| {
+            self.maps.push(MapInstance {
+                site: g.site,
+                map_type: g.map_type,
+                ..Default::default()
+            });
+            self.live.insert(g.map, self.maps.len() - 1);
+            self.maps.len() - 1
+        });
+        let map = &mut self.maps[instance];
+        map.growths += 1;
+        map.last_size = size;
+        map.capacity = g.capacity_after.unwrap_or(map.capacity);
+        let part = self.per_site.entry(g.site).or_default();
+        part.growths += 1;
+        *part.kinds.entry(g.kind).or_default() += 1;
+        if let Some(lf) = g.load_factor {
+            part.load_factors.0 += lf;
+            part.load_factors.1 += 1;
+        }
+        if let Some(o) = g.overflow_buckets {
+            part.overflow.0 += o as f64;
+            part.overflow.1 += 1;
+        }
+    }
+
+    fn sites(self, recording: &Recording) -> Vec<MapSite> {
+        let mut instances: HashMap<SiteId, Vec<&MapInstance>> = HashMap::new();
+        for map in &self.maps {
+            instances.entry(map.site).or_default().push(map);
+        }
+        let mean = |(sum, n): (f64, u64)| (n > 0).then(|| sum / n as f64);
+        let mut sites: Vec<MapSite> = self
+            .per_site
+            .into_iter()
+            .map(|(site, part)| {
+                let maps = instances.remove(&site).unwrap_or_default();
+                let location = location(recording, site);
+                let map_type = maps.first().map(|m| recording.name(m.map_type).to_string());
+                let growths_per_map = distribution(maps.iter().map(|m| m.growths));
+                let capacity_reached = distribution(maps.iter().map(|m| m.capacity));
+                let facts = advice::MapFacts {
+                    location: location.as_ref(),
+                    map_type: map_type.as_deref(),
+                    growths: part.growths,
+                    growths_per_map,
+                    capacity_reached,
+                };
+                MapSite {
+                    advice: advice::for_map(&facts),
+                    location,
+                    kinds: part.kinds,
+                    growths: part.growths,
+                    maps: maps.len() as u64,
+                    growths_per_map,
+                    size_at_last_growth: distribution(maps.iter().map(|m| m.last_size)),
+                    capacity_reached,
+                    hint: None,
+                    mean_load_factor_at_growth: mean(part.load_factors),
+                    mean_overflow_buckets_at_growth: mean(part.overflow),
+                    stacks: Vec::new(),
+                }
+            })
+            .collect();
+        sites.sort_by(|a, b| {
+            b.growths
+                .cmp(&a.growths)
+                .then_with(|| a.location.cmp(&b.location))
+        });
+        sites
+    }
+}
+
+fn location(recording: &Recording, site: SiteId) -> Option<Location> {
+    recording.site(site).map(|s| Location {
+        function: recording.name(s.function).to_string(),
+        file: recording.name(s.file).to_string(),
+        line: s.line,
+    })
+}
+
+fn rate(n: u64, duration_s: f64) -> f64 {
+    if duration_s > 0.0 {
+        n as f64 / duration_s
+    } else {
+        0.0
+    }
+}
+
+/// Nearest-rank quantiles of the values.
+pub fn distribution(values: impl Iterator<Item = u64>) -> Distribution {
+    let mut values: Vec<u64> = values.collect();
+    if values.is_empty() {
+        return Distribution::default();
+    }
+    values.sort_unstable();
+    let n = values.len();
+    let rank = |q: f64| values[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
+    Distribution {
+        count: n as u64,
+        p50: rank(0.50),
+        p95: rank(0.95),
+        max: values[n - 1],
+        mean: values.iter().sum::<u64>() as f64 / n as f64,
+    }
+}
+
+fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let n = sorted.len();
+    sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1]
+}

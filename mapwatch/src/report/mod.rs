@@ -1,5 +1,10 @@
 //! `mapwatch report`: a record file in, the lines to change out. Pure: the recording
 //! is analysed into a [`model::Report`] (`analyse.rs`: growth chains per slice, growths
-//! per map, pauses, advice), which each format renders.
+//! per map, pauses; `advice.rs`: what to change at each site), which each format
+//! renders.
+pub mod advice;
 pub mod analyse;
+pub mod diagnostics;
+pub mod gate;
+pub mod markdown;
 pub mod model;

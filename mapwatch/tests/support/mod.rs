@@ -241,6 +241,12 @@ impl Fixture {
         drop(self.stdin.take());
     }
 
+    /// The process started: the fixture, or the program that started it (e.g.
+    /// `mapwatch record -- FIXTURE`).
+    pub fn child_pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Closes stdin (the fixture exits) and returns its status.
     pub fn finish(mut self) -> ExitStatus {
         drop(self.stdin.take());
