@@ -48,6 +48,24 @@ pub const fn crosses_threshold(before: u64, after: u64, threshold: u64) -> bool 
 /// rounded up to 8 (kernel/bpf/ringbuf.c `bpf_ringbuf_reserve`).
 pub const RING_RECORD_BYTES: u64 = (core::mem::size_of::<Event>() as u64 + 8 + 7) & !7;
 
+/// Callers a [`StackedEvent`] holds at most.
+pub const MAX_STACK_DEPTH: usize = 32;
+
+/// A record with the probed call's callers: written instead of an [`Event`] for slots
+/// whose [`ProbeSpec::stack_depth`] is nonzero (`mapwatch record`), told apart by its
+/// size. Go on amd64 keeps frame pointers: at the probe (before the function pushes
+/// RBP) RBP is the caller's frame, [RBP] the next frame's and [RBP+8] the return
+/// address into it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackedEvent {
+    pub event: Event,
+    /// Return addresses beyond `event.caller_pc`, innermost first; `depth` are valid.
+    pub frames: [u64; MAX_STACK_DEPTH],
+    pub depth: u32,
+    pub _pad: u32,
+}
+
 /// Number of Go ABI argument registers copied into every record
 /// (RAX, RBX, RCX, RDI, RSI, R8 — the first six integer args of ABIInternal on amd64).
 pub const EVENT_REGS: usize = 6;
@@ -258,7 +276,10 @@ pub struct ProbeSpec {
     /// `ProbeKind as u16`; `ProbeKind::None` makes the program return at once.
     pub kind: u16,
     pub flags: u16,
-    pub _pad: u32,
+    /// Callers to walk (frame pointers) beyond the return address, at most
+    /// [`MAX_STACK_DEPTH`]; nonzero makes the record a [`StackedEvent`].
+    pub stack_depth: u8,
+    pub _pad: [u8; 3],
     pub loads: [MemoryLoad; PROBE_LOADS],
 }
 
@@ -396,6 +417,7 @@ pub const DERIVED_UNKNOWN: u64 = u64::MAX;
 const _: () = assert!(core::mem::size_of::<MemoryLoad>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeSpec>() == 8 + 8 * PROBE_LOADS);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::size_of::<StackedEvent>() == 128 + 8 * MAX_STACK_DEPTH + 8);
 const _: () = assert!(core::mem::size_of::<DirectoryLayout>() == 24);
 const _: () = assert!(core::mem::size_of::<MapAssignLayout>() == 32);
 const _: () = assert!(core::mem::size_of::<AssignState>() == 32);

@@ -26,8 +26,9 @@ use aya_ebpf::{
 use mapwatch_common::{
     ASSIGN_NO_ENTRY, ASSIGN_NO_HASH, ASSIGN_NOT_FOUND, ASSIGN_READ_FAILED, ASSIGN_STATE_ENTRIES,
     AssignState, EVENT_REGS, Event, GoroutineKey, MAP_SLOT_CLASSIC, MAP_SLOT_SWISS_SMALL,
-    MAP_SLOT_SWISS_TABLE, MAX_PROBE_SLOTS, MapAssignLayout, MemoryLoad, PROBE_LOADS, ProbeKind,
-    ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, crosses_threshold, ring_wakeup_bytes,
+    MAP_SLOT_SWISS_TABLE, MAX_PROBE_SLOTS, MAX_STACK_DEPTH, MapAssignLayout, MemoryLoad,
+    PROBE_LOADS, ProbeKind, ProbeSpec, RING_BUF_BYTES, RING_RECORD_BYTES, StackedEvent,
+    crosses_threshold, ring_wakeup_bytes,
 };
 
 // A map's name is its static's identifier, and userspace takes the map by that name
@@ -153,13 +154,7 @@ fn record(ctx: &ProbeContext) {
 
     let derived = directory::total_slots(slot, &args);
 
-    // Reserved after the mapassign bookkeeping: an entry whose record is lost must
-    // still be paired with its RET.
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        bump(&EVENTS_LOST, slot);
-        return;
-    };
-    entry.write(Event {
+    let event = Event {
         // SAFETY: no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         goroutine: regs.r14,
@@ -172,8 +167,59 @@ fn record(ctx: &ProbeContext) {
         kind: spec.kind,
         load_failed,
         derived,
-    });
+    };
+    // Reserved after the mapassign bookkeeping: an entry whose record is lost must
+    // still be paired with its RET.
+    if spec.stack_depth != 0 {
+        let Some(mut entry) = EVENTS.reserve::<StackedEvent>(0) else {
+            bump(&EVENTS_LOST, slot);
+            return;
+        };
+        let stacked = entry.as_mut_ptr();
+        // SAFETY: the reservation is one StackedEvent; every field is written (frames
+        // past `depth` are not read).
+        unsafe {
+            (*stacked).event = event;
+            (*stacked).depth = walk_frames(regs.rbp, spec.stack_depth, &mut (*stacked).frames);
+            (*stacked)._pad = 0;
+        }
+        submit(entry);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(&EVENTS_LOST, slot);
+        return;
+    };
+    entry.write(event);
+    submit(entry);
+}
 
+/// Follows Go's frame pointers from `fp` (the probed function's caller's frame, since
+/// the probe runs before the function pushes RBP): the return address into the next
+/// caller is at [fp+8], its frame at [fp]. Stops at `wanted` frames, a zero frame
+/// pointer or an unreadable one (the top of a goroutine's stack has fp 0).
+#[inline(always)]
+fn walk_frames(mut fp: u64, wanted: u8, frames: &mut [u64; MAX_STACK_DEPTH]) -> u32 {
+    let mut depth = 0;
+    while depth < MAX_STACK_DEPTH {
+        if depth >= wanted as usize || fp == 0 {
+            break;
+        }
+        // SAFETY: bpf_probe_read_user validates the user addresses.
+        let pc = unsafe { bpf_probe_read_user((fp + 8) as *const u64) }.unwrap_or(0);
+        let next = unsafe { bpf_probe_read_user(fp as *const u64) }.unwrap_or(0);
+        if pc == 0 {
+            break;
+        }
+        frames[depth] = pc;
+        depth += 1;
+        fp = next;
+    }
+    depth as u32
+}
+
+#[inline(always)]
+fn submit<T>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     // Batched wake-ups: the reader also drains on a short timer, so only a large
     // backlog needs to wake it now — once each time the backlog crosses a multiple of
     // the threshold, not on every record above it (a reader that falls behind would

@@ -125,15 +125,30 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
                 .starts_with("make([]Item, 0, "),
             "{flavor}: {advice}"
         );
-        // Maps: the unhinted index grows during the run; the runtime's own maps a few
-        // times at start-up (Swiss: 5 on go1.26). Per insert line once the kernel walks
-        // the stack to the user frame.
-        let map_growths = report["summary"]["map_growths"].as_u64().unwrap();
-        let index = done["index_grows"];
-        assert!(
-            (index..=index + 10).contains(&map_growths),
-            "{flavor}: {map_growths} map growths, the index map's {index}"
+        // Maps: named by the line that inserted (the kernel walks the stack past the
+        // runtime's frames).
+        let maps = report["map_sites"].as_array().expect("map_sites");
+        let (index_file, index_line) = &sites["index"];
+        let index = site_at(maps, index_file, *index_line)
+            .unwrap_or_else(|| panic!("{flavor}: no map site at the index insert"));
+        assert_eq!(
+            index["growths"], done["index_grows"],
+            "{flavor}: index growths"
         );
+        assert_eq!(index["maps"], done["requests"], "{flavor}: index maps");
+        let map_advice = &index["advice"];
+        let (map_n, len) = (map_advice["n"].as_u64().unwrap(), done["index_len"]);
+        assert!(
+            map_n >= len && map_n <= 2 * len,
+            "{flavor}: advised {map_n} for {len} entries"
+        );
+        assert_eq!(map_advice["code"], format!("make(map[int64]int, {map_n})"));
+        let (presized_file, presized_line) = &sites["presized_map"];
+        assert!(
+            site_at(maps, presized_file, *presized_line).is_none(),
+            "{flavor}: the pre-sized map grew"
+        );
+        assert_eq!(done["presized_map_grows"], 0);
         assert_eq!(report["summary"]["gc_cycles"], done["gc"], "{flavor}");
 
         // The other formats name the same advised site.

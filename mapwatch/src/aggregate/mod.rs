@@ -100,6 +100,9 @@ pub enum Input {
     /// The process exited or exec'd and its probes are detached: forget its state.
     ProcessGone(u32),
     Events(Vec<Event>),
+    /// Records some of which carry their callers (a capture's `--stack-depth`): the
+    /// stacks by position in the batch.
+    StackedEvents(Vec<Event>, Vec<Option<Box<[u64]>>>),
     /// The overhead budget duty-cycles probes: how their records are weighted.
     Scale(ScaleUpdate),
 }
@@ -123,6 +126,8 @@ pub struct Aggregator {
     /// A capture's channel (`mapwatch record`), and what waits to be sent on it.
     observer: Option<Observer>,
     observed: Vec<Observed>,
+    /// The callers of the record being applied, for its observation.
+    stack: Option<Box<[u64]>>,
 }
 
 impl Aggregator {
@@ -139,6 +144,7 @@ impl Aggregator {
             duty_cycled: DutyCycledSlots::default(),
             observer: None,
             observed: Vec::new(),
+            stack: None,
         }
     }
 
@@ -162,6 +168,7 @@ impl Aggregator {
                 pid: event.tgid,
                 ktime_ns: event.ktime_ns,
                 what: what(),
+                stack: self.stack.take(),
             });
         }
     }
@@ -221,6 +228,15 @@ impl Aggregator {
             Input::Register(registrations) => self.register(registrations),
             Input::ProcessGone(pid) => self.forget_process(pid),
             Input::Events(events) => events.iter().for_each(|e| self.on_event(e)),
+            Input::StackedEvents(events, stacks) => {
+                for (event, stack) in events.iter().zip(stacks) {
+                    // Only the observer uses stacks, and only records applied now: a
+                    // capture keeps every probe on, so none waits for a duty cycle.
+                    self.stack = stack;
+                    self.on_event(event);
+                    self.stack = None;
+                }
+            }
             Input::Scale(update) => {
                 for (event, reps) in self.duty_cycled.update(update) {
                     self.record(&event, reps);

@@ -17,6 +17,8 @@ pub struct Observed {
     pub pid: u32,
     pub ktime_ns: u64,
     pub what: Observation,
+    /// Return addresses beyond the caller's, innermost first (slots with a stack depth).
+    pub stack: Option<Box<[u64]>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

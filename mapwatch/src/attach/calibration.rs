@@ -141,7 +141,8 @@ impl Probes {
         let none = ProbeSpec {
             kind: ProbeKind::None as u16,
             flags: 0,
-            _pad: 0,
+            stack_depth: 0,
+            _pad: [0; 3],
             loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
         };
         for slot in slots.into_iter().flatten() {
@@ -194,7 +195,8 @@ impl Probes {
         let plain = ProbeSpec {
             kind: ProbeKind::GrowsliceEntry as u16,
             flags: ProbeSpec::FLAG_CALLER_PC,
-            _pad: 0,
+            stack_depth: 0,
+            _pad: [0; 3],
             loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
         };
         // Like hashGrow's: 8-byte fields through the first argument (RDI = `data`).

@@ -665,7 +665,8 @@ mod tests {
             spec: ProbeSpec {
                 kind: ProbeKind::HashGrow as u16,
                 flags: 0,
-                _pad: 0,
+                stack_depth: 0,
+                _pad: [0; 3],
                 loads: [MemoryLoad::disabled(); mapwatch_common::PROBE_LOADS],
             },
             map_assign: None,

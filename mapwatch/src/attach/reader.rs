@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
-use mapwatch_common::Event;
+use mapwatch_common::{Event, MAX_STACK_DEPTH, StackedEvent};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot, watch},
@@ -67,9 +67,13 @@ pub async fn run(
         // Drain until empty: after a stop the probes are already detached, so this
         // final pass collects every record they wrote.
         loop {
-            let batch = drain(ring.get_mut());
+            let (batch, stacks) = drain(ring.get_mut());
             let full = batch.len() == MAX_BATCH;
-            if !batch.is_empty() && to_aggregator.send(Input::Events(batch)).await.is_err() {
+            let input = match stacks {
+                None => Input::Events(batch),
+                Some(stacks) => Input::StackedEvents(batch, stacks),
+            };
+            if !input_is_empty(&input) && to_aggregator.send(input).await.is_err() {
                 return Ok(());
             }
             if !full {
@@ -88,23 +92,43 @@ pub async fn run(
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+fn input_is_empty(input: &Input) -> bool {
+    match input {
+        Input::Events(batch) | Input::StackedEvents(batch, _) => batch.is_empty(),
+        _ => false,
+    }
+}
+
+/// A batch of records in ring order and, if any record carried a stack, the stacks by
+/// position (records of both kinds stay in one batch: an entry and its RET pair by
+/// order).
+fn drain(ring: &mut RingBuf<MapData>) -> (Vec<Event>, Option<Vec<Option<Box<[u64]>>>>) {
     let mut batch = Vec::new();
+    let mut stacks: Option<Vec<Option<Box<[u64]>>>> = None;
     while batch.len() < MAX_BATCH {
         let Some(item) = ring.next() else { break };
-        if item.len() != size_of::<Event>() {
+        // SAFETY (both reads): the record is exactly one Event or StackedEvent written
+        // by the BPF program (#[repr(C)], all fields integers), told apart by size; the
+        // ring gives no alignment guarantee beyond 8, so read unaligned to be safe.
+        if item.len() == size_of::<Event>() {
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            if let Some(stacks) = &mut stacks {
+                stacks.push(None);
+            }
+        } else if item.len() == size_of::<StackedEvent>() {
+            let stacked = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<StackedEvent>()) };
+            let depth = (stacked.depth as usize).min(MAX_STACK_DEPTH);
+            let stacks = stacks.get_or_insert_with(|| vec![None; batch.len()]);
+            stacks.push(Some(stacked.frames[..depth].into()));
+            batch.push(stacked.event);
+        } else {
             warn!(
                 len = item.len(),
                 "ring buffer record of unexpected size; BPF object and userspace disagree"
             );
-            continue;
         }
-        // SAFETY: the record is exactly one Event written by the BPF program
-        // (#[repr(C)], all fields integers); the ring gives no alignment guarantee
-        // beyond 8, so read unaligned to be safe.
-        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
     }
-    batch
+    (batch, stacks)
 }
 
 /// Forwards the BPF programs' log records (cold paths only) to `tracing`.

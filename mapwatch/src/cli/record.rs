@@ -74,6 +74,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let mut target = target;
+    plan::walk_stacks(Arc::make_mut(&mut target.plan), args.stack_depth);
     let duration = match (&recorded, args.duration) {
         (_, Some(d)) => Some(d),
         (Recorded::Pid { .. }, None) => Some(Duration::from_secs(30)),

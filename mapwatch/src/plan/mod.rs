@@ -226,6 +226,29 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
     Ok(plan)
 }
 
+/// Callers a capture walks at each map growth by default: enough to pass the runtime's
+/// own frames (mapassign, then Swiss maps' putSlot/rehash/grow) to the line that
+/// inserted.
+pub const MAP_GROWTH_STACK_DEPTH: u8 = 8;
+
+/// Makes the growth probes record their callers (`mapwatch record`): `slices` frames
+/// at each growslice, at least [`MAP_GROWTH_STACK_DEPTH`] at each map growth.
+pub fn walk_stacks(plan: &mut ProbePlan, slices: u8) {
+    let max = mapwatch_common::MAX_STACK_DEPTH as u8;
+    for probe in &mut plan.probes {
+        let depth = match probe.kind {
+            ProbeKind::GrowsliceEntry => slices,
+            ProbeKind::HashGrow
+            | ProbeKind::MapGrowToSmall
+            | ProbeKind::MapGrowToTable
+            | ProbeKind::MapTableGrow
+            | ProbeKind::MapTableSplit => slices.max(MAP_GROWTH_STACK_DEPTH),
+            _ => 0,
+        };
+        probe.spec.stack_depth = depth.min(max);
+    }
+}
+
 /// Offsets from the binary's DWARF, else from the generated per-version table.
 pub fn struct_offsets(
     binary: &GoBinary,
@@ -266,7 +289,8 @@ fn spec(kind: ProbeKind, flags: u16, loads: &[MemoryLoad]) -> ProbeSpec {
     ProbeSpec {
         kind: kind as u16,
         flags,
-        _pad: 0,
+        stack_depth: 0,
+        _pad: [0; 3],
         loads: all,
     }
 }

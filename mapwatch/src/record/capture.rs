@@ -150,8 +150,15 @@ impl<W: Write> Capture<W> {
         id
     }
 
+    fn stack(&mut self, frames: Option<Box<[u64]>>) -> Vec<SiteId> {
+        frames.map_or(Vec::new(), |frames| {
+            frames.iter().map(|&pc| self.site(pc)).collect()
+        })
+    }
+
     fn entry(&mut self, observed: Observed) -> Entry {
         let t = observed.ktime_ns.saturating_sub(self.start_ns);
+        let stack = self.stack(observed.stack);
         match observed.what {
             Observation::SliceGrowth {
                 goroutine,
@@ -176,6 +183,7 @@ impl<W: Write> Capture<W> {
                 new_len,
                 new_cap,
                 new_bytes,
+                stack,
             },
             Observation::SliceGrown {
                 goroutine,
@@ -208,6 +216,7 @@ impl<W: Write> Capture<W> {
                 load_factor,
                 overflow_buckets,
                 slots_after,
+                stack,
             },
             Observation::MakeMap {
                 caller_pc,

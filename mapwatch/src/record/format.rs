@@ -91,6 +91,8 @@ pub enum Entry {
         new_len: u64,
         new_cap: Option<u64>,
         new_bytes: Option<u64>,
+        /// Callers beyond `site`, innermost first (`record --stack-depth`).
+        stack: Vec<SiteId>,
     },
     /// growslice's return, on the same goroutine: the new array's address.
     SliceGrown {
@@ -113,6 +115,9 @@ pub enum Entry {
         load_factor: Option<f64>,
         overflow_buckets: Option<u64>,
         slots_after: Option<u64>,
+        /// Callers beyond `site` (a runtime function), innermost first: the first
+        /// outside the runtime is the line that inserted.
+        stack: Vec<SiteId>,
     },
     /// make(map) with its size hint.
     MakeMap {

@@ -171,7 +171,8 @@ fn none(why: &str) -> Advice {
     }
 }
 
-fn is_runtime(function: &str) -> bool {
+/// Functions of the Go runtime, whose growth is not the user's to change.
+pub fn is_runtime(function: &str) -> bool {
     function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 

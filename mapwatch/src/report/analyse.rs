@@ -16,7 +16,7 @@ use super::{
     advice,
     model::{
         CaptureInfo, Distribution, Location, MapSite, Pause, Report, SCHEMA_VERSION, SliceSite,
-        Summary, Timeline,
+        Stack, Summary, Timeline,
     },
 };
 use crate::{
@@ -68,6 +68,7 @@ pub fn analyse(recording: &Recording) -> Report {
                 old_cap,
                 new_cap,
                 new_bytes,
+                ref stack,
                 ..
             } => {
                 let copied = elem_size.map_or(0, |size| old_len * size);
@@ -85,6 +86,7 @@ pub fn analyse(recording: &Recording) -> Report {
                     new_cap,
                     new_bytes: new_bytes.unwrap_or(0),
                     copied,
+                    stack: with_callers(site, stack),
                 });
             }
             Entry::SliceGrown {
@@ -103,11 +105,14 @@ pub fn analyse(recording: &Recording) -> Report {
                 load_factor,
                 overflow_buckets,
                 slots_after,
+                ref stack,
                 ..
             } => {
                 timeline.map_growths[bucket_of(t)] += 1;
+                let frames = with_callers(site, stack);
                 maps.growth(MapGrowth {
-                    site,
+                    site: user_frame(recording, &frames),
+                    frames,
                     kind: recording.name(kind).to_string(),
                     map,
                     map_type,
@@ -250,7 +255,59 @@ impl Cycles {
     }
 }
 
+/// The growth's site and its recorded callers, innermost first.
+fn with_callers(site: SiteId, callers: &[SiteId]) -> Vec<SiteId> {
+    std::iter::once(site)
+        .chain(callers.iter().copied())
+        .collect()
+}
+
+/// The first frame outside the Go runtime: the line whose insert grew a map. Without
+/// recorded callers (or if all are the runtime's), the innermost frame.
+fn user_frame(recording: &Recording, frames: &[SiteId]) -> SiteId {
+    frames
+        .iter()
+        .copied()
+        .find(|&id| {
+            recording
+                .site(id)
+                .is_some_and(|s| !advice::is_runtime(recording.name(s.function)))
+        })
+        .unwrap_or(frames[0])
+}
+
+/// Growths and bytes per distinct stack.
+type Stacks = HashMap<Vec<SiteId>, (u64, u64)>;
+
+fn stacks_of(recording: &Recording, stacks: &Stacks) -> Vec<Stack> {
+    let mut out: Vec<Stack> = stacks
+        .iter()
+        .filter(|(frames, _)| frames.len() > 1)
+        .map(|(frames, &(growths, bytes))| Stack {
+            frames: frames
+                .iter()
+                .map(|&id| {
+                    location(recording, id).unwrap_or_else(|| Location {
+                        function: "?".to_string(),
+                        file: "?".to_string(),
+                        line: 0,
+                    })
+                })
+                .collect(),
+            growths,
+            bytes,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.growths
+            .cmp(&a.growths)
+            .then_with(|| a.frames.cmp(&b.frames))
+    });
+    out
+}
+
 struct Growth {
+    stack: Vec<SiteId>,
     goroutine: u64,
     site: SiteId,
     elem_type: u32,
@@ -283,6 +340,7 @@ struct SitePart {
     bytes_copied: u64,
     elem_types: BTreeMap<u32, u64>,
     elem_size: Option<u64>,
+    stacks: Stacks,
 }
 
 #[derive(Default)]
@@ -315,6 +373,9 @@ impl SliceChains {
         part.bytes_allocated += g.new_bytes;
         part.bytes_copied += g.copied;
         *part.elem_types.entry(g.elem_type).or_default() += 1;
+        let stack = part.stacks.entry(g.stack).or_default();
+        stack.0 += 1;
+        stack.1 += g.copied;
         part.elem_size = part.elem_size.or(g.elem_size);
     }
 
@@ -395,7 +456,7 @@ impl SliceChains {
                     growths_per_instance: growths_per,
                     final_cap,
                     started_non_empty: started_non_empty as u64,
-                    stacks: Vec::new(),
+                    stacks: stacks_of(recording, &part.stacks),
                 }
             })
             .collect();
@@ -410,6 +471,7 @@ impl SliceChains {
 
 struct MapGrowth {
     site: SiteId,
+    frames: Vec<SiteId>,
     kind: String,
     map: u64,
     map_type: u32,
@@ -435,6 +497,7 @@ struct MapSitePart {
     growths: u64,
     load_factors: (f64, u64),
     overflow: (f64, u64),
+    stacks: Stacks,
 }
 
 #[derive(Default)]
@@ -468,6 +531,7 @@ impl MapInstances {
         let part = self.per_site.entry(g.site).or_default();
         part.growths += 1;
         *part.kinds.entry(g.kind).or_default() += 1;
+        part.stacks.entry(g.frames).or_default().0 += 1;
         if let Some(lf) = g.load_factor {
             part.load_factors.0 += lf;
             part.load_factors.1 += 1;
@@ -512,7 +576,7 @@ impl MapInstances {
                     hint: None,
                     mean_load_factor_at_growth: mean(part.load_factors),
                     mean_overflow_buckets_at_growth: mean(part.overflow),
-                    stacks: Vec::new(),
+                    stacks: stacks_of(recording, &part.stacks),
                 }
             })
             .collect();
