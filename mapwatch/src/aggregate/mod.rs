@@ -91,6 +91,9 @@ pub struct Workload {
     pub exact: bool,
 }
 
+/// The callers of each record of a batch, by position (None: the record has none).
+pub type RecordStacks = Vec<Option<Box<[u64]>>>;
+
 /// Messages to the aggregator, in order: registrations always precede the records of
 /// the slots they describe because they are sent before the probe is attached.
 pub enum Input {
@@ -102,7 +105,7 @@ pub enum Input {
     Events(Vec<Event>),
     /// Records some of which carry their callers (a capture's `--stack-depth`): the
     /// stacks by position in the batch.
-    StackedEvents(Vec<Event>, Vec<Option<Box<[u64]>>>),
+    StackedEvents(Vec<Event>, RecordStacks),
     /// The overhead budget duty-cycles probes: how their records are weighted.
     Scale(ScaleUpdate),
 }

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::warn;
 
 use super::BpfLogger;
-use crate::aggregate::Input;
+use crate::aggregate::{Input, RecordStacks};
 
 /// Upper bound on records per batch, so one busy burst cannot hold the channel long.
 const MAX_BATCH: usize = 8192;
@@ -102,9 +102,9 @@ fn input_is_empty(input: &Input) -> bool {
 /// A batch of records in ring order and, if any record carried a stack, the stacks by
 /// position (records of both kinds stay in one batch: an entry and its RET pair by
 /// order).
-fn drain(ring: &mut RingBuf<MapData>) -> (Vec<Event>, Option<Vec<Option<Box<[u64]>>>>) {
+fn drain(ring: &mut RingBuf<MapData>) -> (Vec<Event>, Option<RecordStacks>) {
     let mut batch = Vec::new();
-    let mut stacks: Option<Vec<Option<Box<[u64]>>>> = None;
+    let mut stacks: Option<RecordStacks> = None;
     while batch.len() < MAX_BATCH {
         let Some(item) = ring.next() else { break };
         // SAFETY (both reads): the record is exactly one Event or StackedEvent written
