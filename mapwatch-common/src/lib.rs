@@ -120,10 +120,13 @@ pub enum ProbeKind {
     /// Go 1.27+ size-specialised `runtime.mallocgc*SC*` entry: called by mallocgc and,
     /// for small `new(T)`, directly by compiled code.
     MallocgcSpecialized = 19,
+    /// A RET of `runtime.makemap` or `makemap_small` (`mapwatch record` only): RAX is
+    /// the new map, which ties its later growths to this make and its hint.
+    MakeMapRet = 20,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 19] = [
+    pub const ALL: [ProbeKind; 20] = [
         ProbeKind::GrowsliceEntry,
         ProbeKind::GrowsliceRet,
         ProbeKind::HashGrow,
@@ -143,6 +146,7 @@ impl ProbeKind {
         ProbeKind::MapAssignRet,
         ProbeKind::Mallocgc,
         ProbeKind::MallocgcSpecialized,
+        ProbeKind::MakeMapRet,
     ];
 
     pub const fn from_u16(value: u16) -> ProbeKind {
@@ -166,6 +170,7 @@ impl ProbeKind {
             17 => ProbeKind::MapAssignRet,
             18 => ProbeKind::Mallocgc,
             19 => ProbeKind::MallocgcSpecialized,
+            20 => ProbeKind::MakeMapRet,
             _ => ProbeKind::None,
         }
     }
@@ -194,6 +199,7 @@ impl ProbeKind {
             ProbeKind::MapAssignRet => "mapassign_fast64_ret",
             ProbeKind::Mallocgc => "mallocgc",
             ProbeKind::MallocgcSpecialized => "mallocgc_specialized",
+            ProbeKind::MakeMapRet => "makemap_ret",
             ProbeKind::None => "none",
         }
     }

@@ -27,7 +27,7 @@ fn sites() -> HashMap<String, (String, u32)> {
             }
         }
     }
-    assert_eq!(sites.len(), 6, "{sites:?}");
+    assert_eq!(sites.len(), 7, "{sites:?}");
     sites
 }
 
@@ -136,6 +136,18 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
             "{flavor}: index growths"
         );
         assert_eq!(index["maps"], done["requests"], "{flavor}: index maps");
+        // Each map's make was seen and tied to it: the line, and no hint.
+        let (make_file, make_line) = &sites["index_make"];
+        assert!(
+            index["made_at"]["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with(&format!("/{make_file}"))),
+            "{flavor}: {}",
+            index["made_at"]
+        );
+        assert_eq!(index["made_at"]["line"], *make_line, "{flavor}");
+        assert_eq!(index["hint"]["count"], done["requests"], "{flavor}");
+        assert_eq!(index["hint"]["max"], 0, "{flavor}");
         let map_advice = &index["advice"];
         let (map_n, len) = (map_advice["n"].as_u64().unwrap(), done["index_len"]);
         assert!(

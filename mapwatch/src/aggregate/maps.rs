@@ -177,6 +177,7 @@ impl Aggregator {
         // The hint is an int; a negative one panics in makemap, record it as 0.
         let hint = i64::try_from(hint).unwrap_or(0).max(0);
         self.observe(event, || Observation::MakeMap {
+            goroutine: event.goroutine,
             caller_pc: event.caller_pc,
             map_type: event.regs[usize::from(RAX)],
             hint: hint as u64,

@@ -337,6 +337,10 @@ impl Aggregator {
                 self.on_make_map(event, event.regs[usize::from(RBX)], state, reps)
             }
             ProbeKind::MakeMapSmall => self.on_make_map(event, 0, state, reps),
+            ProbeKind::MakeMapRet => self.observe(event, || Observation::MapMade {
+                goroutine: event.goroutine,
+                map: event.regs[usize::from(crate::goruntime::versions::RAX)],
+            }),
             // Bookkeeping for the RET, done in the kernel (mapwatch-ebpf `map_assign`).
             ProbeKind::MapAssignEntry | ProbeKind::MapAssignHash => {}
             ProbeKind::MapAssignRet => self.on_map_assign(event, state, reps),

@@ -63,10 +63,13 @@ pub enum Observation {
     },
     /// makemap / makemap_small at entry.
     MakeMap {
+        goroutine: u64,
         caller_pc: u64,
         map_type: u64,
         hint: u64,
     },
+    /// makemap's RET (exact mode): the map the make on this goroutine returned.
+    MapMade { goroutine: u64, map: u64 },
     /// A stop-the-world pause, from its start to the world restarting.
     StwPause {
         started_ns: u64,

@@ -33,7 +33,9 @@ pub fn group_of(kind: ProbeKind) -> (&'static str, Priority) {
         | ProbeKind::MapGrowToTable
         | ProbeKind::MapTableGrow
         | ProbeKind::MapTableSplit => ("map_growth", Priority::Rare),
-        ProbeKind::MakeMap | ProbeKind::MakeMapSmall => ("makemap", Priority::Rare),
+        ProbeKind::MakeMap | ProbeKind::MakeMapSmall | ProbeKind::MakeMapRet => {
+            ("makemap", Priority::Rare)
+        }
         ProbeKind::StartTheWorldEntry
         | ProbeKind::StartTheWorldRet
         | ProbeKind::StopTheWorldEntry => ("stw", Priority::Rare),

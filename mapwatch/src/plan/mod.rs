@@ -208,7 +208,7 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
             MapImplementation::Swiss => plan_swiss_growth(binary, offsets.as_ref()),
         };
         add("map_growth", growth);
-        add("map_make", plan_makemap(binary));
+        add("map_make", plan_makemap(binary, request.exact));
     }
     if request.stw_gc {
         add("stop_the_world", plan_stw(binary, &facts));
@@ -511,13 +511,22 @@ fn plan_swiss_growth(
 
 /// makemap(t, hint, h): hint in RBX in both map implementations (src/runtime/map.go,
 /// map_swiss.go and map_noswiss.go in 1.24–1.25); makemap_small() takes none.
-fn plan_makemap(binary: &GoBinary) -> Result<Vec<PlannedProbe>, String> {
+/// In exact mode (`record`), their RETs too: RAX is the new map (the result), which ties
+/// the map's later growths to its make site and hint.
+fn plan_makemap(binary: &GoBinary, exact: bool) -> Result<Vec<PlannedProbe>, String> {
     let flags = ProbeSpec::FLAG_CALLER_PC;
-    Ok(vec![
-        decode_function(binary, MAKEMAP)?.entry(binary, spec(ProbeKind::MakeMap, flags, &[]))?,
-        decode_function(binary, MAKEMAP_SMALL)?
-            .entry(binary, spec(ProbeKind::MakeMapSmall, flags, &[]))?,
-    ])
+    let makemap = decode_function(binary, MAKEMAP)?;
+    let small = decode_function(binary, MAKEMAP_SMALL)?;
+    let mut probes = vec![
+        makemap.entry(binary, spec(ProbeKind::MakeMap, flags, &[]))?,
+        small.entry(binary, spec(ProbeKind::MakeMapSmall, flags, &[]))?,
+    ];
+    if exact {
+        let ret = spec(ProbeKind::MakeMapRet, 0, &[]);
+        probes.extend(makemap.rets(binary, ret)?);
+        probes.extend(small.rets(binary, ret)?);
+    }
+    Ok(probes)
 }
 
 /// STW pauses: the start's RETs give `now` (RAX), the end of the pause; RET probes are

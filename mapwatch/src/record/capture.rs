@@ -219,11 +219,13 @@ impl<W: Write> Capture<W> {
                 stack,
             },
             Observation::MakeMap {
+                goroutine,
                 caller_pc,
                 map_type,
                 hint,
             } => Entry::MakeMap {
                 t,
+                goroutine,
                 site: self.site(caller_pc),
                 map_type: self.type_name(map_type),
                 hint,
@@ -237,6 +239,7 @@ impl<W: Write> Capture<W> {
                 duration_ns,
                 reason: self.writer.name(reason),
             },
+            Observation::MapMade { goroutine, map } => Entry::MapMade { t, goroutine, map },
             Observation::GcCycle => Entry::GcCycle { t },
         }
     }

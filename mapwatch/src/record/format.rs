@@ -122,10 +122,13 @@ pub enum Entry {
     /// make(map) with its size hint.
     MakeMap {
         t: u64,
+        goroutine: u64,
         site: SiteId,
         map_type: NameId,
         hint: u64,
     },
+    /// makemap's return, on the same goroutine: the new map's address.
+    MapMade { t: u64, goroutine: u64, map: u64 },
     /// A stop-the-world pause; `t` is its start.
     StwPause {
         t: u64,

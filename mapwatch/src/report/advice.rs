@@ -89,6 +89,9 @@ pub fn for_slice(facts: &SliceFacts) -> Advice {
 
 pub struct MapFacts<'a> {
     pub location: Option<&'a Location>,
+    /// Where the maps were made and their largest hint, when the makes were seen.
+    pub made_at: Option<&'a Location>,
+    pub max_hint: Option<u64>,
     pub map_type: Option<&'a str>,
     pub growths: u64,
     pub growths_per_map: Distribution,
@@ -118,10 +121,20 @@ pub fn for_map(facts: &MapFacts) -> Advice {
         .map_or("map[K]V".to_string(), |t| go_type_in(t, &location.function));
     let code = format!("make({map_type}, {n})");
     let saved = (facts.growths_per_map.mean * facts.growths_per_map.count as f64).round() as u64;
+    // The change goes where the map is made; the insert that grew it says which map.
+    let (at, made) = match facts.made_at {
+        Some(made_at) => (
+            short(made_at),
+            match facts.max_hint {
+                Some(0) | None => format!(" (no size hint; grows at {})", short(location)),
+                Some(hint) => format!(" (hint {hint} is too small; grows at {})", short(location)),
+            },
+        ),
+        None => (short(location), String::new()),
+    };
     let message = format!(
-        "pre-size at {}: {code} — maps reach room for {n} entries (p95), {:.1} growths per \
-         map; a hint of {n} saves them",
-        short(location),
+        "pre-size at {at}{made}: {code} — maps reach room for {n} entries (p95), {:.1} \
+         growths per map; a hint of {n} saves them",
         facts.growths_per_map.mean,
     );
     Advice::PreSize {

@@ -124,7 +124,13 @@ pub fn analyse(recording: &Recording) -> Report {
                     }),
                 });
             }
-            Entry::MakeMap { .. } => {}
+            Entry::MakeMap {
+                goroutine,
+                site,
+                hint,
+                ..
+            } => maps.make(goroutine, site, hint),
+            Entry::MapMade { goroutine, map, .. } => maps.made(goroutine, map),
             Entry::StwPause {
                 t,
                 duration_ns,
@@ -192,6 +198,7 @@ fn duration_ns(recording: &Recording) -> u64 {
             | Entry::SliceGrown { t, .. }
             | Entry::MapGrowth { t, .. }
             | Entry::MakeMap { t, .. }
+            | Entry::MapMade { t, .. }
             | Entry::StwPause { t, .. }
             | Entry::GcCycle { t } => Some(t),
             _ => None,
@@ -489,6 +496,8 @@ struct MapInstance {
     growths: u64,
     last_size: u64,
     capacity: u64,
+    /// (make site, hint), when its make was seen.
+    made: Option<(SiteId, u64)>,
 }
 
 #[derive(Default)]
@@ -505,9 +514,25 @@ struct MapInstances {
     maps: Vec<MapInstance>,
     live: HashMap<u64, usize>,
     per_site: HashMap<SiteId, MapSitePart>,
+    /// By goroutine: a make waiting for its result (site, hint).
+    making: HashMap<u64, (SiteId, u64)>,
+    /// By map address: the make that returned it, until the map first grows.
+    made: HashMap<u64, (SiteId, u64)>,
 }
 
 impl MapInstances {
+    fn make(&mut self, goroutine: u64, site: SiteId, hint: u64) {
+        self.making.insert(goroutine, (site, hint));
+    }
+
+    fn made(&mut self, goroutine: u64, map: u64) {
+        if let Some(make) = self.making.remove(&goroutine) {
+            self.made.insert(map, make);
+            // A map made at an address retires the one that was there.
+            self.live.remove(&map);
+        }
+    }
+
     fn growth(&mut self, g: MapGrowth) {
         let size = g.size.unwrap_or(0);
         let existing = self
@@ -519,6 +544,7 @@ impl MapInstances {
             self.maps.push(MapInstance {
                 site: g.site,
                 map_type: g.map_type,
+                made: self.made.remove(&g.map),
                 ..Default::default()
             });
             self.live.insert(g.map, self.maps.len() - 1);
@@ -557,8 +583,20 @@ impl MapInstances {
                 let map_type = maps.first().map(|m| recording.name(m.map_type).to_string());
                 let growths_per_map = distribution(maps.iter().map(|m| m.growths));
                 let capacity_reached = distribution(maps.iter().map(|m| m.capacity));
+                let made: Vec<(SiteId, u64)> = maps.iter().filter_map(|m| m.made).collect();
+                let hint = (!made.is_empty()).then(|| distribution(made.iter().map(|m| m.1)));
+                let mut make_sites: HashMap<SiteId, u64> = HashMap::new();
+                for (site, _) in &made {
+                    *make_sites.entry(*site).or_default() += 1;
+                }
+                let made_at = make_sites
+                    .into_iter()
+                    .max_by_key(|&(site, n)| (n, std::cmp::Reverse(site)))
+                    .and_then(|(site, _)| self::location(recording, site));
                 let facts = advice::MapFacts {
                     location: location.as_ref(),
+                    made_at: made_at.as_ref(),
+                    max_hint: hint.map(|h| h.max),
                     map_type: map_type.as_deref(),
                     growths: part.growths,
                     growths_per_map,
@@ -573,7 +611,8 @@ impl MapInstances {
                     growths_per_map,
                     size_at_last_growth: distribution(maps.iter().map(|m| m.last_size)),
                     capacity_reached,
-                    hint: None,
+                    hint,
+                    made_at,
                     mean_load_factor_at_growth: mean(part.load_factors),
                     mean_overflow_buckets_at_growth: mean(part.overflow),
                     stacks: stacks_of(recording, &part.stacks),

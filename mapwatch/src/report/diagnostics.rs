@@ -19,10 +19,15 @@ fn diagnostics(report: &Report) -> Vec<Diagnostic<'_>> {
         .slice_sites
         .iter()
         .map(|s| (SLICE_RULE, &s.location, &s.advice));
-    let maps = report
-        .map_sites
-        .iter()
-        .map(|s| (MAP_RULE, &s.location, &s.advice));
+    // A map's change goes where it is made, when the capture saw that.
+    let maps = report.map_sites.iter().map(|s| {
+        let at = if s.made_at.is_some() {
+            &s.made_at
+        } else {
+            &s.location
+        };
+        (MAP_RULE, at, &s.advice)
+    });
     slices
         .chain(maps)
         .filter_map(|(rule, location, advice)| match (location, advice) {

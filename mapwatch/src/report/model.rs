@@ -172,8 +172,11 @@ pub struct MapSite {
     pub size_at_last_growth: Distribution,
     /// Entries each map can hold without growing again, after its last growth.
     pub capacity_reached: Distribution,
-    /// make(map, hint) hints of these maps, where the make was seen.
+    /// make(map, hint) hints of these maps, where the make was seen (its result tied to
+    /// the map's address).
     pub hint: Option<Distribution>,
+    /// Where most of these maps were made, when seen.
+    pub made_at: Option<Location>,
     pub mean_load_factor_at_growth: Option<f64>,
     /// Classic maps: mean overflow buckets at growth.
     pub mean_overflow_buckets_at_growth: Option<f64>,
