@@ -2,4 +2,5 @@
 //! is analysed into a [`model::Report`] (`analyse.rs`: growth chains per slice, growths
 //! per map, pauses, advice), which each format renders.
 pub mod analyse;
+pub mod diff;
 pub mod model;
