@@ -184,7 +184,7 @@ fn make_type<'t>(
             Some(_) => {}
             None => {
                 return Err(format!(
-                    "{at} sizes it to {}, not a constant: the capture saw it reach {}; \
+                    "{at} sizes it to {}, not a number: the capture saw it reach {}; \
                      change that expression by hand",
                     quote(file.text(capacity)),
                     site.n

@@ -106,8 +106,8 @@ fn on_line<'t>(
     found.last().copied().into_iter().collect()
 }
 
-/// The first argument of the append on the site's line, once the append is known to
-/// assign back to it.
+/// The slice the append on the site's line grows (its first argument, re-slicing
+/// aside), once the append is known to assign back to it.
 fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, String> {
     let is_append = |n: Node<'t>| {
         n.kind() == "call_expression"
@@ -119,7 +119,7 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
         .iter()
         .filter_map(|&call| {
             let args = call.child_by_field_name("arguments")?;
-            named_children(args).first().map(|&a| (call, a))
+            named_children(args).first().map(|&a| (call, unslice(a)))
         })
         .collect();
     let Some(&(call, target)) = first_args.first() else {
@@ -166,6 +166,18 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
         ));
     }
     Ok(target)
+}
+
+/// `x` of `x[i:j]` (and of `x[i:][:j]`): `x = append(x[:0], …)` reuses x's array, so
+/// x's declaration still feeds it.
+fn unslice(mut expr: Node<'_>) -> Node<'_> {
+    while expr.kind() == "slice_expression" {
+        match expr.child_by_field_name("operand") {
+            Some(operand) => expr = operand,
+            None => break,
+        }
+    }
+    expr
 }
 
 /// The map operand of the insert (`m[k] = v`, `m[k] += v`, `m[k]++`) on the line.
@@ -331,24 +343,27 @@ fn check_other_assignments(
     Ok(())
 }
 
-/// `append(name, …)` or `name[i:j]`: the same backing array, grown or re-sliced.
+/// `append(name, …)`, `name[i:j]`, or both nested: the same backing array, grown or
+/// re-sliced.
 fn keeps_array(file: &GoFile, name: &str, value: Node<'_>) -> bool {
-    let is_name =
-        |n: Option<Node<'_>>| n.is_some_and(|n| n.kind() == "identifier" && file.text(n) == name);
-    match value.kind() {
-        "call_expression" => {
-            value
-                .child_by_field_name("function")
-                .is_some_and(|f| file.text(f) == "append")
-                && is_name(
-                    value
-                        .child_by_field_name("arguments")
-                        .and_then(|a| a.named_child(0)),
-                )
-        }
-        "slice_expression" => is_name(value.child_by_field_name("operand")),
-        _ => false,
+    // append(x[:0], …) and x[i:][:j] nest; unwrap them down to the name.
+    let mut at = Some(value);
+    while let Some(node) = at {
+        at = match node.kind() {
+            "identifier" => return file.text(node) == name,
+            "call_expression"
+                if node
+                    .child_by_field_name("function")
+                    .is_some_and(|f| file.text(f) == "append") =>
+            {
+                node.child_by_field_name("arguments")
+                    .and_then(|a| a.named_child(0))
+            }
+            "slice_expression" => node.child_by_field_name("operand"),
+            _ => return false,
+        };
     }
+    false
 }
 
 /// gofmt aligns the trailing comments of adjacent lines; changing the length of one

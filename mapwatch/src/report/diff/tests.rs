@@ -197,6 +197,17 @@ fn appends_and_reslices_elsewhere_do_not_count_as_other_values() {
 }
 
 #[test]
+fn append_to_a_reslice_of_itself_feeds_from_the_declaration() {
+    assert_rewrites(
+        Slice,
+        "\tbuf := []byte{}\n\tfor _, v := range in {\n\t\tbuf = append(buf[:0], byte(v))\n\t}\n\treturn nil\n",
+        "buf = append",
+        "buf := []byte{}",
+        "buf := make([]byte, 0, 64)",
+    );
+}
+
+#[test]
 fn map_forms() {
     let cases = [
         (
@@ -426,7 +437,7 @@ fn refuses_capacities_it_should_not_touch() {
         Slice,
         &src,
         "out = append",
-        "sizes it to `len(in)`, not a constant",
+        "sizes it to `len(in)`, not a number",
     );
 }
 
@@ -459,6 +470,36 @@ fn refuses_a_function_that_does_not_parse() {
         "out = append",
         "could not parse main.f cleanly",
     );
+}
+
+#[test]
+fn any_line_of_any_prefix_is_decided_without_panicking() {
+    // Every form above, then cut anywhere: half-written files parse with errors.
+    let src = "package main\n\nvar cache []int\n\ntype S struct{ items []int }\n\n\
+        func f[T any](in []T, s *S) []T {\n\tvar out []T\n\tm := map[string]int{}\n\
+        \tls := make([]int, 0, 4) // c\n\tvar (\n\t\tg []int\n\t)\n\
+        \tfor i, v := range in {\n\t\tout = append(out, v)\n\t\tm[\"k\"]++\n\
+        \t\teach(func(x int) {\n\t\t\tls = append(ls, x, i)\n\t\t})\n\t}\n\
+        \ts.items = append(s.items, 1)\n\tcache = append(cache, len(m))\n\
+        \tg, out = append(g, 1), append(out[:0], in...)\n\treturn out\n}\n";
+    let lines = u32::try_from(src.lines().count()).unwrap();
+    for end in (0..=src.len()).step_by(13).chain([src.len()]) {
+        let file = GoFile::parse(src[..end].to_string()).unwrap();
+        for line in 0..=lines + 1 {
+            for kind in [Slice, Map] {
+                let site = Site {
+                    kind,
+                    line,
+                    function: "main.f",
+                    n: N,
+                };
+                let _ = locate(&file, &site);
+            }
+        }
+    }
+    // The whole snippet still gets its rewrites.
+    let got = rewrite(Slice, src, "out = append(out, v)").unwrap();
+    assert!(got.contains("\tvar out = make([]T, 0, 64)\n"), "{got}");
 }
 
 #[test]
