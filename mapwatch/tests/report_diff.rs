@@ -458,3 +458,26 @@ fn diff_applies_and_the_module_still_formats_and_builds() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_missing_source_directory_is_an_error_and_missing_files_are_refusals() {
+    let missing = std::env::temp_dir().join(format!("mapwatch-no-such-dir-{}", std::process::id()));
+    let err = plan(&report(), &missing).unwrap_err();
+    assert!(err.to_string().contains("mapwatch-no-such-dir"), "{err}");
+
+    let empty = std::env::temp_dir().join(format!("mapwatch-empty-source-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let plan = plan(&report(), &empty).unwrap();
+    assert!(plan.edits.is_empty());
+    assert_eq!(plan.unified_diff(), "");
+    // Every advised site is accounted for: 5 slice and 4 map sites advise pre-sizing.
+    assert_eq!(plan.refusals.len(), 9, "{:#?}", plan.refusals);
+    assert!(
+        plan.refusals[0]
+            .why
+            .contains("no file under the source directory is named main.go"),
+        "{:#?}",
+        plan.refusals
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}

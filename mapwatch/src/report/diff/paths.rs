@@ -71,3 +71,55 @@ pub(super) fn match_suffix<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::match_suffix;
+
+    fn paths(list: &[&str]) -> Vec<PathBuf> {
+        list.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn compiled_paths_map_by_longest_suffix() {
+        let under = paths(&[
+            "handler.go",
+            "cmd/api/main.go",
+            "pkg/store/handler.go",
+            "vendor/x/handler.go",
+        ]);
+        let m = |compiled| match_suffix(compiled, &under);
+        assert_eq!(m("/home/u/proj/handler.go"), Ok(Path::new("handler.go")));
+        assert_eq!(
+            m("/home/u/proj/pkg/store/handler.go"),
+            Ok(Path::new("pkg/store/handler.go"))
+        );
+        assert_eq!(
+            m("example.com/m/cmd/api/main.go"),
+            Ok(Path::new("cmd/api/main.go"))
+        );
+        assert_eq!(
+            m("C:\\src\\proj\\cmd\\api\\main.go"),
+            Ok(Path::new("cmd/api/main.go"))
+        );
+        let none = m("/home/u/proj/other.go").unwrap_err();
+        assert!(
+            none.contains("no file under the source directory is named other.go"),
+            "{none}"
+        );
+        assert!(m("").is_err());
+    }
+
+    #[test]
+    fn compiled_paths_matching_several_files_are_refused() {
+        let under = paths(&["a/handler.go", "b/handler.go"]);
+        let why = match_suffix("/build/handler.go", &under).unwrap_err();
+        assert!(
+            why.contains("2 files under the source directory match"),
+            "{why}"
+        );
+        assert!(why.contains("a/handler.go, b/handler.go"), "{why}");
+    }
+}

@@ -43,3 +43,34 @@ pub(super) fn file_diff(rel: &str, old: &str, new: &str) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{apply, file_diff};
+
+    #[test]
+    fn rewrites_apply_from_the_end() {
+        let text = "aaa bbb ccc";
+        assert_eq!(apply(text, &[(0..3, "x"), (8..11, "yyyy")]), "x bbb yyyy");
+        // Overlapping and out-of-range rewrites are dropped rather than mangling the text.
+        assert_eq!(
+            apply(text, &[(0..5, "x"), (4..6, "y"), (50..60, "z")]),
+            "aaa yb ccc"
+        );
+    }
+
+    #[test]
+    fn unified_diff_has_headers_and_three_lines_of_context() {
+        let old: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        let new = old.replace("line 10\n", "line ten\n");
+        let diff = file_diff("pkg/h.go", &old, &new);
+        let expected = "--- a/pkg/h.go\n+++ b/pkg/h.go\n@@ -7,7 +7,7 @@\n line 7\n line 8\n line 9\n-line 10\n+line ten\n line 11\n line 12\n line 13\n";
+        assert_eq!(diff, expected);
+        assert_eq!(file_diff("h.go", &old, &old), "");
+        let diff = file_diff("h.go", "a\nb", "a\nc");
+        assert!(
+            diff.ends_with("-b\n\\ No newline at end of file\n+c\n\\ No newline at end of file\n"),
+            "{diff}"
+        );
+    }
+}

@@ -1,10 +1,7 @@
 //! Go snippets for each declaration form the diff rewrites and each it refuses.
-use std::path::{Path, PathBuf};
-
 use super::EditKind::{self, Map, Slice};
 use super::locate::{Site, locate};
-use super::paths::match_suffix;
-use super::render::{apply, file_diff};
+use super::render::apply;
 use super::syntax::{GoFile, int_literal};
 
 /// The advised size in every snippet.
@@ -512,75 +509,4 @@ fn go_integer_literals() {
     assert_eq!(int_literal("0b101"), Some(5));
     assert_eq!(int_literal("n"), None);
     assert_eq!(int_literal("99999999999999999999999"), None);
-}
-
-fn paths(list: &[&str]) -> Vec<PathBuf> {
-    list.iter().map(PathBuf::from).collect()
-}
-
-#[test]
-fn compiled_paths_map_by_longest_suffix() {
-    let under = paths(&[
-        "handler.go",
-        "cmd/api/main.go",
-        "pkg/store/handler.go",
-        "vendor/x/handler.go",
-    ]);
-    let m = |compiled| match_suffix(compiled, &under);
-    assert_eq!(m("/home/u/proj/handler.go"), Ok(Path::new("handler.go")));
-    assert_eq!(
-        m("/home/u/proj/pkg/store/handler.go"),
-        Ok(Path::new("pkg/store/handler.go"))
-    );
-    assert_eq!(
-        m("example.com/m/cmd/api/main.go"),
-        Ok(Path::new("cmd/api/main.go"))
-    );
-    assert_eq!(
-        m("C:\\src\\proj\\cmd\\api\\main.go"),
-        Ok(Path::new("cmd/api/main.go"))
-    );
-    let none = m("/home/u/proj/other.go").unwrap_err();
-    assert!(
-        none.contains("no file under the source directory is named other.go"),
-        "{none}"
-    );
-    assert!(m("").is_err());
-}
-
-#[test]
-fn compiled_paths_matching_several_files_are_refused() {
-    let under = paths(&["a/handler.go", "b/handler.go"]);
-    let why = match_suffix("/build/handler.go", &under).unwrap_err();
-    assert!(
-        why.contains("2 files under the source directory match"),
-        "{why}"
-    );
-    assert!(why.contains("a/handler.go, b/handler.go"), "{why}");
-}
-
-#[test]
-fn rewrites_apply_from_the_end() {
-    let text = "aaa bbb ccc";
-    assert_eq!(apply(text, &[(0..3, "x"), (8..11, "yyyy")]), "x bbb yyyy");
-    // Overlapping and out-of-range rewrites are dropped rather than mangling the text.
-    assert_eq!(
-        apply(text, &[(0..5, "x"), (4..6, "y"), (50..60, "z")]),
-        "aaa yb ccc"
-    );
-}
-
-#[test]
-fn unified_diff_has_headers_and_three_lines_of_context() {
-    let old: String = (1..=20).map(|i| format!("line {i}\n")).collect();
-    let new = old.replace("line 10\n", "line ten\n");
-    let diff = file_diff("pkg/h.go", &old, &new);
-    let expected = "--- a/pkg/h.go\n+++ b/pkg/h.go\n@@ -7,7 +7,7 @@\n line 7\n line 8\n line 9\n-line 10\n+line ten\n line 11\n line 12\n line 13\n";
-    assert_eq!(diff, expected);
-    assert_eq!(file_diff("h.go", &old, &old), "");
-    let diff = file_diff("h.go", "a\nb", "a\nc");
-    assert!(
-        diff.ends_with("-b\n\\ No newline at end of file\n+c\n\\ No newline at end of file\n"),
-        "{diff}"
-    );
 }
