@@ -1,0 +1,242 @@
+//! `mapwatch report --format diff --source DIR`: the report's pre-size advice as a
+//! patch against the user's Go source, applied where the slice or map is declared
+//! rather than at the flagged append or insert. [`plan`] reads the files the report
+//! names from DIR and decides each site (an [`Edit`] or a [`Refusal`] saying why
+//! not); [`Plan::unified_diff`] renders from what was read, reading nothing more.
+//! The Go side is pure and tested on snippets: `syntax.rs` (tree and scoping),
+//! `locate.rs` (line → declaration), `forms.rs` (declaration → rewrite), `paths.rs` (compiled path → file under
+//! DIR), `render.rs` (rewrites → unified diff).
+mod forms;
+mod locate;
+mod paths;
+mod render;
+mod syntax;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::model::{Advice, Location, Report};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditKind {
+    Slice,
+    Map,
+}
+
+/// One declaration to pre-size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Under the source directory.
+    pub file: PathBuf,
+    /// The declaration's line.
+    pub line: u32,
+    pub kind: EditKind,
+    pub n: u64,
+    /// The append or insert the declaration feeds (with the largest advice, when
+    /// several feed from one declaration).
+    pub site: Location,
+    range: Range<usize>,
+    text: String,
+}
+
+/// An advised site that the diff leaves out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub location: Option<Location>,
+    pub why: String,
+}
+
+/// What `--format diff` does with a report.
+#[derive(Debug)]
+pub struct Plan {
+    /// By file, then line.
+    pub edits: Vec<Edit>,
+    /// In the report's order: slice sites, then map sites.
+    pub refusals: Vec<Refusal>,
+    dir: PathBuf,
+    /// The text of each edited file as read, relative path → text.
+    sources: BTreeMap<PathBuf, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("source directory {}: {source}", dir.display())]
+    SourceDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Decides every advised site of `report` against the Go files under `dir`.
+pub fn plan(report: &Report, dir: &Path) -> Result<Plan, DiffError> {
+    let files = go_files(dir).map_err(|source| DiffError::SourceDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let slices = report
+        .slice_sites
+        .iter()
+        .map(|s| (EditKind::Slice, &s.location, &s.advice));
+    let maps = report
+        .map_sites
+        .iter()
+        .map(|s| (EditKind::Map, &s.location, &s.advice));
+    let mut parsed: BTreeMap<PathBuf, Result<syntax::GoFile, String>> = BTreeMap::new();
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut refusals = Vec::new();
+    for (kind, location, advice) in slices.chain(maps) {
+        let Advice::PreSize { n, .. } = advice else {
+            continue;
+        };
+        let Some(location) = location else {
+            refusals.push(Refusal {
+                location: None,
+                why: "the report has no source line for this site".into(),
+            });
+            continue;
+        };
+        match decide(dir, &files, &mut parsed, kind, location, *n) {
+            Ok(edit) => merge(&mut edits, &mut refusals, edit),
+            Err(why) => refusals.push(Refusal {
+                location: Some(location.clone()),
+                why,
+            }),
+        }
+    }
+    edits.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    let sources = parsed
+        .into_iter()
+        .filter(|(rel, _)| edits.iter().any(|e| e.file == dir.join(rel)))
+        .filter_map(|(rel, file)| file.ok().map(|f| (rel, f.text)))
+        .collect();
+    Ok(Plan {
+        edits,
+        refusals,
+        dir: dir.to_path_buf(),
+        sources,
+    })
+}
+
+fn decide(
+    dir: &Path,
+    files: &[PathBuf],
+    parsed: &mut BTreeMap<PathBuf, Result<syntax::GoFile, String>>,
+    kind: EditKind,
+    location: &Location,
+    n: u64,
+) -> Result<Edit, String> {
+    let rel = paths::match_suffix(&location.file, files)?.to_path_buf();
+    let file = parsed.entry(rel.clone()).or_insert_with(|| {
+        let path = dir.join(&rel);
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(syntax::GoFile::parse)
+    });
+    let file = file.as_ref().map_err(|why| why.clone())?;
+    let site = locate::Site {
+        kind,
+        line: location.line,
+        function: &location.function,
+        n,
+    };
+    let rewrite = locate::locate(file, &site).map_err(|why| format!("{}: {why}", rel.display()))?;
+    Ok(Edit {
+        file: dir.join(rel),
+        line: rewrite.line,
+        kind,
+        n,
+        site: location.clone(),
+        range: rewrite.range,
+        text: rewrite.text,
+    })
+}
+
+/// Two sites fed by one declaration make one edit, sized for the larger.
+fn merge(edits: &mut Vec<Edit>, refusals: &mut Vec<Refusal>, edit: Edit) {
+    let same_file = |e: &&mut Edit| e.file == edit.file;
+    let overlapping = edits
+        .iter_mut()
+        .filter(same_file)
+        .find(|e| e.range.start < edit.range.end && edit.range.start < e.range.end);
+    match overlapping {
+        None => edits.push(edit),
+        Some(existing) if existing.range == edit.range && existing.kind == edit.kind => {
+            if edit.n > existing.n {
+                *existing = edit;
+            }
+        }
+        Some(existing) => refusals.push(Refusal {
+            why: format!(
+                "its declaration overlaps the one rewritten for {}",
+                existing.site
+            ),
+            location: Some(edit.site),
+        }),
+    }
+}
+
+impl Plan {
+    /// All edits as one unified diff, files sorted, for `patch -p1` or `git apply` in
+    /// the source directory; empty when there is nothing to change.
+    pub fn unified_diff(&self) -> String {
+        let mut out = String::new();
+        for (rel, old) in &self.sources {
+            let full = self.dir.join(rel);
+            let rewrites: Vec<(Range<usize>, &str)> = self
+                .edits
+                .iter()
+                .filter(|e| e.file == full)
+                .map(|e| (e.range.clone(), e.text.as_str()))
+                .collect();
+            let new = render::apply(old, &rewrites);
+            out.push_str(&render::file_diff(&slash_path(rel), old, &new));
+        }
+        out
+    }
+}
+
+/// A relative path as a diff header writes it, whatever the platform.
+fn slash_path(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every .go file under `dir`, relative to it. Hidden directories (.git) are skipped,
+/// and symbolic links are not followed, so a link loop can't keep the walk going.
+fn go_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    let mut first = true;
+    while let Some(rel) = pending.pop() {
+        let entries = match std::fs::read_dir(dir.join(&rel)) {
+            Ok(entries) => entries,
+            // Only DIR itself must be readable; an unreadable subdirectory just holds
+            // no candidates.
+            Err(e) if first => return Err(e),
+            Err(_) => continue,
+        };
+        first = false;
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            let Some(name_str) = name.to_str() else {
+                continue;
+            };
+            if kind.is_dir() && !name_str.starts_with('.') {
+                pending.push(rel.join(&name));
+            } else if kind.is_file() && name_str.ends_with(".go") {
+                found.push(rel.join(&name));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
