@@ -246,3 +246,135 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The end-to-end proof that the advice is right: the diff applied to a copy of the
+/// fixture's source, the copy rebuilt with the same Go and recorded again, the advised
+/// sites grow no more — by the fixture's own count and by the new report.
+#[test]
+fn the_diff_applied_removes_the_advised_growth() {
+    let Some(_guard) = privileged("the_diff_applied_removes_the_advised_growth") else {
+        return;
+    };
+    let sites = sites();
+    for flavor in FLAVORS {
+        let Some(binary) = fixture(flavor, "presize") else {
+            return;
+        };
+        let Some(go) = go_tool(flavor) else {
+            return;
+        };
+        let dir = tempdir(&format!("applied-{flavor}"));
+        let (file, before) = record(&binary, &dir);
+        assert!(before["items_grows"] > 0 && before["index_grows"] > 0);
+
+        // The fixtures' Go module (go.mod, internal/, presize/) copied, the diff made
+        // against the copy of presize/ and applied there.
+        let module = dir.join("fixtures");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+            &module,
+        );
+        let source = module.join("presize");
+        let (code, patch, stderr) = run_report(
+            &file,
+            &["--format", "diff", "--source", source.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{flavor}: {stderr}");
+        assert!(patch.contains("make([]Item, 0, "), "{flavor}: {patch}");
+        assert!(patch.contains("make(map[int64]int, "), "{flavor}: {patch}");
+        let mut apply = Command::new("patch");
+        apply
+            .arg("-p1")
+            .current_dir(&source)
+            .stdin(std::process::Stdio::piped());
+        let mut child = apply.spawn().expect("run patch");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(patch.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{flavor}: patch failed");
+        let gofmt = Command::new(go.with_file_name("gofmt"))
+            .arg("-l")
+            .arg(&source)
+            .output()
+            .expect("gofmt");
+        assert!(gofmt.stdout.is_empty(), "{flavor}: gofmt -l: {gofmt:?}");
+        let rebuilt = dir.join("presize-presized");
+        let build = Command::new(&go)
+            .args(["build", "-o"])
+            .arg(&rebuilt)
+            .arg(".")
+            .current_dir(&source)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", cache_dir().join("gocache"))
+            .env("GOPATH", cache_dir().join("gopath"))
+            .output()
+            .expect("go build");
+        assert!(build.status.success(), "{flavor}: {build:?}");
+
+        let again_dir = tempdir(&format!("again-{flavor}"));
+        let (again, after) = record(&rebuilt, &again_dir);
+        for grows in ["items_grows", "generic_grows", "index_grows"] {
+            assert_eq!(after[grows], 0, "{flavor}: {grows} after the diff");
+        }
+        // The site the diff could not rewrite (the append inside the inlined addTag)
+        // still grows as before.
+        assert_eq!(after["tags_grows"], before["tags_grows"], "{flavor}");
+        let (code, json, stderr) = run_report(&again, &["--format", "json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let report: Value = serde_json::from_str(&json).unwrap();
+        let slices = report["slice_sites"].as_array().unwrap();
+        let maps = report["map_sites"].as_array().unwrap();
+        for name in ["items", "generic"] {
+            let (file, line) = &sites[name];
+            assert!(
+                site_at(slices, file, *line).is_none(),
+                "{flavor}: {name} still grows"
+            );
+        }
+        let (file, line) = &sites["index"];
+        assert!(
+            site_at(maps, file, *line).is_none(),
+            "{flavor}: index grows"
+        );
+    }
+}
+
+/// The Go of a fixture flavour: `cargo xtask setup`'s toolchains (go1.19 is Debian's).
+fn go_tool(flavor: &str) -> Option<std::path::PathBuf> {
+    let go = cache_dir().join("go").join(flavor).join("go/bin/go");
+    if go.is_file() {
+        return Some(go);
+    }
+    let message = format!("{} missing: run `cargo xtask test`", go.display());
+    assert!(!support::in_ci(), "{message}");
+    eprintln!("SKIP {message}");
+    None
+}
+
+fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("MAPWATCH_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/mapwatch")
+        })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}

@@ -165,9 +165,15 @@ pub struct ReportArgs {
     /// A file written by `mapwatch record`.
     pub file: PathBuf,
     /// md: for people; json: the same content for programs (schema in
-    /// docs/report.md); sarif: GitHub code scanning; vet: file:line:col: message lines.
+    /// docs/report.md); sarif: GitHub code scanning; vet: file:line:col: message lines;
+    /// diff: a patch to your source that applies the advice (needs --source).
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
+    /// Your checkout of the recorded program's source, for --format diff (and to make
+    /// SARIF paths relative to it). Files are matched to the paths compiled into the
+    /// binary by their longest common suffix.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
     /// Sites shown per table.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
@@ -186,6 +192,7 @@ pub enum ReportFormat {
     Json,
     Sarif,
     Vet,
+    Diff,
 }
 
 /// A `--fail-on` condition held: the summary is already printed; exit code 3.

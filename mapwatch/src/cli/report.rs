@@ -5,7 +5,7 @@ use std::io::Write as _;
 use super::{ReportArgs, ReportFormat, UsageError};
 use crate::{
     record::read::{ReadError, read_file},
-    report::{analyse::analyse, diagnostics, gate, markdown, model::Location},
+    report::{analyse::analyse, diagnostics, diff, gate, markdown, model::Location, model::Report},
 };
 
 /// Runs the command; Ok(false) when the gate failed.
@@ -34,6 +34,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<bool> {
         }
         ReportFormat::Sarif => diagnostics::sarif(&report, &raw_path).into_bytes(),
         ReportFormat::Vet => diagnostics::vet(&report, &raw_path).into_bytes(),
+        ReportFormat::Diff => source_diff(&report, args.source.as_deref())?.into_bytes(),
     };
     match &args.output {
         Some(path) => std::fs::write(path, &output)
@@ -80,4 +81,29 @@ pub fn run(args: ReportArgs) -> anyhow::Result<bool> {
         eprint!("Top advice:\n{advised}");
     }
     Ok(failed == 0)
+}
+
+/// The patch that applies the advice; what it cannot rewrite is said on stderr, site by
+/// site, so that a patch piped to `git apply` stays clean.
+fn source_diff(report: &Report, source: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let dir = source.ok_or_else(|| {
+        UsageError(
+            "--format diff needs --source DIR: the checkout of the recorded program's source"
+                .to_string(),
+        )
+    })?;
+    let plan = diff::plan(report, dir).map_err(|e| UsageError(e.to_string()))?;
+    for refusal in &plan.refusals {
+        let at = refusal
+            .location
+            .as_ref()
+            .map_or("a site with no location".to_string(), |l| {
+                format!("{}:{}", l.file, l.line)
+            });
+        eprintln!("mapwatch: not rewritten: {at}: {}", refusal.why);
+    }
+    if plan.edits.is_empty() {
+        eprintln!("mapwatch: no change to propose (nothing advised, or nothing rewritable)");
+    }
+    Ok(plan.unified_diff())
 }
