@@ -162,6 +162,7 @@ fn map_site(location: Option<Location>, advice: Advice) -> MapSite {
         size_at_last_growth: Distribution::default(),
         capacity_reached: Distribution::default(),
         hint: None,
+        made_at: None,
         mean_load_factor_at_growth: None,
         mean_overflow_buckets_at_growth: None,
         stacks: Vec::new(),
