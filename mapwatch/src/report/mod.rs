@@ -3,3 +3,4 @@
 //! per map, pauses, advice), which each format renders.
 pub mod analyse;
 pub mod model;
+pub mod pprof;
