@@ -4,3 +4,4 @@
 pub mod analyse;
 pub mod model;
 pub mod pprof;
+pub mod svg;
