@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // `cargo xtask bench`: the HTTP load generator, and bpftrace as the comparison.
     "wrk",
     "bpftrace",
+    // tests/report_svg.rs: screenshots the SVG report headless to check it draws.
+    "chromium",
 ];
 
 /// Debian's Go 1.19 toolchain (package golang-1.19-go).
