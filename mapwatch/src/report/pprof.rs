@@ -200,7 +200,11 @@ fn build(report: &Report) -> proto::Profile {
         );
     }
 
-    let mut comments = vec![format!("mapwatch: Go {}", capture.go_version)];
+    // pprof prints comments under the profile's header (`-comments`, and in -top).
+    let mut comments = vec![format!(
+        "mapwatch: pid {}, {}, {} maps",
+        capture.pid, capture.go_version, capture.map_implementation
+    )];
     if let Some(command) = &capture.command {
         comments.push(format!("command: {}", command.join(" ")));
     }
