@@ -30,6 +30,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftrace",
     // tests/report_diff.rs applies `mapwatch report --format diff` output with patch -p1.
     "patch",
+    // tests/report_svg.rs: screenshots the SVG report headless to check it draws.
+    "chromium",
 ];
 
 /// Debian's Go 1.19 toolchain (package golang-1.19-go).

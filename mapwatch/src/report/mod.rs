@@ -9,3 +9,5 @@ pub mod diff;
 pub mod gate;
 pub mod markdown;
 pub mod model;
+pub mod pprof;
+pub mod svg;
