@@ -185,6 +185,47 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
             "pre-size at {items_file}:{items_line}: make([]Item, 0, {n})"
         )));
 
+        // pprof: the real `go tool pprof -top` lists the advised function with the
+        // report's count of slice growths there (map growths under it are cumulative).
+        if let Some(go) = go_tool(flavor) {
+            let profile = dir.join("presize.pb.gz");
+            let (code, _, stderr) = run_report(
+                &file,
+                &["--format", "pprof", "-o", profile.to_str().unwrap()],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            let top = Command::new(&go)
+                .args(["tool", "pprof", "-top", "-lines"])
+                .arg(&profile)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOCACHE", cache_dir().join("gocache"))
+                .env("PPROF_TMPDIR", &dir)
+                .output()
+                .expect("go tool pprof");
+            let top = String::from_utf8_lossy(&top.stdout);
+            let items_row = top
+                .lines()
+                .find(|l| l.contains(&format!("{items_file}:{items_line}")))
+                .unwrap_or_else(|| panic!("{flavor}: pprof -top -lines:\n{top}"));
+            let flat: u64 = items_row
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(flat, done["items_grows"], "{flavor}: {items_row}");
+        }
+        let (code, svg, _) = run_report(&file, &["--format", "svg"]);
+        assert_eq!(code, 0);
+        assert!(
+            svg.starts_with("<svg") || svg.starts_with("<?xml"),
+            "{flavor}"
+        );
+        assert!(
+            svg.contains(&format!("{items_file}:{items_line}")),
+            "{flavor}"
+        );
+
         // The gate: exit 3 and a summary when a condition holds, 0 when none does.
         let (code, _, stderr) =
             run_report(&file, &["--format", "json", "--fail-on", "slice_grow>100"]);

@@ -165,8 +165,9 @@ pub struct ReportArgs {
     /// A file written by `mapwatch record`.
     pub file: PathBuf,
     /// md: for people; json: the same content for programs (schema in
-    /// docs/report.md); sarif: GitHub code scanning; vet: file:line:col: message lines;
-    /// diff: a patch to your source that applies the advice (needs --source).
+    /// docs/report.md); svg: charts for a browser; pprof: a gzipped profile for `go tool
+    /// pprof` (needs -o); sarif: GitHub code scanning; vet: file:line:col: message
+    /// lines; diff: a patch to your source that applies the advice (needs --source).
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
     /// Your checkout of the recorded program's source, for --format diff (and to make
@@ -190,6 +191,8 @@ pub struct ReportArgs {
 pub enum ReportFormat {
     Md,
     Json,
+    Svg,
+    Pprof,
     Sarif,
     Vet,
     Diff,

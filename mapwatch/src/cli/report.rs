@@ -1,11 +1,14 @@
 //! `mapwatch report FILE`: read a capture, analyse it, render one format; optionally
 //! gate on it (`--fail-on`).
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use super::{ReportArgs, ReportFormat, UsageError};
 use crate::{
     record::read::{ReadError, read_file},
-    report::{analyse::analyse, diagnostics, diff, gate, markdown, model::Location, model::Report},
+    report::{
+        analyse::analyse, diagnostics, diff, gate, markdown, model::Location, model::Report, pprof,
+        svg,
+    },
 };
 
 /// Runs the command; Ok(false) when the gate failed.
@@ -31,6 +34,16 @@ pub fn run(args: ReportArgs) -> anyhow::Result<bool> {
             let mut json = serde_json::to_vec_pretty(&report)?;
             json.push(b'\n');
             json
+        }
+        ReportFormat::Svg => svg::render(&report, args.top as usize).into_bytes(),
+        ReportFormat::Pprof => {
+            if args.output.is_none() && std::io::stdout().is_terminal() {
+                return Err(UsageError(
+                    "a pprof profile is binary: write it to a file with -o FILE.pb.gz".into(),
+                )
+                .into());
+            }
+            pprof::render(&report)
         }
         ReportFormat::Sarif => diagnostics::sarif(&report, &raw_path).into_bytes(),
         ReportFormat::Vet => diagnostics::vet(&report, &raw_path).into_bytes(),
