@@ -91,6 +91,7 @@ fn report() -> Report {
         size_at_last_growth: Distribution::default(),
         capacity_reached: Distribution::default(),
         hint: None,
+        made_at: None,
         mean_load_factor_at_growth: None,
         mean_overflow_buckets_at_growth: None,
         stacks: Vec::new(),

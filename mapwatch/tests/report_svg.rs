@@ -86,6 +86,7 @@ fn map(location: Option<Location>, growths: u64, maps: u64) -> MapSite {
         size_at_last_growth: Distribution::default(),
         capacity_reached: Distribution::default(),
         hint: None,
+        made_at: None,
         mean_load_factor_at_growth: Some(6.5),
         mean_overflow_buckets_at_growth: None,
         stacks: Vec::new(),

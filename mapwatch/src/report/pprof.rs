@@ -442,6 +442,7 @@ mod tests {
             size_at_last_growth: Distribution::default(),
             capacity_reached: Distribution::default(),
             hint: None,
+            made_at: None,
             mean_load_factor_at_growth: None,
             mean_overflow_buckets_at_growth: None,
             stacks: Vec::new(),
