@@ -2,6 +2,7 @@
 //! own sites (found by their `// site: NAME` markers) with the fixture's own counts, the
 //! pre-sized sites do not appear, and the advised size covers the fixture's p95 final
 //! length within twice it. One classic-map and one Swiss-map Go version.
+mod schema;
 mod support;
 
 use std::{collections::HashMap, path::Path, process::Command};
@@ -89,6 +90,7 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
         assert_eq!(code, 0, "{flavor}: report failed: {stderr}");
         let report: Value = serde_json::from_str(&json).expect("report JSON");
         assert_eq!(report["schema_version"], 1);
+        schema::assert_valid_report(&report);
         assert_eq!(report["capture"]["complete"], true, "{flavor}");
         let slices = report["slice_sites"].as_array().expect("slice_sites");
         let at = |name: &str| {
