@@ -166,17 +166,27 @@ fn map_sites(out: &mut String, sites: &[MapSite], top: usize) {
     let _ = writeln!(
         out,
         "| insert site | function | growths | kinds | maps | growths per map p50/p95 | \
-         entries at last growth p50/p95/max | room reached p95 | load factor at growth | \
-         advised |\n|---|---|--:|---|--:|--:|--:|--:|--:|---|"
+         entries at last growth p50/p95/max | room reached p95 | made at (hint max) | \
+         health at growth | advised |\n|---|---|--:|---|--:|--:|--:|--:|---|---|---|"
     );
     for site in sites.iter().take(top) {
         let kinds: Vec<String> = site.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        let load = site
+        // Classic maps grow past 6.5 entries per bucket, or when overflow buckets pile
+        // up (same-size growth); Swiss tables past 7/8 full.
+        let mut health = site
             .mean_load_factor_at_growth
-            .map_or("—".to_string(), |l| format!("{l:.2}"));
+            .map_or("—".to_string(), |l| format!("load {l:.2}"));
+        if let Some(overflow) = site.mean_overflow_buckets_at_growth {
+            health.push_str(&format!(", {overflow:.1} overflow buckets"));
+        }
+        let made = match (&site.made_at, &site.hint) {
+            (Some(at), Some(hint)) => format!("{} ({})", site_cell(Some(at)), hint.max),
+            (Some(at), None) => site_cell(Some(at)),
+            _ => "not seen".to_string(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {load} | {} |",
+            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {made} | {health} | {} |",
             site_cell(site.location.as_ref()),
             function_cell(site.location.as_ref()),
             site.growths,
