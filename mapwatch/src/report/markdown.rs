@@ -28,17 +28,13 @@ fn header(out: &mut String, report: &Report) {
     );
     let how = match &c.command {
         Some(command) => format!("`{}`", command.join(" ")),
-        None => format!("pid {}", c.pid),
+        None => format!("pid {} ({})", c.pid, c.binary),
     };
     let ended = c
         .stopped_because
         .as_deref()
         .unwrap_or("killed before it could finish");
-    let _ = writeln!(
-        out,
-        "Recorded {:.1} s of {how} ({}); ended: {ended}.",
-        c.duration_s, c.binary
-    );
+    let _ = writeln!(out, "Recorded {:.1} s of {how}; ended: {ended}.", c.duration_s);
     if !c.complete {
         let _ = writeln!(
             out,
@@ -101,14 +97,19 @@ fn summary(out: &mut String, report: &Report) {
 
 fn to_change(out: &mut String, report: &Report, top: usize) {
     let _ = writeln!(out, "## What to change\n");
-    let advised: Vec<&Advice> = report
+    let mut advised: Vec<&Advice> = report
         .slice_sites
         .iter()
         .map(|s| &s.advice)
         .chain(report.map_sites.iter().map(|s| &s.advice))
         .filter(|a| a.is_advised())
-        .take(top)
         .collect();
+    // Biggest saving first, slices and maps together.
+    advised.sort_by_key(|a| match a {
+        Advice::PreSize { growths_saved, .. } => std::cmp::Reverse(*growths_saved),
+        Advice::None { .. } => std::cmp::Reverse(0),
+    });
+    advised.truncate(top);
     if advised.is_empty() {
         let _ = writeln!(
             out,
