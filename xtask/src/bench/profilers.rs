@@ -28,6 +28,11 @@ pub enum Profiler {
     Run {
         flags: Vec<String>,
     },
+    /// `mapwatch record --pid P` into a temporary file (every probe on, RETs, stacks at
+    /// map growths, `--stack-depth N` at slice growths).
+    Record {
+        stack_depth: u8,
+    },
     /// `probe_bench ARGS… --pid P` (prints {"attached"…}, waits for EOF, prints counts).
     Tool {
         args: Vec<String>,
@@ -143,6 +148,37 @@ impl Profiler {
                 )?;
                 running.addr = Some(addr);
             }
+            Profiler::Record { stack_depth } => {
+                let file = std::env::temp_dir().join(format!(
+                    "mapwatch-bench-record-{}.mapwatch",
+                    std::process::id()
+                ));
+                let mut command = pinned(PROFILER_CPU, &paths.mapwatch);
+                command
+                    .args(["record", "--pid", &target_pid.to_string()])
+                    .args(["--duration", "1h", "--stack-depth", &stack_depth.to_string()])
+                    .arg("-o")
+                    .arg(&file);
+                let mut child = command
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("starting {command:?}"))?;
+                // It says "recording pid …" once its probes are attached.
+                let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+                let mut line = String::new();
+                while !line.contains("recording pid") {
+                    line.clear();
+                    if stderr.read_line(&mut line)? == 0 {
+                        let _ = child.wait();
+                        bail!("mapwatch record exited before attaching");
+                    }
+                }
+                // Keep draining stderr so the recorder never blocks on a full pipe.
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                running.child = Some(child);
+            }
             Profiler::Tool { args } => {
                 let mut command = pinned(PROFILER_CPU, &paths.probe_bench);
                 command.args(args).args(["--pid", &target_pid.to_string()]);
@@ -217,6 +253,10 @@ impl Profiler {
             Profiler::Attach { exact: true } => "`mapwatch attach --exact`".into(),
             Profiler::Run { flags } if flags.is_empty() => "`mapwatch run` (default)".into(),
             Profiler::Run { flags } => format!("`mapwatch run {}`", flags.join(" ")),
+            Profiler::Record { stack_depth: 0 } => "`mapwatch record`".into(),
+            Profiler::Record { stack_depth } => {
+                format!("`mapwatch record --stack-depth {stack_depth}`")
+            }
             Profiler::Tool { args } => format!("probe_bench {}", args.join(" ")),
             Profiler::Bpftrace { sites } => format!("bpftrace, {} uprobes", sites.len()),
         }
@@ -281,6 +321,14 @@ impl Running {
                 counts = self.counts_since(&self.baseline);
                 procs::signal(child.id(), "TERM");
                 procs::wait_or_kill(&mut child, Duration::from_secs(30));
+            }
+            Profiler::Record { .. } => {
+                procs::signal(child.id(), "INT");
+                procs::wait_or_kill(&mut child, Duration::from_secs(30));
+                let _ = std::fs::remove_file(std::env::temp_dir().join(format!(
+                    "mapwatch-bench-record-{}.mapwatch",
+                    std::process::id()
+                )));
             }
             Profiler::Tool { .. } => {
                 drop(child.stdin.take());
