@@ -3,7 +3,10 @@
 pub mod buildinfo;
 pub mod decode;
 pub mod dwarf;
+pub mod inline;
 pub mod pclntab;
+#[cfg(test)]
+mod pclntab_testing;
 pub mod procmaps;
 pub mod types;
 
