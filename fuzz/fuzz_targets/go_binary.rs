@@ -1,4 +1,5 @@
-//! A whole executable: ELF, build info, symbols, DWARF, the probe plan, type names.
+//! A whole executable: ELF, build info, symbols, DWARF, the probe plan, type names,
+//! inlined frames.
 #![no_main]
 use std::path::Path;
 
@@ -17,6 +18,14 @@ fuzz_target!(|data: &[u8]| {
         if let Some(base) = binary.types_base(Some(296)) {
             for probe in &plan.probes {
                 let _ = binary.type_name(base, probe.vaddr, layout);
+            }
+        }
+        let gofunc = binary
+            .gofunc_base(Some(320))
+            .and_then(|base| binary.gofunc(base));
+        if let Ok(Some(table)) = binary.pclntab() {
+            for probe in &plan.probes {
+                let _ = table.frames(probe.vaddr, gofunc);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The Go function table: names, ranges, PC → file:line on arbitrary bytes.
+//! The Go function table: names, ranges, PC → file:line and inlined frames on arbitrary
+//! bytes (which also serve as the go:func.* data the inline trees are read from).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mapwatch::goelf::pclntab::Pclntab;
@@ -9,6 +10,8 @@ fuzz_target!(|data: &[u8]| {
         let Ok(function) = function else { break };
         let _ = table.source_line(function.entry);
         let _ = table.function_at(function.end.saturating_sub(1));
+        let _ = table.frames(function.entry, Some(data));
+        let _ = table.frames(function.end.saturating_sub(1), None);
     }
     let _ = table.find_function("runtime.growslice");
 });

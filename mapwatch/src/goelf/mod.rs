@@ -3,7 +3,10 @@
 pub mod buildinfo;
 pub mod decode;
 pub mod dwarf;
+pub mod inline;
 pub mod pclntab;
+#[cfg(test)]
+mod pclntab_testing;
 pub mod procmaps;
 pub mod types;
 
@@ -95,6 +98,7 @@ pub struct GoBinary {
     has_symtab: bool,
     /// Addresses of the few data symbols used (when the binary has a .symtab).
     runtime_types: Option<u64>,
+    gofunc: Option<u64>,
     /// (address, size) of sections used to find moduledata in stripped binaries.
     sections: HashMap<&'static str, (u64, u64)>,
     /// The Go build ID (`.note.go.buildid`), when the linker wrote one.
@@ -229,11 +233,17 @@ impl GoBinary {
         let mut functions = HashMap::new();
         let mut has_symtab = false;
         let mut runtime_types = None;
+        let mut gofunc = None;
         for symbol in elf.symbols() {
             has_symtab = true;
             if symbol.kind() != object::SymbolKind::Text {
-                if symbol.name() == Ok("runtime.types") {
-                    runtime_types = Some(symbol.address());
+                match symbol.name() {
+                    Ok("runtime.types") => runtime_types = Some(symbol.address()),
+                    // What the linker stores in moduledata.gofunc, the funcdata base
+                    // (src/cmd/link/internal/ld/symtab.go `symtab`): "go.func.*" in Go
+                    // 1.19, "go:func.*" in 1.21–1.27 (the ':' came with the 1.20 magic).
+                    Ok("go:func.*" | "go.func.*") => gofunc = Some(symbol.address()),
+                    _ => {}
                 }
                 continue;
             }
@@ -256,6 +266,7 @@ impl GoBinary {
             segments,
             has_symtab,
             runtime_types,
+            gofunc,
             sections,
             go_build_id,
         })
@@ -298,9 +309,37 @@ impl GoBinary {
         if let Some(base) = self.runtime_types {
             return Some(base);
         }
-        let field = u64::from(moduledata_types?);
+        self.moduledata_word(moduledata_types?)
+    }
+
+    /// Base of funcdata offsets (`moduledata.gofunc`), where the inline trees are: the
+    /// `go:func.*` symbol, or in a stripped binary the moduledata field at offset
+    /// `moduledata_gofunc` (DWARF or the offsets table), found as in [`Self::types_base`].
+    pub fn gofunc_base(&self, moduledata_gofunc: Option<u32>) -> Option<u64> {
+        if let Some(base) = self.gofunc {
+            return Some(base);
+        }
+        self.moduledata_word(moduledata_gofunc?)
+            .filter(|&base| base != 0)
+    }
+
+    /// The bytes from `gofunc_base` to the end of the segment holding them: the extent
+    /// of go:func.* is recorded nowhere the runtime reads (`funcdata` adds offsets to
+    /// its start), so inline.rs bounds every read by this.
+    pub fn gofunc(&self, gofunc_base: u64) -> Option<&[u8]> {
+        let segment = self.segments.iter().find(|s| {
+            gofunc_base
+                .checked_sub(s.vaddr)
+                .is_some_and(|delta| delta < s.file_size)
+        })?;
+        let len = segment.vaddr + segment.file_size - gofunc_base;
+        self.read(gofunc_base, len)
+    }
+
+    /// The pointer-sized word at `field` bytes into the first moduledata.
+    fn moduledata_word(&self, field: u32) -> Option<u64> {
         let moduledata = self.find_moduledata()?;
-        let bytes = self.read(moduledata.checked_add(field)?, 8)?;
+        let bytes = self.read(moduledata.checked_add(u64::from(field))?, 8)?;
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 

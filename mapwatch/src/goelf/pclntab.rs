@@ -19,9 +19,9 @@
 //!              (u32); then the _func records, at funcOff from the functab's start
 //! ```
 //!
-//! Two layouts are read, which differ in nothing this module reads: magic 0xfffffff0
-//! (Go 1.18–1.19) and 0xfffffff1 (Go 1.20+; generated symbol names got a ':', and
-//! `_func` gained startLine at its end). Older tables (entry PCs stored as addresses,
+//! Two layouts are read: magic 0xfffffff0 (Go 1.18–1.19) and 0xfffffff1 (Go 1.20+;
+//! generated symbol names got a ':', and `_func` gained startLine before its last
+//! bytes, which moves the pcdata and funcdata arrays that follow it: see inline.rs). Older tables (entry PCs stored as addresses,
 //! other header) are refused. Go 1.26+ no longer stores textStart (the field is
 //! written as 0 to save a relocation); the caller then supplies it.
 //!
@@ -31,34 +31,42 @@
 /// Magic numbers, src/internal/abi/symtab.go (`Go12PCLnTabMagic` … `Go120PCLnTabMagic`).
 const GO_12_MAGIC: u32 = 0xfffffffb;
 const GO_116_MAGIC: u32 = 0xfffffffa;
-const GO_118_MAGIC: u32 = 0xfffffff0;
-const GO_120_MAGIC: u32 = 0xfffffff1;
+pub(super) const GO_118_MAGIC: u32 = 0xfffffff0;
+pub(super) const GO_120_MAGIC: u32 = 0xfffffff1;
 
 /// Only 64-bit tables: mapwatch reads amd64 binaries, whose pointers are 8 bytes.
 const PTR_SIZE: usize = 8;
 
 /// `pcHeader` (src/runtime/symtab.go): 8 bytes of magic, padding, minLC and ptrSize,
 /// then pointer-sized words. debug/gosym reads word N at `8 + N*ptrSize`.
-const NFUNC_WORD: usize = 0;
-const TEXT_START_WORD: usize = 2;
-const FUNCNAME_WORD: usize = 3;
-const CU_WORD: usize = 4;
-const FILETAB_WORD: usize = 5;
-const PCTAB_WORD: usize = 6;
-const PCLN_WORD: usize = 7;
-const HEADER_LEN: usize = 8 + 8 * PTR_SIZE;
+pub(super) const NFUNC_WORD: usize = 0;
+pub(super) const TEXT_START_WORD: usize = 2;
+pub(super) const FUNCNAME_WORD: usize = 3;
+pub(super) const CU_WORD: usize = 4;
+pub(super) const FILETAB_WORD: usize = 5;
+pub(super) const PCTAB_WORD: usize = 6;
+pub(super) const PCLN_WORD: usize = 7;
+pub(super) const HEADER_LEN: usize = 8 + 8 * PTR_SIZE;
 
 /// `_func` field offsets (src/runtime/runtime2.go; debug/gosym `funcData.field`):
 /// entryOff u32, nameOff i32, args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset,
-/// then startLine (1.20+ only), funcID, flag, nfuncdata. Identical in the 1.18 and
-/// 1.20 layouts up to cuOffset, the last field read here.
-const FUNC_ENTRY_OFF: usize = 0;
-const FUNC_NAME_OFF: usize = 4;
-const FUNC_PCFILE: usize = 20;
-const FUNC_PCLN: usize = 24;
-const FUNC_CU_OFFSET: usize = 32;
+/// then startLine (1.20+ only), funcID, flag, a pad byte, nfuncdata (u8). Identical in
+/// the 1.18 and 1.20 layouts up to cuOffset, the last field this module reads.
+pub(super) const FUNC_ENTRY_OFF: usize = 0;
+pub(super) const FUNC_NAME_OFF: usize = 4;
+pub(super) const FUNC_PCFILE: usize = 20;
+pub(super) const FUNC_PCLN: usize = 24;
+pub(super) const FUNC_NPCDATA: usize = 28;
+pub(super) const FUNC_CU_OFFSET: usize = 32;
 /// Bytes of a `_func` record this module reads.
 const FUNC_READ_LEN: usize = FUNC_CU_OFFSET + 4;
+/// Size of the fixed part of `_func`, whose last byte is nfuncdata; the pcdata and
+/// funcdata offset arrays follow it. The linker's `funcSize`
+/// (src/cmd/link/internal/ld/pcln.go): 10·4 in Go 1.19 (src/runtime/runtime2.go: funcID,
+/// flag, pad, nfuncdata right after cuOffset), 11·4 in 1.21–1.27 (startLine in between;
+/// it came with the 1.20 magic).
+pub(super) const FUNC_SIZE_118: usize = 40;
+pub(super) const FUNC_SIZE_120: usize = 44;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PclntabError {
@@ -113,6 +121,14 @@ pub enum PclntabError {
     },
     #[error("pclntab is truncated or corrupt: {0}")]
     Corrupt(&'static str),
+    #[error("pclntab corrupt in the inline tree of {function}: {reason}")]
+    InlineTree { function: String, reason: String },
+    /// The function inlined calls at the PC, but their names live in `go:func.*`
+    /// (moduledata.gofunc), which the caller could not locate.
+    #[error(
+        "{function} has inlined calls there, but the binary's inline trees (go:func.*) were not found"
+    )]
+    NoInlineTrees { function: String },
 }
 
 /// One function of the table.
@@ -152,7 +168,7 @@ pub struct Pclntab<'a> {
     funcdata: &'a [u8],
 }
 
-fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     let bytes = data.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
@@ -317,7 +333,7 @@ impl<'a> Pclntab<'a> {
 
     /// Offset of function `index`'s `_func` record in `funcdata`, checked to hold the
     /// fields read here (gosym `funcTab.funcOff`).
-    fn record(&self, index: usize) -> Result<usize, PclntabError> {
+    pub(super) fn record(&self, index: usize) -> Result<usize, PclntabError> {
         let func_off = u32_at(self.funcdata, index * 8 + 4)
             .ok_or_else(|| self.truncated(index, "its functab entry"))?;
         let record = func_off as usize;
@@ -330,9 +346,22 @@ impl<'a> Pclntab<'a> {
         Ok(record)
     }
 
-    fn field(&self, record: usize, field: usize) -> u32 {
+    pub(super) fn field(&self, record: usize, field: usize) -> u32 {
         // In range: `record` checked FUNC_READ_LEN bytes.
         u32_at(self.funcdata, record + field).unwrap_or(0)
+    }
+
+    /// The bytes of the functab and `_func` records, from the record at `record` on:
+    /// what follows the fields read here (the pcdata and funcdata arrays) is only
+    /// bounded by the end of the table.
+    pub(super) fn record_bytes(&self, record: usize) -> &'a [u8] {
+        self.funcdata.get(record..).unwrap_or_default()
+    }
+
+    /// The function name at `at` in funcnametab: None when it runs past the end,
+    /// Err(()) when it is not UTF-8.
+    pub(super) fn name_at(&self, at: usize) -> Option<Result<&'a str, ()>> {
+        c_string(self.funcnametab, at)
     }
 
     /// `_func.nameOff`: an int32 offset into funcnametab.
@@ -412,7 +441,7 @@ impl<'a> Pclntab<'a> {
 
     /// Index of the function containing `pc`: gosym `findFunc`, a binary search for the
     /// first entry above `pc`; None outside [first entry, end of table).
-    fn index_at(&self, pc: u64) -> Result<Option<usize>, PclntabError> {
+    pub(super) fn index_at(&self, pc: u64) -> Result<Option<usize>, PclntabError> {
         if self.nfunc == 0 {
             return Ok(None);
         }
@@ -461,13 +490,30 @@ impl<'a> Pclntab<'a> {
             return Ok(None);
         }
         let record = self.record(index)?;
+        Ok(self
+            .position(&function, record, pc)?
+            .map(|(file, line)| SourceLine {
+                function: function.name,
+                file,
+                line,
+            }))
+    }
+
+    /// File and line of `pc` in `function`, whose `_func` record is at `record`: the
+    /// innermost position, inlined bodies included (see [`Self::source_line`]).
+    pub(super) fn position(
+        &self,
+        function: &PclnFunction<'a>,
+        record: usize,
+        pc: u64,
+    ) -> Result<Option<(&'a str, u32)>, PclntabError> {
         let (pcfile, pcln, cu_offset) = (
             self.field(record, FUNC_PCFILE),
             self.field(record, FUNC_PCLN),
             self.field(record, FUNC_CU_OFFSET),
         );
-        let file_number = self.pc_value(&function, "pcfile", pcfile, pc)?;
-        let line = self.pc_value(&function, "pcln", pcln, pc)?;
+        let file_number = self.pc_value(function, "pcfile", pcfile, pc)?;
+        let line = self.pc_value(function, "pcln", pcln, pc)?;
         // -1: no table, or pc past its end (funcline1 returns "?", 0).
         if file_number == -1 || line == -1 {
             return Ok(None);
@@ -515,11 +561,7 @@ impl<'a> Pclntab<'a> {
                 ));
             }
         };
-        Ok(Some(SourceLine {
-            function: function.name,
-            file,
-            line,
-        }))
+        Ok(Some((file, line)))
     }
 
     /// The value of the pc-value table at `offset` for `target` (src/runtime/symtab.go
@@ -527,7 +569,7 @@ impl<'a> Pclntab<'a> {
     /// a zig-zag varint to the value and a varint × quantum to the pc, and the value
     /// holds until that pc. -1 when there is no table (offset 0) or it ends before
     /// `target`.
-    fn pc_value(
+    pub(super) fn pc_value(
         &self,
         function: &PclnFunction<'_>,
         table: &'static str,
@@ -615,128 +657,10 @@ fn read_varint(p: &[u8]) -> Option<(u32, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One function of a synthetic table: pcfile and pcln as (value, pc length) runs.
-    struct Func {
-        name: &'static str,
-        entry_off: u32,
-        pcfile: Vec<(i32, u32)>,
-        pcln: Vec<(i32, u32)>,
-    }
-
-    fn varint(out: &mut Vec<u8>, mut v: u32) {
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    /// Encodes runs the way cmd/internal/obj/pcln.go `funcpctab` does.
-    fn pc_table(runs: &[(i32, u32)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut prev = -1i32;
-        for &(value, len) in runs {
-            let delta = value - prev;
-            varint(&mut out, ((delta << 1) ^ (delta >> 31)) as u32);
-            varint(&mut out, len);
-            prev = value;
-        }
-        out.push(0);
-        out
-    }
-
-    /// A table laid out as the linker does (header, funcnametab, cutab, filetab, pctab,
-    /// functab + _func records of the 1.20 layout, 44 bytes).
-    fn build(magic: u32, text_start: u64, funcs: &[Func], end_off: u32) -> Vec<u8> {
-        let files: &[&str] = &["/src/a.go", "/src/b.go"];
-        let mut t = vec![0u8; HEADER_LEN];
-        t[0..4].copy_from_slice(&magic.to_le_bytes());
-        t[6] = 1;
-        t[7] = 8;
-        let set = |t: &mut Vec<u8>, word: usize, value: u64| {
-            t[8 + word * 8..16 + word * 8].copy_from_slice(&value.to_le_bytes());
-        };
-        set(&mut t, NFUNC_WORD, funcs.len() as u64);
-        set(&mut t, 1, files.len() as u64);
-        set(&mut t, TEXT_START_WORD, text_start);
-
-        let funcnames = t.len();
-        set(&mut t, FUNCNAME_WORD, funcnames as u64);
-        let mut name_offs = Vec::new();
-        for f in funcs {
-            name_offs.push((t.len() - funcnames) as u32);
-            t.extend(f.name.as_bytes());
-            t.push(0);
-        }
-        let cutab = t.len();
-        set(&mut t, CU_WORD, cutab as u64);
-        let mut file_off = 0u32;
-        for file in files {
-            t.extend(file_off.to_le_bytes());
-            file_off += file.len() as u32 + 1;
-        }
-        // A file the CU does not use.
-        t.extend(u32::MAX.to_le_bytes());
-        let filetab = t.len();
-        set(&mut t, FILETAB_WORD, filetab as u64);
-        for file in files {
-            t.extend(file.as_bytes());
-            t.push(0);
-        }
-        let pctab = t.len();
-        set(&mut t, PCTAB_WORD, pctab as u64);
-        t.push(0); // offset 0 means "no table"
-        let mut tables = Vec::new();
-        for f in funcs {
-            let pcfile = (t.len() - pctab) as u32;
-            t.extend(pc_table(&f.pcfile));
-            let pcln = (t.len() - pctab) as u32;
-            t.extend(pc_table(&f.pcln));
-            tables.push((pcfile, pcln));
-        }
-        while !t.len().is_multiple_of(8) {
-            t.push(0);
-        }
-        let pcln_start = t.len();
-        set(&mut t, PCLN_WORD, pcln_start as u64);
-        let records = (funcs.len() * 8 + 4).next_multiple_of(8);
-        for (i, f) in funcs.iter().enumerate() {
-            t.extend(f.entry_off.to_le_bytes());
-            t.extend(((records + 44 * i) as u32).to_le_bytes());
-        }
-        t.extend(end_off.to_le_bytes());
-        t.resize(pcln_start + records, 0);
-        for (i, f) in funcs.iter().enumerate() {
-            let mut record = [0u8; 44];
-            record[0..4].copy_from_slice(&f.entry_off.to_le_bytes());
-            record[4..8].copy_from_slice(&name_offs[i].to_le_bytes());
-            record[FUNC_PCFILE..FUNC_PCFILE + 4].copy_from_slice(&tables[i].0.to_le_bytes());
-            record[FUNC_PCLN..FUNC_PCLN + 4].copy_from_slice(&tables[i].1.to_le_bytes());
-            t.extend(record);
-        }
-        t
-    }
-
-    /// main.a at text+0x10 (a.go:10 for 4 bytes, a.go:11 for 8, padding to 0x20);
-    /// main.b at text+0x20 (b.go:1000 for 8 bytes, a.go:7 for 8), table end at +0x30.
-    fn sample(magic: u32, text_start: u64) -> Vec<u8> {
-        let funcs = [
-            Func {
-                name: "main.a",
-                entry_off: 0x10,
-                pcfile: vec![(0, 12)],
-                pcln: vec![(10, 4), (11, 8)],
-            },
-            Func {
-                name: "main.b",
-                entry_off: 0x20,
-                pcfile: vec![(1, 8), (0, 8)],
-                pcln: vec![(1000, 8), (7, 8)],
-            },
-        ];
-        build(magic, text_start, &funcs, 0x30)
-    }
+    use crate::goelf::{
+        inline::MAX_INLINE_DEPTH,
+        pclntab_testing::{Built, sample},
+    };
 
     fn line(table: &Pclntab<'_>, pc: u64) -> Option<(String, String, u32)> {
         table
@@ -751,10 +675,10 @@ mod tests {
 
     #[test]
     fn finds_functions_by_name_and_pc() {
-        let data = sample(GO_120_MAGIC, 0x401000);
+        let data = sample(GO_120_MAGIC, 0x401000).table;
         let table = Pclntab::parse(&data, 0).unwrap();
         assert!(!table.go_1_18_layout());
-        assert_eq!(table.len(), 2);
+        assert_eq!(table.len(), 3);
         let all: Vec<_> = table.functions().map(Result::unwrap).collect();
         assert_eq!(
             all,
@@ -769,6 +693,11 @@ mod tests {
                     entry: 0x401020,
                     end: 0x401030
                 },
+                PclnFunction {
+                    name: "main.c",
+                    entry: 0x401030,
+                    end: 0x401040
+                },
             ]
         );
         assert_eq!(table.find_function("main.b").unwrap(), Some(all[1]));
@@ -779,7 +708,9 @@ mod tests {
         assert_eq!(table.function_at(0x40101f).unwrap(), Some(all[0]));
         assert_eq!(table.function_at(0x401020).unwrap(), Some(all[1]));
         assert_eq!(table.function_at(0x40102f).unwrap(), Some(all[1]));
-        assert_eq!(table.function_at(0x401030).unwrap(), None);
+        assert_eq!(table.function_at(0x401030).unwrap(), Some(all[2]));
+        assert_eq!(table.function_at(0x40103f).unwrap(), Some(all[2]));
+        assert_eq!(table.function_at(0x401040).unwrap(), None);
         assert_eq!(table.function_at(0x40100f).unwrap(), None);
         assert_eq!(table.function_at(0).unwrap(), None);
         assert_eq!(table.function_at(u64::MAX).unwrap(), None);
@@ -787,7 +718,7 @@ mod tests {
 
     #[test]
     fn maps_pcs_to_file_and_line() {
-        let data = sample(GO_120_MAGIC, 0x401000);
+        let data = sample(GO_120_MAGIC, 0x401000).table;
         let table = Pclntab::parse(&data, 0).unwrap();
         assert_eq!(line(&table, 0x401010), owned("main.a", "/src/a.go", 10));
         assert_eq!(line(&table, 0x401013), owned("main.a", "/src/a.go", 10));
@@ -795,17 +726,19 @@ mod tests {
         assert_eq!(line(&table, 0x40101b), owned("main.a", "/src/a.go", 11));
         // Padding after main.a's last instruction: in the function, not in its tables.
         assert_eq!(line(&table, 0x40101c), None);
-        // Multi-byte varint (line 1000) and a file change inside a function (inlining).
+        // Multi-byte varint (line 1000) and a file change inside a function (inlining:
+        // the innermost position, under the physical function's name).
         assert_eq!(line(&table, 0x401020), owned("main.b", "/src/b.go", 1000));
         assert_eq!(line(&table, 0x401027), owned("main.b", "/src/b.go", 1000));
         assert_eq!(line(&table, 0x401028), owned("main.b", "/src/a.go", 7));
         assert_eq!(line(&table, 0x40102f), owned("main.b", "/src/a.go", 7));
-        assert_eq!(line(&table, 0x401030), None);
+        assert_eq!(line(&table, 0x401038), owned("main.c", "/src/a.go", 40));
+        assert_eq!(line(&table, 0x401040), None);
     }
 
     #[test]
     fn the_go_1_18_layout_is_read_the_same_way() {
-        let data = sample(GO_118_MAGIC, 0x401000);
+        let data = sample(GO_118_MAGIC, 0x401000).table;
         let table = Pclntab::parse(&data, 0).unwrap();
         assert!(table.go_1_18_layout());
         assert_eq!(line(&table, 0x401028), owned("main.b", "/src/a.go", 7));
@@ -813,21 +746,21 @@ mod tests {
 
     #[test]
     fn go_1_26_zero_text_start_uses_the_fallback() {
-        let data = sample(GO_120_MAGIC, 0);
+        let data = sample(GO_120_MAGIC, 0).table;
         let table = Pclntab::parse(&data, 0x500000).unwrap();
         assert_eq!(table.text_start(), 0x500000);
         let b = table.find_function("main.b").unwrap().unwrap();
         assert_eq!((b.entry, b.end), (0x500020, 0x500030));
         assert_eq!(line(&table, 0x500014), owned("main.a", "/src/a.go", 11));
         // A non-zero header value wins over the fallback.
-        let data = sample(GO_120_MAGIC, 0x401000);
+        let data = sample(GO_120_MAGIC, 0x401000).table;
         let table = Pclntab::parse(&data, 0x500000).unwrap();
         assert_eq!(
             table.find_function("main.a").unwrap().unwrap().entry,
             0x401010
         );
         // A fallback near the top of the address space: errors, not overflow.
-        let data = sample(GO_120_MAGIC, 0);
+        let data = sample(GO_120_MAGIC, 0).table;
         let table = Pclntab::parse(&data, u64::MAX - 0x28).unwrap();
         assert!(table.function(0).is_ok());
         assert!(table.function(1).is_err());
@@ -836,7 +769,7 @@ mod tests {
 
     #[test]
     fn old_and_unknown_magics_are_refused() {
-        let mut data = sample(0xfffffffa, 0);
+        let mut data = sample(0xfffffffa, 0).table;
         let error = Pclntab::parse(&data, 0).err().unwrap();
         assert_eq!(
             error.to_string(),
@@ -861,7 +794,7 @@ mod tests {
             Pclntab::parse(&data, 0),
             Err(PclntabError::BigEndian(_))
         ));
-        let mut data = sample(GO_120_MAGIC, 0);
+        let mut data = sample(GO_120_MAGIC, 0).table;
         data[7] = 4;
         assert_eq!(
             Pclntab::parse(&data, 0).err(),
@@ -871,12 +804,12 @@ mod tests {
 
     #[test]
     fn corrupt_headers_and_records_say_what_is_wrong() {
-        let good = sample(GO_120_MAGIC, 0x401000);
+        let good = sample(GO_120_MAGIC, 0x401000).table;
         let mut data = good.clone();
         data[8..16].copy_from_slice(&1000u64.to_le_bytes());
         assert_eq!(
             Pclntab::parse(&data, 0).err().unwrap().to_string(),
-            "pclntab truncated: it claims 1000 functions but its function table has room for at most 13"
+            "pclntab truncated: it claims 1000 functions but its function table has room for at most 27"
         );
         let mut data = good.clone();
         data[8 + PCTAB_WORD * 8..16 + PCTAB_WORD * 8].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -895,7 +828,7 @@ mod tests {
         assert!(table.function(0).is_ok());
         assert_eq!(
             table.function(1).err().unwrap().to_string(),
-            "pclntab truncated at function 2 of 2: its _func record lies past the end of the table"
+            "pclntab truncated at function 2 of 3: its _func record lies past the end of the table"
         );
         assert!(table.find_function("main.b").is_err());
         // Entries out of order.
@@ -908,46 +841,83 @@ mod tests {
         ));
     }
 
-    /// Every prefix of a table parses or fails; nothing it returns panics.
+    /// Every prefix of a table, and of its inline trees, parses or fails; nothing it
+    /// returns panics.
     #[test]
     fn every_truncation_is_an_error_or_a_consistent_table() {
-        let data = sample(GO_120_MAGIC, 0x401000);
-        let mut parsed = 0;
-        for len in 0..=data.len() {
-            if let Ok(table) = Pclntab::parse(&data[..len], 0) {
-                parsed += 1;
-                exercise(&table);
+        for magic in [GO_118_MAGIC, GO_120_MAGIC] {
+            let Built {
+                table: data,
+                gofunc,
+            } = sample(magic, 0x401000);
+            let mut parsed = 0;
+            for len in 0..=data.len() {
+                if let Ok(table) = Pclntab::parse(&data[..len], 0) {
+                    parsed += 1;
+                    exercise(&table, &gofunc);
+                }
+            }
+            assert!(parsed > 0);
+            let table = Pclntab::parse(&data, 0).unwrap();
+            for len in 0..=gofunc.len() {
+                exercise(&table, &gofunc[..len]);
             }
         }
-        assert!(parsed > 0);
     }
 
-    /// Every byte replaced by a few values: no panic, and functions never end before
-    /// they start.
+    /// Every byte of the table and of its inline trees replaced by a few values: no
+    /// panic, functions never end before they start, and frames agree with
+    /// source_line.
     #[test]
     fn every_single_byte_corruption_is_handled() {
-        let data = sample(GO_120_MAGIC, 0x401000);
-        for at in 0..data.len() {
-            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
-                let mut bad = data.clone();
-                bad[at] = value;
-                if let Ok(table) = Pclntab::parse(&bad, 0x401000) {
-                    exercise(&table);
+        const VALUES: [u8; 5] = [0x00, 0x01, 0x7f, 0x80, 0xff];
+        for magic in [GO_118_MAGIC, GO_120_MAGIC] {
+            let Built {
+                table: data,
+                gofunc,
+            } = sample(magic, 0x401000);
+            for at in 0..data.len() {
+                for value in VALUES {
+                    let mut bad = data.clone();
+                    bad[at] = value;
+                    if let Ok(table) = Pclntab::parse(&bad, 0x401000) {
+                        exercise(&table, &gofunc);
+                    }
+                }
+            }
+            let table = Pclntab::parse(&data, 0).unwrap();
+            for at in 0..gofunc.len() {
+                for value in VALUES {
+                    let mut bad = gofunc.clone();
+                    bad[at] = value;
+                    exercise(&table, &bad);
                 }
             }
         }
     }
 
-    fn exercise(table: &Pclntab<'_>) {
+    fn exercise(table: &Pclntab<'_>, gofunc: &[u8]) {
         for function in table.functions().flatten() {
             assert!(function.entry <= function.end);
             let _ = table.source_line(function.entry);
             let _ = table.function_at(function.end.saturating_sub(1));
         }
         let _ = table.find_function("main.b");
-        for pc in 0x401000..0x401040 {
+        for pc in 0x401000..0x401048 {
             let _ = table.function_at(pc);
-            let _ = table.source_line(pc);
+            let line = table.source_line(pc);
+            for gofunc in [Some(gofunc), None] {
+                let (Ok(line), Ok(frames)) = (&line, table.frames(pc, gofunc)) else {
+                    continue;
+                };
+                assert!(frames.len() <= MAX_INLINE_DEPTH);
+                assert_eq!(frames.is_empty(), line.is_none(), "{pc:#x}");
+                if let (Some(line), Some(first), Some(last)) = (line, frames.first(), frames.last())
+                {
+                    assert_eq!((first.file, first.line), (line.file, line.line));
+                    assert_eq!(last.function, line.function);
+                }
+            }
         }
     }
 

@@ -22,6 +22,10 @@ pub enum Field {
     TypeStr,
     /// `runtime.moduledata.types` (src/runtime/symtab.go): base of type names.
     ModuledataTypes,
+    /// `runtime.moduledata.gofunc` (src/runtime/symtab.go, "go.func.*"): base of the
+    /// funcdata offsets, which locate inline trees (goelf/inline.rs). Read only in
+    /// binaries without the `go:func.*` symbol.
+    ModuledataGofunc,
     /// `runtime.g.goid` (src/runtime/runtime2.go).
     GGoid,
     /// Classic maps, `runtime.hmap` (src/runtime/map.go ≤1.23, map_noswiss.go 1.24–1.25).
@@ -62,12 +66,13 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 27] = [
+    pub const ALL: [Field; 28] = [
         Field::TypeSize,
         Field::TypePtrBytes,
         Field::TypeTFlag,
         Field::TypeStr,
         Field::ModuledataTypes,
+        Field::ModuledataGofunc,
         Field::GGoid,
         Field::HmapCount,
         Field::HmapFlags,
@@ -105,6 +110,7 @@ impl Field {
             Field::TypeTFlag => (TYPE, &["TFlag", "tflag"]),
             Field::TypeStr => (TYPE, &["Str", "str"]),
             Field::ModuledataTypes => (&["runtime.moduledata"], &["types"]),
+            Field::ModuledataGofunc => (&["runtime.moduledata"], &["gofunc"]),
             Field::GGoid => (&["runtime.g"], &["goid"]),
             Field::HmapCount => (HMAP, &["count"]),
             Field::HmapFlags => (HMAP, &["flags"]),

@@ -1,6 +1,6 @@
 //! Run-time addresses → names, per profiled binary: element type pointers → Go type
-//! names, caller PCs → function, file:line. Caches what it resolved; bounded by the
-//! caller's cardinality caps.
+//! names, caller PCs → function, file:line (inlined calls expanded). Caches what it
+//! resolved; bounded by the caller's cardinality caps.
 use std::{collections::HashSet, sync::Arc};
 
 use foldhash::{HashMap, HashMapExt as _};
@@ -37,7 +37,10 @@ pub struct Symbolizer {
     /// `abi.Type.Size_` and `.PtrBytes` offsets.
     size_fields: Option<(u32, u32)>,
     elem_layouts: HashMap<u64, Option<ElemLayout>>,
-    sites: HashMap<u64, Option<CallSite>>,
+    /// Link-time address of go:func.*, where the inline trees are.
+    gofunc: Option<u64>,
+    /// Return PC → frames, innermost first (empty: unknown).
+    sites: HashMap<u64, Vec<CallSite>>,
 }
 
 /// Bound on cached addresses: beyond it, lookups are still answered but not cached.
@@ -55,6 +58,7 @@ impl Symbolizer {
         });
         let size_fields =
             offsets.and_then(|o| Some((o.get(Field::TypeSize)?, o.get(Field::TypePtrBytes)?)));
+        let gofunc = binary.gofunc_base(offsets.and_then(|o| o.get(Field::ModuledataGofunc)));
         Symbolizer {
             binary,
             bias,
@@ -62,6 +66,7 @@ impl Symbolizer {
             type_names: HashMap::new(),
             size_fields,
             elem_layouts: HashMap::new(),
+            gofunc,
             sites: HashMap::new(),
         }
     }
@@ -111,25 +116,54 @@ impl Symbolizer {
         layout
     }
 
-    /// The call site whose CALL returns to run-time address `return_pc`.
+    /// The call site whose CALL returns to run-time address `return_pc`: the innermost
+    /// frame, so that an append inlined into its caller is named after the function
+    /// it is written in, as its file:line are.
     pub fn call_site(&mut self, return_pc: u64) -> Option<CallSite> {
-        if let Some(site) = self.sites.get(&return_pc) {
-            return site.clone();
+        if let Some(frames) = self.sites.get(&return_pc) {
+            return frames.first().cloned();
         }
+        let frames = self.resolve_frames(return_pc);
+        let site = frames.first().cloned();
+        if self.sites.len() < CACHE_LIMIT {
+            self.sites.insert(return_pc, frames);
+        }
+        site
+    }
+
+    /// Every frame of that call, innermost first: the functions inlined there, then the
+    /// physical function (pprof's `Line`s of one `Location`). Empty when unknown.
+    pub fn call_frames(&mut self, return_pc: u64) -> Vec<CallSite> {
+        if let Some(frames) = self.sites.get(&return_pc) {
+            return frames.clone();
+        }
+        let frames = self.resolve_frames(return_pc);
+        if self.sites.len() < CACHE_LIMIT {
+            self.sites.insert(return_pc, frames.clone());
+        }
+        frames
+    }
+
+    fn resolve_frames(&self, return_pc: u64) -> Vec<CallSite> {
+        let Ok(Some(table)) = self.binary.pclntab() else {
+            return Vec::new();
+        };
         // The return address is one past the CALL; its last byte is in the call's line.
         let pc = return_pc.wrapping_sub(self.bias).wrapping_sub(1);
-        let site = self.binary.pclntab().ok().flatten().and_then(|table| {
-            let line = table.source_line(pc).ok()??;
-            Some(CallSite {
+        let gofunc = self.gofunc.and_then(|base| self.binary.gofunc(base));
+        let frames = table.frames(pc, gofunc).unwrap_or_else(|_| {
+            // No inline trees (go:func.* not found) or a corrupt one: still the
+            // position, under the physical function's name, as the line tables say.
+            table.source_line(pc).ok().flatten().into_iter().collect()
+        });
+        frames
+            .into_iter()
+            .map(|line| CallSite {
                 function: line.function.to_string(),
                 file: line.file.to_string(),
                 line: line.line,
             })
-        });
-        if self.sites.len() < CACHE_LIMIT {
-            self.sites.insert(return_pc, site.clone());
-        }
-        site
+            .collect()
     }
 }
 
