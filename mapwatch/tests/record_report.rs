@@ -105,6 +105,15 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
             let site = at(name).unwrap_or_else(|| panic!("{flavor}: no slice site {name}"));
             assert_eq!(site["growths"], done[grows], "{flavor}: growths at {name}");
         }
+        // Named by the function the append is written in, inlined or generic.
+        assert_eq!(at("tags").unwrap()["location"]["function"], "main.addTag");
+        assert!(
+            at("generic").unwrap()["location"]["function"]
+                .as_str()
+                .unwrap()
+                .starts_with("main.collect["),
+            "{flavor}"
+        );
         assert!(
             at("presized_slice").is_none(),
             "{flavor}: the pre-sized slice grew"

@@ -34,7 +34,11 @@ fn header(out: &mut String, report: &Report) {
         .stopped_because
         .as_deref()
         .unwrap_or("killed before it could finish");
-    let _ = writeln!(out, "Recorded {:.1} s of {how}; ended: {ended}.", c.duration_s);
+    let _ = writeln!(
+        out,
+        "Recorded {:.1} s of {how}; ended: {ended}.",
+        c.duration_s
+    );
     if !c.complete {
         let _ = writeln!(
             out,
@@ -263,8 +267,29 @@ fn site_cell(location: Option<&Location>) -> String {
 
 fn function_cell(location: Option<&Location>) -> String {
     location.map_or(String::new(), |l| {
-        format!("`{}`", l.function.replace('`', "'"))
+        format!("`{}`", short_function(&l.function).replace('`', "'"))
     })
+}
+
+/// A generic function's type arguments as `[...]`, as Go's own tracebacks print them:
+/// the GC shapes (`go.shape.struct { … }`) are long and say little.
+fn short_function(function: &str) -> String {
+    let mut out = String::with_capacity(function.len());
+    let mut depth = 0usize;
+    for c in function.chars() {
+        match c {
+            '[' => {
+                if depth == 0 {
+                    out.push_str("[...]");
+                }
+                depth += 1;
+            }
+            ']' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn advised_cell(advice: &Advice) -> String {
@@ -281,4 +306,23 @@ fn three(d: &Distribution) -> String {
 /// Table cells cannot hold pipes or newlines.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_function;
+
+    #[test]
+    fn generic_type_arguments_are_elided() {
+        assert_eq!(
+            short_function("main.collect[go.shape.struct { main.a [2]int64 }]"),
+            "main.collect[...]"
+        );
+        assert_eq!(
+            short_function("example.com/m.(*Cache[go.shape.int]).Put"),
+            "example.com/m.(*Cache[...]).Put"
+        );
+        assert_eq!(short_function("main.handle"), "main.handle");
+        assert_eq!(short_function("a]b[c"), "ab[...]");
+    }
 }

@@ -156,7 +156,12 @@ impl Profiler {
                 let mut command = pinned(PROFILER_CPU, &paths.mapwatch);
                 command
                     .args(["record", "--pid", &target_pid.to_string()])
-                    .args(["--duration", "1h", "--stack-depth", &stack_depth.to_string()])
+                    .args([
+                        "--duration",
+                        "1h",
+                        "--stack-depth",
+                        &stack_depth.to_string(),
+                    ])
                     .arg("-o")
                     .arg(&file);
                 let mut child = command

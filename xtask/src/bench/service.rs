@@ -182,7 +182,10 @@ pub fn section(
         ("attach --exact", Profiler::Attach { exact: true }),
         // A capture: asked for, short, so it may cost more than the daemon's budget.
         ("record", Profiler::Record { stack_depth: 0 }),
-        ("record --stack-depth 16", Profiler::Record { stack_depth: 16 }),
+        (
+            "record --stack-depth 16",
+            Profiler::Record { stack_depth: 16 },
+        ),
         (
             "bpftrace",
             Profiler::Bpftrace {
