@@ -20,7 +20,7 @@ use mapwatch::{
         MAKEMAP, MAKEMAP_SMALL, START_THE_WORLD, STOP_THE_WORLD, TABLE_GROW, TABLE_SPLIT,
     },
 };
-use support::{fixtures_dir, in_ci};
+use support::{cache_dir, fixtures_dir, in_ci};
 
 /// The functions mapwatch probes.
 const PROBED: &[&str] = &[
@@ -171,15 +171,6 @@ fn go_tool(flavor: &str) -> PathBuf {
         return PathBuf::from("/usr/lib/go-1.19/bin/go");
     }
     cache_dir().join("go").join(name).join("go/bin/go")
-}
-
-/// Where `cargo xtask setup` keeps toolchains and the Go build cache.
-fn cache_dir() -> PathBuf {
-    std::env::var_os("MAPWATCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/mapwatch")
-        })
 }
 
 fn all_functions<'a>(path: &Path, table: &Pclntab<'a>) -> Vec<PclnFunction<'a>> {

@@ -8,7 +8,7 @@ mod support;
 use std::{collections::HashMap, path::Path, process::Command};
 
 use serde_json::Value;
-use support::{Fixture, fixture, mapwatch_command, privileged};
+use support::{Fixture, cache_dir, fixture, go_toolchain, mapwatch_command, privileged};
 
 /// (flavour, what its maps are): the Go matrix of this test.
 const FLAVORS: [&str; 2] = ["go1.22.10", "go1.26.6"];
@@ -198,7 +198,7 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
 
         // pprof: the real `go tool pprof -top` lists the advised function with the
         // report's count of slice growths there (map growths under it are cumulative).
-        if let Some(go) = go_tool(flavor) {
+        if let Some(go) = go_toolchain(flavor) {
             let profile = dir.join("presize.pb.gz");
             let (code, _, stderr) = run_report(
                 &file,
@@ -312,7 +312,7 @@ fn the_diff_applied_removes_the_advised_growth() {
         let Some(binary) = fixture(flavor, "presize") else {
             return;
         };
-        let Some(go) = go_tool(flavor) else {
+        let Some(go) = go_toolchain(flavor) else {
             return;
         };
         let dir = tempdir(&format!("applied-{flavor}"));
@@ -396,26 +396,6 @@ fn the_diff_applied_removes_the_advised_growth() {
             "{flavor}: index grows"
         );
     }
-}
-
-/// The Go of a fixture flavour: `cargo xtask setup`'s toolchains (go1.19 is Debian's).
-fn go_tool(flavor: &str) -> Option<std::path::PathBuf> {
-    let go = cache_dir().join("go").join(flavor).join("go/bin/go");
-    if go.is_file() {
-        return Some(go);
-    }
-    let message = format!("{} missing: run `cargo xtask test`", go.display());
-    assert!(!support::in_ci(), "{message}");
-    eprintln!("SKIP {message}");
-    None
-}
-
-fn cache_dir() -> std::path::PathBuf {
-    std::env::var_os("MAPWATCH_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/mapwatch")
-        })
 }
 
 fn copy_dir(from: &Path, to: &Path) {

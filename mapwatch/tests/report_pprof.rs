@@ -10,32 +10,13 @@ use std::{
 };
 
 use mapwatch::report::{model::*, pprof};
-use support::in_ci;
+use support::cache_dir;
 
 /// The toolchain whose pprof reads the profile: the newest the project sets up.
 const GO: &str = "go1.27.3";
 
-/// Where `cargo xtask setup` keeps toolchains (as tests/pclntab.rs).
-fn cache_dir() -> PathBuf {
-    std::env::var_os("MAPWATCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/mapwatch")
-        })
-}
-
 fn go_tool() -> Option<PathBuf> {
-    let go = cache_dir().join("go").join(GO).join("go/bin/go");
-    if go.is_file() {
-        return Some(go);
-    }
-    let message = format!(
-        "report_pprof: no Go toolchain at {}; run `cargo xtask setup` or `cargo xtask test`",
-        go.display()
-    );
-    assert!(!in_ci(), "skipped in CI: {message}");
-    eprintln!("SKIP {message}");
-    None
+    support::go_toolchain(GO)
 }
 
 fn loc(function: &str, file: &str, line: u32) -> Location {

@@ -99,6 +99,37 @@ pub fn privileged(test: &str) -> Option<KernelGuard> {
     })
 }
 
+/// Where `cargo xtask setup` keeps Go toolchains and the Go build cache.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("MAPWATCH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/mapwatch")
+        })
+}
+
+/// The `go` of a toolchain `cargo xtask setup` installed (e.g. "go1.27.3"; a fixture
+/// flavour's suffix is ignored; go1.19 is Debian's), or None (skip; a failure in CI).
+pub fn go_toolchain(flavor: &str) -> Option<PathBuf> {
+    let name = flavor.split('-').next().unwrap_or(flavor);
+    let go = if name.starts_with("go1.19.") {
+        PathBuf::from("/usr/lib/go-1.19/bin/go")
+    } else {
+        cache_dir().join("go").join(name).join("go/bin/go")
+    };
+    if go.is_file() {
+        return Some(go);
+    }
+    let message = format!(
+        "no Go toolchain at {}: run `cargo xtask setup` or `cargo xtask test`",
+        go.display()
+    );
+    assert!(!in_ci(), "skipped in CI: {message}");
+    eprintln!("SKIP {message}");
+    None
+}
+
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("MAPWATCH_FIXTURES")
         .map(PathBuf::from)
