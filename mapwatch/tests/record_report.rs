@@ -183,13 +183,23 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
                 .any(|l| l.contains(&format!("/{items_file}:{items_line}:1: pre-size"))),
             "{flavor}: vet output:\n{vet}"
         );
-        let (code, sarif, _) = run_report(&file, &["--format", "sarif"]);
+        // SARIF with --source: paths relative to the checkout, as code scanning wants.
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/presize");
+        let (code, sarif, _) = run_report(
+            &file,
+            &["--format", "sarif", "--source", checkout.to_str().unwrap()],
+        );
         assert_eq!(code, 0);
         let sarif: Value = serde_json::from_str(&sarif).expect("SARIF JSON");
         let results = sarif["runs"][0]["results"].as_array().unwrap();
-        assert!(results.iter().any(|r| {
-            r["locations"][0]["physicalLocation"]["region"]["startLine"] == *items_line
-        }));
+        assert!(
+            results.iter().any(|r| {
+                let location = &r["locations"][0]["physicalLocation"];
+                location["region"]["startLine"] == *items_line
+                    && location["artifactLocation"]["uri"] == items_file.as_str()
+            }),
+            "{flavor}: {results:?}"
+        );
         let (code, md, _) = run_report(&file, &[]);
         assert_eq!(code, 0);
         assert!(md.contains(&format!(
@@ -287,6 +297,43 @@ fn a_killed_capture_is_still_read() {
     assert!(md.contains("**Incomplete capture**"), "{md}");
     assert!(stderr.contains("no end record"), "{stderr}");
     assert!(md.contains("handler.go"), "{md}");
+}
+
+/// Ctrl-C ends a capture early with a complete file; a command it started and that
+/// still runs is stopped.
+#[test]
+fn ctrl_c_ends_the_capture_with_a_complete_file() {
+    let Some(_guard) = privileged("ctrl_c_ends_the_capture_with_a_complete_file") else {
+        return;
+    };
+    let Some(binary) = fixture("go1.22.10", "presize") else {
+        return;
+    };
+    let dir = tempdir("interrupted");
+    let file = dir.join("interrupted.mapwatch");
+    let mut command = mapwatch_command();
+    command
+        .arg("record")
+        .arg("-o")
+        .arg(&file)
+        .arg("--")
+        .arg(&binary)
+        .args(["-requests", "100000"]);
+    let mut fixture = Fixture::start_command(&mut command);
+    fixture.start_workload();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-INT", &fixture.child_pid().to_string()])
+        .status()
+        .expect("kill -INT");
+    let status = fixture.finish();
+    assert!(status.success(), "mapwatch record after Ctrl-C: {status}");
+    let (code, json, stderr) = run_report(&file, &["--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["capture"]["complete"], true, "{}", report["capture"]);
+    assert_eq!(report["capture"]["stopped_because"], "interrupted");
+    assert!(report["summary"]["slice_growths"].as_u64().unwrap() > 0);
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

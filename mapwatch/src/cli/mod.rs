@@ -171,7 +171,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
     /// Your checkout of the recorded program's source, for --format diff (and to make
-    /// SARIF paths relative to it). Files are matched to the paths compiled into the
+    /// sarif and vet paths relative to it). Files are matched to the paths compiled into the
     /// binary by their longest common suffix.
     #[arg(long, value_name = "DIR")]
     pub source: Option<PathBuf>,

@@ -27,7 +27,18 @@ pub fn run(args: ReportArgs) -> anyhow::Result<bool> {
         eprintln!("mapwatch: {}: {damage}", args.file.display());
     }
     let report = analyse(&recording);
-    let raw_path = |l: &Location| l.file.clone();
+    // With --source, paths relative to the checkout (what code scanning and editors
+    // resolve); without, the paths compiled into the binary.
+    let tree = match (&args.source, args.format) {
+        (Some(dir), ReportFormat::Sarif | ReportFormat::Vet) => {
+            Some(diff::SourceTree::open(dir).map_err(|e| UsageError(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let raw_path = |l: &Location| match tree.as_ref().and_then(|t| t.relative(&l.file)) {
+        Some(relative) => relative.display().to_string(),
+        None => l.file.clone(),
+    };
     let output: Vec<u8> = match args.format {
         ReportFormat::Md => markdown::render(&report, args.top as usize).into_bytes(),
         ReportFormat::Json => {

@@ -71,6 +71,28 @@ pub enum DiffError {
     },
 }
 
+/// The Go files of a checkout, to name a compiled path by its path in the checkout
+/// (SARIF wants paths relative to the repository).
+pub struct SourceTree {
+    files: Vec<PathBuf>,
+}
+
+impl SourceTree {
+    pub fn open(dir: &Path) -> Result<SourceTree, DiffError> {
+        let files = go_files(dir).map_err(|source| DiffError::SourceDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(SourceTree { files })
+    }
+
+    /// The file under the checkout that `compiled` (a path compiled into the binary)
+    /// is, relative to the checkout; None when none or several match.
+    pub fn relative(&self, compiled: &str) -> Option<&Path> {
+        paths::match_suffix(compiled, &self.files).ok()
+    }
+}
+
 /// Decides every advised site of `report` against the Go files under `dir`.
 pub fn plan(report: &Report, dir: &Path) -> Result<Plan, DiffError> {
     let files = go_files(dir).map_err(|source| DiffError::SourceDir {
