@@ -235,6 +235,24 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
                 .parse()
                 .unwrap();
             assert_eq!(flat, done["items_grows"], "{flavor}: {items_row}");
+            // The inlined addTag is a line of its caller's location.
+            let traces = Command::new(&go)
+                .args(["tool", "pprof", "-traces"])
+                .arg(&profile)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOCACHE", cache_dir().join("gocache"))
+                .env("PPROF_TMPDIR", &dir)
+                .output()
+                .expect("go tool pprof -traces");
+            let traces = String::from_utf8_lossy(&traces.stdout);
+            let lines: Vec<&str> = traces.lines().map(str::trim).collect();
+            assert!(
+                lines
+                    .windows(2)
+                    .any(|w| w[0].ends_with("main.addTag (inline)")
+                        && w[1].starts_with("main.tagRequest")),
+                "{flavor}: pprof -traces:\n{traces}"
+            );
         }
         let (code, svg, _) = run_report(&file, &["--format", "svg"]);
         assert_eq!(code, 0);

@@ -52,11 +52,14 @@ fn report() -> Report {
                     loc("example.com/app/store.Import", "/src/store/import.go", 17),
                     loc("main.main", "/src/main.go", 9),
                 ],
+                // The generic Load inlined into Import: one location, two lines.
+                inlined: vec![true, false, false],
                 growths: 1000,
                 bytes: 400_000,
             },
             Stack {
                 frames: vec![load, loc("main.refresh", "/src/main.go", 30)],
+                inlined: vec![],
                 growths: 234,
                 bytes: 50_000,
             },
@@ -143,7 +146,10 @@ fn go_tool_pprof_reads_the_profile() {
     let top = pprof_output(&go, &dir, &["-top", file]);
     let row = top
         .lines()
-        .find(|l| l.ends_with("example.com/app/store.(*Loader[go.shape.int64]).Load"))
+        // "(partial-inline)": inlined into Import in one stack, not in the other.
+        .find(|l| {
+            l.ends_with("example.com/app/store.(*Loader[go.shape.int64]).Load (partial-inline)")
+        })
         .unwrap_or_else(|| panic!("no row for the top site in:\n{top}"));
     // flat  flat%  sum%  cum  cum%  name: every growth of the site is flat in Load.
     let flat = row.split_whitespace().next().unwrap();
@@ -168,12 +174,18 @@ fn go_tool_pprof_reads_the_profile() {
         .lines()
         // Label lines are "key:  value"; frame lines the count, then the function.
         .filter(|l| !l.contains(':'))
-        .filter_map(|l| l.split_whitespace().last())
+        .map(|l| {
+            l.trim()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim()
+        })
+        .filter(|l| !l.is_empty())
         .collect();
     assert_eq!(
         frames,
         [
-            "example.com/app/store.(*Loader[go.shape.int64]).Load",
+            // One location with two lines: the inlined frame is marked so.
+            "example.com/app/store.(*Loader[go.shape.int64]).Load (inline)",
             "example.com/app/store.Import",
             "main.main",
         ],

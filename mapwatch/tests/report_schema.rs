@@ -59,7 +59,7 @@ fn recording() -> Vec<u8> {
                 new_len: old_cap + 1,
                 new_cap: Some(new_cap),
                 new_bytes: Some(new_cap * 40),
-                stack: vec![caller],
+                frames: vec![vec![site], vec![caller]],
             });
             ptr += 0x1000;
             w.push(Entry::SliceGrown {
@@ -101,7 +101,7 @@ fn recording() -> Vec<u8> {
                 load_factor: Some(0.875),
                 overflow_buckets: None,
                 slots_after: Some(16 << growth),
-                stack: vec![insert],
+                frames: vec![vec![runtime], vec![insert]],
             });
         }
         if request % 10 == 9 {

@@ -53,7 +53,7 @@ pub struct Capture<W: Write> {
     symbolizer: Symbolizer,
     pid: u32,
     start_ns: u64,
-    sites: HashMap<u64, SiteId>,
+    sites: HashMap<u64, Vec<SiteId>>,
     types: HashMap<u64, NameId>,
     progress: Arc<Progress>,
 }
@@ -130,15 +130,24 @@ impl<W: Write> Capture<W> {
         }
     }
 
-    fn site(&mut self, pc: u64) -> SiteId {
-        if let Some(&id) = self.sites.get(&pc) {
-            return id;
+    /// The source frames of a return address, innermost first (inlined calls give
+    /// several); empty when it has no name.
+    fn frames(&mut self, pc: u64) -> Vec<SiteId> {
+        if let Some(ids) = self.sites.get(&pc) {
+            return ids.clone();
         }
-        let id = self.symbolizer.call_site(pc).map_or(0, |site| {
-            self.writer.site(&site.function, &site.file, site.line)
-        });
-        self.sites.insert(pc, id);
-        id
+        let ids: Vec<SiteId> = self
+            .symbolizer
+            .call_frames(pc)
+            .iter()
+            .map(|site| self.writer.site(&site.function, &site.file, site.line))
+            .collect();
+        self.sites.insert(pc, ids.clone());
+        ids
+    }
+
+    fn site(&mut self, pc: u64) -> SiteId {
+        self.frames(pc).first().copied().unwrap_or(0)
     }
 
     fn type_name(&mut self, address: u64) -> NameId {
@@ -150,15 +159,17 @@ impl<W: Write> Capture<W> {
         id
     }
 
-    fn stack(&mut self, frames: Option<Box<[u64]>>) -> Vec<SiteId> {
-        frames.map_or(Vec::new(), |frames| {
-            frames.iter().map(|&pc| self.site(pc)).collect()
-        })
+    /// The caller's frames, then each recorded caller's.
+    fn call_stack(&mut self, caller_pc: u64, callers: Option<Box<[u64]>>) -> Vec<Vec<SiteId>> {
+        std::iter::once(caller_pc)
+            .chain(callers.iter().flat_map(|c| c.iter().copied()))
+            .map(|pc| self.frames(pc))
+            .collect()
     }
 
     fn entry(&mut self, observed: Observed) -> Entry {
         let t = observed.ktime_ns.saturating_sub(self.start_ns);
-        let stack = self.stack(observed.stack);
+        let callers = observed.stack;
         match observed.what {
             Observation::SliceGrowth {
                 goroutine,
@@ -175,6 +186,7 @@ impl<W: Write> Capture<W> {
                 t,
                 goroutine,
                 site: self.site(caller_pc),
+                frames: self.call_stack(caller_pc, callers),
                 elem_type: self.type_name(elem_type),
                 elem_size,
                 old_ptr,
@@ -183,7 +195,6 @@ impl<W: Write> Capture<W> {
                 new_len,
                 new_cap,
                 new_bytes,
-                stack,
             },
             Observation::SliceGrown {
                 goroutine,
@@ -209,6 +220,7 @@ impl<W: Write> Capture<W> {
                 t,
                 goroutine,
                 site: self.site(caller_pc),
+                frames: self.call_stack(caller_pc, callers),
                 kind: self.writer.name(kind),
                 map,
                 map_type: self.type_name(map_type),
@@ -216,7 +228,6 @@ impl<W: Write> Capture<W> {
                 load_factor,
                 overflow_buckets,
                 slots_after,
-                stack,
             },
             Observation::MakeMap {
                 goroutine,

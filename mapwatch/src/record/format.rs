@@ -91,8 +91,10 @@ pub enum Entry {
         new_len: u64,
         new_cap: Option<u64>,
         new_bytes: Option<u64>,
-        /// Callers beyond `site`, innermost first (`record --stack-depth`).
-        stack: Vec<SiteId>,
+        /// The call's return address and, with `--stack-depth`, each further caller's,
+        /// innermost first; each address as its source frames, innermost first (a call
+        /// the compiler inlined gives several; `site` is `frames[0][0]`).
+        frames: Vec<Vec<SiteId>>,
     },
     /// growslice's return, on the same goroutine: the new array's address.
     SliceGrown {
@@ -115,9 +117,9 @@ pub enum Entry {
         load_factor: Option<f64>,
         overflow_buckets: Option<u64>,
         slots_after: Option<u64>,
-        /// Callers beyond `site` (a runtime function), innermost first: the first
-        /// outside the runtime is the line that inserted.
-        stack: Vec<SiteId>,
+        /// As in `SliceGrowth`: `site` is the runtime's frame; the first frame outside
+        /// the runtime is the line that inserted.
+        frames: Vec<Vec<SiteId>>,
     },
     /// make(map) with its size hint.
     MakeMap {

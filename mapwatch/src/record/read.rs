@@ -240,7 +240,7 @@ mod tests {
             new_len: 1,
             new_cap: Some(1),
             new_bytes: Some(24),
-            stack: vec![],
+            frames: vec![vec![site]],
         });
     }
 

@@ -68,7 +68,7 @@ pub fn analyse(recording: &Recording) -> Report {
                 old_cap,
                 new_cap,
                 new_bytes,
-                ref stack,
+                ref frames,
                 ..
             } => {
                 let copied = elem_size.map_or(0, |size| old_len * size);
@@ -86,7 +86,7 @@ pub fn analyse(recording: &Recording) -> Report {
                     new_cap,
                     new_bytes: new_bytes.unwrap_or(0),
                     copied,
-                    stack: with_callers(site, stack),
+                    stack: flatten(site, frames),
                 });
             }
             Entry::SliceGrown {
@@ -105,11 +105,11 @@ pub fn analyse(recording: &Recording) -> Report {
                 load_factor,
                 overflow_buckets,
                 slots_after,
-                ref stack,
+                ref frames,
                 ..
             } => {
                 timeline.map_growths[bucket_of(t)] += 1;
-                let frames = with_callers(site, stack);
+                let frames = flatten(site, frames);
                 maps.growth(MapGrowth {
                     site: user_frame(recording, &frames),
                     frames,
@@ -262,29 +262,41 @@ impl Cycles {
     }
 }
 
-/// The growth's site and its recorded callers, innermost first.
-fn with_callers(site: SiteId, callers: &[SiteId]) -> Vec<SiteId> {
-    std::iter::once(site)
-        .chain(callers.iter().copied())
-        .collect()
+/// A frame of a stack, and whether it is inlined into the next one (both at one
+/// return address).
+type Frame = (SiteId, bool);
+
+/// The recorded return addresses' frames in one list, innermost first; the site alone
+/// when none were recorded.
+fn flatten(site: SiteId, addresses: &[Vec<SiteId>]) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = Vec::new();
+    for address in addresses {
+        for (i, &id) in address.iter().enumerate() {
+            frames.push((id, i + 1 < address.len()));
+        }
+    }
+    if frames.is_empty() {
+        frames.push((site, false));
+    }
+    frames
 }
 
 /// The first frame outside the Go runtime: the line whose insert grew a map. Without
 /// recorded callers (or if all are the runtime's), the innermost frame.
-fn user_frame(recording: &Recording, frames: &[SiteId]) -> SiteId {
+fn user_frame(recording: &Recording, frames: &[Frame]) -> SiteId {
     frames
         .iter()
-        .copied()
+        .map(|&(id, _)| id)
         .find(|&id| {
             recording
                 .site(id)
                 .is_some_and(|s| !advice::is_runtime(recording.name(s.function)))
         })
-        .unwrap_or(frames[0])
+        .unwrap_or(frames[0].0)
 }
 
 /// Growths and bytes per distinct stack.
-type Stacks = HashMap<Vec<SiteId>, (u64, u64)>;
+type Stacks = HashMap<Vec<Frame>, (u64, u64)>;
 
 fn stacks_of(recording: &Recording, stacks: &Stacks) -> Vec<Stack> {
     let mut out: Vec<Stack> = stacks
@@ -293,7 +305,7 @@ fn stacks_of(recording: &Recording, stacks: &Stacks) -> Vec<Stack> {
         .map(|(frames, &(growths, bytes))| Stack {
             frames: frames
                 .iter()
-                .map(|&id| {
+                .map(|&(id, _)| {
                     location(recording, id).unwrap_or_else(|| Location {
                         function: "?".to_string(),
                         file: "?".to_string(),
@@ -301,6 +313,7 @@ fn stacks_of(recording: &Recording, stacks: &Stacks) -> Vec<Stack> {
                     })
                 })
                 .collect(),
+            inlined: frames.iter().map(|&(_, inlined)| inlined).collect(),
             growths,
             bytes,
         })
@@ -314,7 +327,7 @@ fn stacks_of(recording: &Recording, stacks: &Stacks) -> Vec<Stack> {
 }
 
 struct Growth {
-    stack: Vec<SiteId>,
+    stack: Vec<Frame>,
     goroutine: u64,
     site: SiteId,
     elem_type: u32,
@@ -478,7 +491,7 @@ impl SliceChains {
 
 struct MapGrowth {
     site: SiteId,
-    frames: Vec<SiteId>,
+    frames: Vec<Frame>,
     kind: String,
     map: u64,
     map_type: u32,

@@ -127,6 +127,9 @@ impl Advice {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stack {
     pub frames: Vec<Location>,
+    /// By frame: true when it is inlined into the next frame (the compiler put both at
+    /// one machine address; pprof shows them as one location's lines).
+    pub inlined: Vec<bool>,
     pub growths: u64,
     pub bytes: u64,
 }

@@ -313,8 +313,7 @@ impl Builder {
         id
     }
 
-    /// One location of `lines`, innermost (inlined) first; only a stack frame's single
-    /// line for now, as the model does not say which frames were inlined.
+    /// One location of `lines`, innermost (inlined) first.
     fn location(&mut self, lines: &[&Location]) -> u64 {
         let key: Vec<(u64, i64)> = lines
             .iter()
@@ -337,16 +336,27 @@ impl Builder {
         id
     }
 
+    /// `inlined[i]`: frame i is inlined into frame i+1, so both are lines of one
+    /// location (missing entries: not inlined).
     fn sample(
         &mut self,
         frames: &[&Location],
+        inlined: &[bool],
         (growths, bytes): (u64, u64),
         labels: &[proto::Label],
     ) {
         if growths == 0 && bytes == 0 {
             return;
         }
-        let location_id = frames.iter().map(|f| self.location(&[f])).collect();
+        let mut location_id = Vec::new();
+        let mut lines: Vec<&Location> = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            lines.push(frame);
+            if !inlined.get(i).copied().unwrap_or(false) || i + 1 == frames.len() {
+                location_id.push(self.location(&lines));
+                lines.clear();
+            }
+        }
         self.samples.push(proto::Sample {
             location_id,
             value: vec![value(growths), value(bytes)],
@@ -376,7 +386,7 @@ impl Builder {
                 continue;
             }
             let bytes = if stack_bytes { stack.bytes } else { 0 };
-            self.sample(&frames, (stack.growths, bytes), labels);
+            self.sample(&frames, &stack.inlined, (stack.growths, bytes), labels);
             left_growths = left_growths.saturating_sub(stack.growths);
             left_bytes = left_bytes.saturating_sub(bytes);
         }
@@ -392,7 +402,7 @@ impl Builder {
                 &placeholder
             }
         };
-        self.sample(&[at], (left_growths, left_bytes), labels);
+        self.sample(&[at], &[], (left_growths, left_bytes), labels);
     }
 }
 
@@ -458,6 +468,7 @@ mod tests {
                     loc("main.load", "/src/main.go", 42),
                     loc("main.main", "/src/main.go", 10),
                 ],
+                inlined: vec![],
                 growths: 70,
                 bytes: 4000,
             },
@@ -466,6 +477,7 @@ mod tests {
                     loc("main.load", "/src/main.go", 42),
                     loc("main.other", "/src/main.go", 20),
                 ],
+                inlined: vec![],
                 growths: 20,
                 bytes: 2000,
             },
