@@ -149,3 +149,32 @@ fn a_report_that_drifts_from_the_schema_is_caught() {
     let caught = std::panic::catch_unwind(|| schema::assert_valid_report(&json));
     assert!(caught.is_err(), "an undocumented field passed the schema");
 }
+
+/// The checked-in captures (fuzz seeds, tests/corpus/record) read in this build's
+/// format: a real `mapwatch record` of the slicegrow fixture, and the same cut off.
+#[test]
+fn the_checked_in_captures_read_and_report() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/record");
+    let whole = std::fs::read(dir.join("slicegrow-go1.22.mapwatch")).unwrap();
+    let recording = read_bytes(&whole).expect("the capture reads");
+    assert_eq!(recording.damage, None);
+    let report = analyse(&recording);
+    // The fixture's own count (fixtures/README.md): 149 growths in its workload.
+    let workload: u64 = report
+        .slice_sites
+        .iter()
+        .filter(|s| {
+            s.location
+                .as_ref()
+                .is_some_and(|l| l.function.starts_with("main."))
+        })
+        .map(|s| s.growths)
+        .sum();
+    assert_eq!(workload, 149);
+    schema::assert_valid_report(&serde_json::to_value(&report).unwrap());
+
+    let cut = std::fs::read(dir.join("cut-off.mapwatch")).unwrap();
+    let recording = read_bytes(&cut).expect("a cut-off capture still reads");
+    assert!(recording.damage.is_some());
+    schema::assert_valid_report(&serde_json::to_value(analyse(&recording)).unwrap());
+}

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use crate::util::{Cmd, path_with_cargo_bin, step, workspace_root};
 
-/// CI's fuzzing budget is ~3 minutes: 12 targets × (8 s + ~2 s of start-up) ≈ 2 min,
+/// CI's fuzzing budget is ~3 minutes: 13 targets × (8 s + ~2 s of start-up) ≈ 2 min,
 /// plus rebuilding mapwatch and the targets (~50 s of CPU) when fuzz/target is cached.
 pub const DEFAULT_SECONDS: u64 = 8;
 
@@ -23,6 +23,7 @@ const TARGETS: &[(&str, &str)] = &[
     ("types", "types"),
     ("kubernetes", "kubernetes"),
     ("config", "config"),
+    ("record_file", "record"),
 ];
 
 /// Debug assertions (overflow checks included) on: an overflow wraps silently in a

@@ -50,7 +50,9 @@ pub fn for_slice(facts: &SliceFacts) -> Advice {
     for (caps, copied) in facts.instances {
         let avoided = caps.iter().take_while(|&&cap| cap <= n).count();
         saved += avoided as u64;
-        copied_saved += copied[..avoided].iter().sum::<u64>();
+        copied_saved = copied[..avoided.min(copied.len())]
+            .iter()
+            .fold(copied_saved, |sum, &c| sum.saturating_add(c));
         never_grow += u64::from(avoided == caps.len());
     }
     let instances = facts.instances.len().max(1) as f64;
@@ -58,7 +60,7 @@ pub fn for_slice(facts: &SliceFacts) -> Advice {
         .elem_type
         .map_or("T".to_string(), |t| go_type_in(t, &location.function));
     let code = format!("make([]{elem}, 0, {n})");
-    let already = if facts.started_non_empty * 2 > facts.instances.len() as u64 {
+    let already = if facts.started_non_empty.saturating_mul(2) > facts.instances.len() as u64 {
         " (already made with a capacity, but it outgrows it)"
     } else {
         ""
@@ -166,7 +168,7 @@ fn common_refusals(
             per_instance.mean
         ));
     }
-    if final_size.p50 > 0 && final_size.p95 > MAX_SPREAD * final_size.p50 {
+    if final_size.p50 > 0 && final_size.p95 > MAX_SPREAD.saturating_mul(final_size.p50) {
         return Some(format!(
             "final sizes spread too widely (p50 {}, p95 {}): a size for the p95 would give most \
              {what}s {}x the room they need; size it from the input where its length is known",

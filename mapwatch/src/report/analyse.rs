@@ -71,11 +71,12 @@ pub fn analyse(recording: &Recording) -> Report {
                 ref frames,
                 ..
             } => {
-                let copied = elem_size.map_or(0, |size| old_len * size);
+                let copied = elem_size.map_or(0, |size| old_len.saturating_mul(size));
                 let b = bucket_of(t);
                 timeline.slice_growths[b] += 1;
-                timeline.slice_bytes_copied[b] += copied;
-                cycles.growth_bytes += new_bytes.unwrap_or(0);
+                timeline.slice_bytes_copied[b] =
+                    timeline.slice_bytes_copied[b].saturating_add(copied);
+                cycles.growth_bytes = cycles.growth_bytes.saturating_add(new_bytes.unwrap_or(0));
                 slices.growth(Growth {
                     goroutine,
                     site,
@@ -136,7 +137,7 @@ pub fn analyse(recording: &Recording) -> Report {
                 duration_ns,
                 reason,
             } => {
-                cycles.stw_ns += duration_ns;
+                cycles.stw_ns = cycles.stw_ns.saturating_add(duration_ns);
                 pauses.push(Pause {
                     t_s: t as f64 / 1e9,
                     duration_ms: duration_ns as f64 / 1e6,
@@ -155,13 +156,13 @@ pub fn analyse(recording: &Recording) -> Report {
     let map_sites = maps.sites(recording);
     let mut durations: Vec<f64> = pauses.iter().map(|p| p.duration_ms).collect();
     durations.sort_by(f64::total_cmp);
-    let slice_growths: u64 = slice_sites.iter().map(|s| s.growths).sum();
-    let map_growths: u64 = map_sites.iter().map(|s| s.growths).sum();
-    let bytes_copied: u64 = slice_sites.iter().map(|s| s.bytes_copied).sum();
+    let slice_growths = total(slice_sites.iter().map(|s| s.growths));
+    let map_growths = total(map_sites.iter().map(|s| s.growths));
+    let bytes_copied = total(slice_sites.iter().map(|s| s.bytes_copied));
     let summary = Summary {
         slice_growths,
         slice_growths_per_s: per_s(slice_growths as f64),
-        slice_bytes_allocated: slice_sites.iter().map(|s| s.bytes_allocated).sum(),
+        slice_bytes_allocated: total(slice_sites.iter().map(|s| s.bytes_allocated)),
         slice_bytes_copied: bytes_copied,
         slice_bytes_copied_per_s: per_s(bytes_copied as f64),
         map_growths,
@@ -237,9 +238,9 @@ fn capture_info(recording: &Recording, duration_s: f64) -> CaptureInfo {
 /// a Swiss table grows past 7/8 full (maxAvgGroupLoad, internal/runtime/maps/table.go).
 fn capacity_of(map_implementation: &str, slots: u64) -> u64 {
     if map_implementation == "swiss" {
-        slots * 7 / 8
+        slots.saturating_mul(7) / 8
     } else {
-        slots * 13 / 16
+        slots.saturating_mul(13) / 16
     }
 }
 
@@ -390,12 +391,12 @@ impl SliceChains {
         self.waiting.insert(g.goroutine, chain);
         let part = self.per_site.entry(g.site).or_default();
         part.growths += 1;
-        part.bytes_allocated += g.new_bytes;
-        part.bytes_copied += g.copied;
+        part.bytes_allocated = part.bytes_allocated.saturating_add(g.new_bytes);
+        part.bytes_copied = part.bytes_copied.saturating_add(g.copied);
         *part.elem_types.entry(g.elem_type).or_default() += 1;
         let stack = part.stacks.entry(g.stack).or_default();
         stack.0 += 1;
-        stack.1 += g.copied;
+        stack.1 = stack.1.saturating_add(g.copied);
         part.elem_size = part.elem_size.or(g.elem_size);
     }
 
@@ -649,6 +650,11 @@ fn location(recording: &Recording, site: SiteId) -> Option<Location> {
     })
 }
 
+/// A sum of counts read from a file: hostile ones saturate rather than overflow.
+fn total(counts: impl Iterator<Item = u64>) -> u64 {
+    counts.fold(0, u64::saturating_add)
+}
+
 fn rate(n: u64, duration_s: f64) -> f64 {
     if duration_s > 0.0 {
         n as f64 / duration_s
@@ -671,7 +677,7 @@ pub fn distribution(values: impl Iterator<Item = u64>) -> Distribution {
         p50: rank(0.50),
         p95: rank(0.95),
         max: values[n - 1],
-        mean: values.iter().sum::<u64>() as f64 / n as f64,
+        mean: values.iter().map(|&v| v as f64).sum::<f64>() / n as f64,
     }
 }
 

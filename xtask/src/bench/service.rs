@@ -438,7 +438,7 @@ pub fn section(
          | configuration | CPU per request, µs | × CPU | requests/s | × throughput | p99, ms | probe hits per request | profiler CPU, % of a core | events lost |\n\
          |---|---|---|---|---|---|---|---|---|\n{}\n\n\
          The first two rows are the same service without any profiler: their ratio is the \
-         noise floor of this machine at the moment of the run.\n\n\
+         noise floor of this machine at the moment of the run.\n\n{}\n\n\
          ### Budget model check\n\n\
          Predicted extra CPU per request = hits per request × the per-hit cost measured in \
          the microbenchmark above (entry probes {}, RET probes {}); measured = CPU per \
@@ -459,6 +459,7 @@ pub fn section(
         warm_up.as_secs(),
         exact_sites.len(),
         rows.join("\n"),
+        record_text(&samples),
         probe_ns.map_or("—".into(), |n| format!("{n:.0} ns")),
         ret_ns.map_or("—".into(), |n| format!("{n:.0} ns")),
         model_rows.join("\n"),
@@ -469,6 +470,60 @@ pub fn section(
         targets,
         callsite_summary,
     })
+}
+
+/// What a capture costs beside the daemon: `record` keeps every probe on (RETs, stacks)
+/// and writes every event, so it is set against `run`'s budget.
+fn record_text(samples: &BTreeMap<&str, Samples>) -> String {
+    let none = &samples["none"];
+    let ratio = |label: &str| {
+        Summary::of(&paired_ratios(
+            &samples[label].cpu_us_per_request,
+            &none.cpu_us_per_request,
+        ))
+        .map_or(f64::NAN, |s| s.median)
+    };
+    let extra_us = |label: &str| {
+        let extra: Vec<f64> = samples[label]
+            .cpu_us_per_request
+            .iter()
+            .zip(&none.cpu_us_per_request)
+            .map(|(a, b)| a - b)
+            .collect();
+        Summary::of(&extra).map_or(f64::NAN, |s| s.median)
+    };
+    let share = |label: &str| {
+        Summary::of(&samples[label].profiler_cpu_share).map_or(f64::NAN, |s| s.median * 100.0)
+    };
+    let rps = |label: &str| Summary::of(&samples[label].per_second).map_or(f64::NAN, |s| s.median);
+    // Extra CPU per request × requests per second: the share of a core it takes.
+    let core_share = |label: &str| extra_us(label) * rps(label) / 1e4;
+    let (record, stacked, run) = (
+        ratio("record"),
+        ratio("record --stack-depth 16"),
+        ratio("run"),
+    );
+    format!(
+        "`mapwatch record` (the rows so named) keeps every probe attached for the whole \
+         capture — growslice's and makemap's RETs included (each single-stepped), 8 \
+         frame-pointer reads at each map growth, 16 at each slice growth with \
+         `--stack-depth 16` — and writes every event to a file: the service's CPU per \
+         request is {record:.1}× (stack depth 16: {stacked:.1}×) the unprofiled run's, \
+         near `attach --exact` ({:.1}×) and bpftrace at the same sites ({:.1}×); the recorder \
+         itself takes {:.0}–{:.0}% of a core. Where the daemon costs {run:.3}× (its default \
+         budget is 1% of a core), a capture costs {:.0} µs of CPU per request more: {:.0}% \
+         of a core at the {:.0} requests/s the service still serves, {:.0}× the daemon's \
+         budget. A capture is short and asked for; its cost is per event, so a service that \
+         grows less per request pays less.",
+        ratio("attach --exact"),
+        ratio("bpftrace"),
+        share("record"),
+        share("record --stack-depth 16"),
+        extra_us("record"),
+        core_share("record"),
+        rps("record"),
+        core_share("record"),
+    )
 }
 
 fn callsite_text(
