@@ -147,6 +147,11 @@ fn the_report_names_the_fixtures_sites_with_its_own_counts() {
             "{flavor}: index growths"
         );
         assert_eq!(index["maps"], done["requests"], "{flavor}: index maps");
+        assert_eq!(
+            index["map_types"],
+            serde_json::json!(["map[int64]int"]),
+            "{flavor}"
+        );
         // Each map's make was seen and tied to it: the line, and no hint.
         let (make_file, make_line) = &sites["index_make"];
         assert!(

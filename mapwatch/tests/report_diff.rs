@@ -155,6 +155,7 @@ fn slice_site(location: Option<Location>, advice: Advice) -> SliceSite {
 fn map_site(location: Option<Location>, advice: Advice) -> MapSite {
     MapSite {
         location,
+        map_types: Vec::new(),
         kinds: Default::default(),
         growths: 10,
         maps: 1,

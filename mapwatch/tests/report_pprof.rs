@@ -68,6 +68,7 @@ fn report() -> Report {
     };
     let map = MapSite {
         location: Some(loc("main.index", "/src/main.go", 55)),
+        map_types: Vec::new(),
         kinds: BTreeMap::from([("table_split".into(), 77)]),
         growths: 77,
         maps: 3,

@@ -79,6 +79,7 @@ fn slice(location: Option<Location>, growths: u64, copied: u64) -> SliceSite {
 fn map(location: Option<Location>, growths: u64, maps: u64) -> MapSite {
     MapSite {
         location,
+        map_types: Vec::new(),
         kinds: BTreeMap::from([("double".into(), growths)]),
         growths,
         maps,

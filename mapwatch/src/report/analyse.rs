@@ -594,7 +594,18 @@ impl MapInstances {
             .map(|(site, part)| {
                 let maps = instances.remove(&site).unwrap_or_default();
                 let location = location(recording, site);
-                let map_type = maps.first().map(|m| recording.name(m.map_type).to_string());
+                // Map types seen here, most maps first (key and value types for people).
+                let mut types: BTreeMap<u32, u64> = BTreeMap::new();
+                for m in &maps {
+                    *types.entry(m.map_type).or_default() += 1;
+                }
+                let mut types: Vec<(u32, u64)> = types.into_iter().collect();
+                types.sort_by_key(|&(_, maps)| std::cmp::Reverse(maps));
+                let map_types: Vec<String> = types
+                    .iter()
+                    .map(|&(id, _)| recording.name(id).to_string())
+                    .collect();
+                let map_type = map_types.first().cloned();
                 let growths_per_map = distribution(maps.iter().map(|m| m.growths));
                 let capacity_reached = distribution(maps.iter().map(|m| m.capacity));
                 let made: Vec<(SiteId, u64)> = maps.iter().filter_map(|m| m.made).collect();
@@ -619,6 +630,7 @@ impl MapInstances {
                 MapSite {
                     advice: advice::for_map(&facts),
                     location,
+                    map_types,
                     kinds: part.kinds,
                     growths: part.growths,
                     maps: maps.len() as u64,

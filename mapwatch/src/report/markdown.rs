@@ -170,9 +170,9 @@ fn map_sites(out: &mut String, sites: &[MapSite], top: usize) {
     }
     let _ = writeln!(
         out,
-        "| insert site | function | growths | kinds | maps | growths per map p50/p95 | \
+        "| insert site | function | map type | growths | kinds | maps | growths per map p50/p95 | \
          entries at last growth p50/p95/max | room reached p95 | made at (hint max) | \
-         health at growth | advised |\n|---|---|--:|---|--:|--:|--:|--:|---|---|---|"
+         health at growth | advised |\n|---|---|---|--:|---|--:|--:|--:|--:|---|---|---|"
     );
     for site in sites.iter().take(top) {
         let kinds: Vec<String> = site.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -191,9 +191,10 @@ fn map_sites(out: &mut String, sites: &[MapSite], top: usize) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {made} | {health} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {made} | {health} | {} |",
             site_cell(site.location.as_ref()),
             function_cell(site.location.as_ref()),
+            cell(&site.map_types.join(", ")),
             site.growths,
             kinds.join(", "),
             site.maps,

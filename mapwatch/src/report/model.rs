@@ -164,6 +164,8 @@ pub struct MapSite {
     /// The user-code line whose insert grew the map (the first frame outside the
     /// runtime); None when unknown.
     pub location: Option<Location>,
+    /// Map types seen growing here (e.g. `map[string]int`), most maps first.
+    pub map_types: Vec<String>,
     /// Growths by kind ("double", "same_size", "to_small", "to_table", "table_grow",
     /// "table_split").
     pub kinds: BTreeMap<String, u64>,

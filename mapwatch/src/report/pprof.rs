@@ -445,6 +445,7 @@ mod tests {
     fn map_site(location: Option<Location>, growths: u64) -> MapSite {
         MapSite {
             location,
+            map_types: Vec::new(),
             kinds: BTreeMap::from([("double".into(), growths)]),
             growths,
             maps: 1,
