@@ -289,18 +289,7 @@ fn a_killed_capture_is_still_read() {
     let Some(binary) = fixture("go1.22.10", "presize") else {
         return;
     };
-    let dir = tempdir("killed");
-    let file = dir.join("killed.mapwatch");
-    let mut command = mapwatch_command();
-    command
-        .arg("record")
-        .arg("-o")
-        .arg(&file)
-        .arg("--")
-        .arg(&binary)
-        .args(["-requests", "2000"]);
-    let mut fixture = Fixture::start_command(&mut command);
-    fixture.start_workload();
+    let (fixture, file) = long_capture(&binary, "killed");
     // Blocks are written every second: wait for one past the header.
     let header_only = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -332,18 +321,7 @@ fn ctrl_c_ends_the_capture_with_a_complete_file() {
     let Some(binary) = fixture("go1.22.10", "presize") else {
         return;
     };
-    let dir = tempdir("interrupted");
-    let file = dir.join("interrupted.mapwatch");
-    let mut command = mapwatch_command();
-    command
-        .arg("record")
-        .arg("-o")
-        .arg(&file)
-        .arg("--")
-        .arg(&binary)
-        .args(["-requests", "100000"]);
-    let mut fixture = Fixture::start_command(&mut command);
-    fixture.start_workload();
+    let (fixture, file) = long_capture(&binary, "interrupted");
     std::thread::sleep(std::time::Duration::from_secs(2));
     Command::new("kill")
         .args(["-INT", &fixture.child_pid().to_string()])
@@ -357,6 +335,22 @@ fn ctrl_c_ends_the_capture_with_a_complete_file() {
     assert_eq!(report["capture"]["complete"], true, "{}", report["capture"]);
     assert_eq!(report["capture"]["stopped_because"], "interrupted");
     assert!(report["summary"]["slice_growths"].as_u64().unwrap() > 0);
+}
+
+/// `mapwatch record -- presize` of a run far longer than the test, its workload started.
+fn long_capture(binary: &Path, name: &str) -> (Fixture, std::path::PathBuf) {
+    let file = tempdir(name).join(format!("{name}.mapwatch"));
+    let mut command = mapwatch_command();
+    command
+        .arg("record")
+        .arg("-o")
+        .arg(&file)
+        .arg("--")
+        .arg(binary)
+        .args(["-requests", "100000"]);
+    let mut fixture = Fixture::start_command(&mut command);
+    fixture.start_workload();
+    (fixture, file)
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

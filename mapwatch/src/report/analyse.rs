@@ -481,11 +481,8 @@ impl SliceChains {
                 }
             })
             .collect();
-        sites.sort_by(|a, b| {
-            b.growths
-                .cmp(&a.growths)
-                .then_with(|| a.location.cmp(&b.location))
-        });
+        sites
+            .sort_by(|a, b| most_growths_first((a.growths, &a.location), (b.growths, &b.location)));
         sites
     }
 }
@@ -645,13 +642,18 @@ impl MapInstances {
                 }
             })
             .collect();
-        sites.sort_by(|a, b| {
-            b.growths
-                .cmp(&a.growths)
-                .then_with(|| a.location.cmp(&b.location))
-        });
+        sites
+            .sort_by(|a, b| most_growths_first((a.growths, &a.location), (b.growths, &b.location)));
         sites
     }
+}
+
+/// Sites by growths, most first; by location among equals, so reports are stable.
+fn most_growths_first(
+    (a_growths, a_at): (u64, &Option<Location>),
+    (b_growths, b_at): (u64, &Option<Location>),
+) -> std::cmp::Ordering {
+    b_growths.cmp(&a_growths).then_with(|| a_at.cmp(b_at))
 }
 
 fn location(recording: &Recording, site: SiteId) -> Option<Location> {
