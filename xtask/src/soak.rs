@@ -1,7 +1,7 @@
 //! `cargo xtask soak --minutes N`: `mapwatch run` under steady load with process churn
 //! for N minutes, printing the daemon's RSS, open files, lost records and attach errors
 //! as it goes, and failing when something grows beyond the bounds below or is left in
-//! the kernel. Not part of CI (it is long by design); BENCHMARKS.md has a 30-minute run.
+//! the kernel. Not part of CI (it is long by design); BENCHMARKS.md has a 30-minute run ("Soak").
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -209,11 +209,22 @@ fn report(samples: &[Sample]) -> anyhow::Result<()> {
             s.minute, s.rss_mib, s.fds, s.lost, s.errors, s.started
         );
     }
-    // The program is freed with its last link: none listed means no probe is left.
-    let programs = crate::util::Cmd::new("bpftool")
-        .args(["prog", "list"])
-        .output()
-        .unwrap_or_default();
+    // The program is freed with its last link: none listed means no probe is left. The
+    // kernel frees closed links and programs asynchronously (RCU, workqueues), so give it
+    // up to 5 s, as the tests do (a check right after the exit once saw it still listed).
+    let programs = || {
+        crate::util::Cmd::new("bpftool")
+            .args(["prog", "list"])
+            .output()
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut programs_now = programs();
+    while programs_now.contains("name go_probe ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        programs_now = programs();
+    }
+    let programs = programs_now;
     let mut problems = Vec::new();
     if last.rss_mib > baseline.rss_mib + RSS_GROWTH_LIMIT_MIB {
         problems.push(format!(
