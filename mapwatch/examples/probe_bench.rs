@@ -405,6 +405,7 @@ fn growslice_plan(binary: &GoBinary, exact: bool) -> anyhow::Result<Vec<PlannedP
         map_growth: false,
         stw_gc: false,
         exact,
+        make_sites: false,
         hot: Default::default(),
     };
     let plan = plan::plan_probes(binary, request)?;

@@ -90,6 +90,7 @@ const RARE_ONLY: PlanRequest = PlanRequest {
     map_growth: true,
     stw_gc: true,
     exact: false,
+    make_sites: false,
     hot: plan::HotProbes {
         map_assign: false,
         malloc: false,

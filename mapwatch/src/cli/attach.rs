@@ -31,6 +31,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
             map_growth: true,
             stw_gc: true,
             exact: args.exact,
+            make_sites: false,
             hot: plan::HotProbes::from_names(&args.hot_probes),
         },
     )?;

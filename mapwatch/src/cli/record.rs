@@ -50,6 +50,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         stw_gc: true,
         // RET probes too: growslice's result chains a slice's growths.
         exact: true,
+        make_sites: true,
         hot: plan::HotProbes::default(),
     };
     let (target, recorded) = match args.pid {

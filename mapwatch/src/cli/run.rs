@@ -194,6 +194,7 @@ impl Daemon {
             map_growth: true,
             stw_gc: true,
             exact: false,
+            make_sites: false,
             hot: plan::HotProbes::from_names(&config.hot_probes),
         };
         eprintln!(

@@ -34,6 +34,9 @@ pub struct PlanRequest {
     /// Each RET probe is single-stepped by the kernel (~4× an entry probe): tests and
     /// short investigations only.
     pub exact: bool,
+    /// Also probe makemap's RETs, whose result ties each map to its make site and hint
+    /// (`record`; single-stepped like every RET probe, and nothing else reads them).
+    pub make_sites: bool,
     /// Opt-in probes on functions called millions of times a second.
     pub hot: HotProbes,
 }
@@ -45,6 +48,7 @@ impl PlanRequest {
         map_growth: true,
         stw_gc: true,
         exact: true,
+        make_sites: true,
         hot: HotProbes {
             map_assign: true,
             malloc: true,
@@ -208,7 +212,7 @@ pub fn plan_probes(binary: &GoBinary, request: PlanRequest) -> Result<ProbePlan,
             MapImplementation::Swiss => plan_swiss_growth(binary, offsets.as_ref()),
         };
         add("map_growth", growth);
-        add("map_make", plan_makemap(binary, request.exact));
+        add("map_make", plan_makemap(binary, request.make_sites));
     }
     if request.stw_gc {
         add("stop_the_world", plan_stw(binary, &facts));
@@ -511,9 +515,9 @@ fn plan_swiss_growth(
 
 /// makemap(t, hint, h): hint in RBX in both map implementations (src/runtime/map.go,
 /// map_swiss.go and map_noswiss.go in 1.24–1.25); makemap_small() takes none.
-/// In exact mode (`record`), their RETs too: RAX is the new map (the result), which ties
-/// the map's later growths to its make site and hint.
-fn plan_makemap(binary: &GoBinary, exact: bool) -> Result<Vec<PlannedProbe>, String> {
+/// For `record`, their RETs too: RAX is the new map (the result), which ties the map's
+/// later growths to its make site and hint.
+fn plan_makemap(binary: &GoBinary, make_sites: bool) -> Result<Vec<PlannedProbe>, String> {
     let flags = ProbeSpec::FLAG_CALLER_PC;
     let makemap = decode_function(binary, MAKEMAP)?;
     let small = decode_function(binary, MAKEMAP_SMALL)?;
@@ -521,7 +525,7 @@ fn plan_makemap(binary: &GoBinary, exact: bool) -> Result<Vec<PlannedProbe>, Str
         makemap.entry(binary, spec(ProbeKind::MakeMap, flags, &[]))?,
         small.entry(binary, spec(ProbeKind::MakeMapSmall, flags, &[]))?,
     ];
-    if exact {
+    if make_sites {
         let ret = spec(ProbeKind::MakeMapRet, 0, &[]);
         probes.extend(makemap.rets(binary, ret)?);
         probes.extend(small.rets(binary, ret)?);

@@ -149,6 +149,8 @@ process (`attach --exact --hot-probes …`) detached in ~0.17 s instead of ~2.9 
 
 /// Probe names of `--hot-probes` (cli/mod.rs `HotProbe`): off unless asked for.
 const HOT_PROBE_PREFIXES: [&str; 2] = ["mapassign_fast64", "malloc"];
+/// Probes only `record` attaches (plan/mod.rs `PlanRequest::make_sites`).
+const RECORD_ONLY_PROBES: [&str; 1] = ["makemap_ret"];
 
 pub struct Bench {
     pub quick: bool,
@@ -181,7 +183,7 @@ impl Bench {
     }
 
     /// Every probe site `attach --exact` places: inspect's plan (default signals and
-    /// RETs) without the opt-in hot probes (`--hot-probes`).
+    /// RETs) without the opt-in hot probes (`--hot-probes`) and `record`'s own.
     pub fn exact_sites(&self, binary: &Path) -> anyhow::Result<Vec<profilers::ProbeSite>> {
         Ok(self
             .planned(binary)?
@@ -189,6 +191,7 @@ impl Bench {
             .filter(|p| {
                 let name = p["probe"].as_str().unwrap_or_default();
                 !HOT_PROBE_PREFIXES.iter().any(|h| name.starts_with(h))
+                    && !RECORD_ONLY_PROBES.contains(&name)
             })
             .filter_map(|p| {
                 Some(profilers::ProbeSite {

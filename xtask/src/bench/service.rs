@@ -509,7 +509,8 @@ fn record_text(samples: &BTreeMap<&str, Samples>) -> String {
          frame-pointer reads at each map growth, 16 at each slice growth with \
          `--stack-depth 16` — and writes every event to a file: the service's CPU per \
          request is {record:.1}× (stack depth 16: {stacked:.1}×) the unprofiled run's, \
-         near `attach --exact` ({:.1}×) and bpftrace at the same sites ({:.1}×); the recorder \
+         near `attach --exact` ({:.1}×: the same probes but makemap's RETs) and bpftrace \
+         at attach's sites ({:.1}×); the recorder \
          itself takes {:.0}–{:.0}% of a core. Where the daemon costs {run:.3}× (its default \
          budget is 1% of a core), a capture costs {:.0} µs of CPU per request more: {:.0}% \
          of a core at the {:.0} requests/s the service still serves, {:.0}× the daemon's \

@@ -212,18 +212,10 @@ pub(super) fn compact(v: f64) -> String {
     format!("{text}{suffix}")
 }
 
+/// The Markdown report's units (powers of 1000, as `go tool pprof`), so a figure
+/// reads the same in both.
 pub(super) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    crate::report::advice::human_bytes(n as f64)
 }
 
 pub(super) fn ms(v: f64) -> String {
@@ -374,6 +366,6 @@ mod tests {
         assert_eq!(ms(0.012), "0.012 ms");
         assert_eq!(compact(12_500.0), "12.5k");
         assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(bytes(450_000), "439.5 KiB");
+        assert_eq!(bytes(450_000), "450.0 kB");
     }
 }
