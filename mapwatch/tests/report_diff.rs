@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use mapwatch::report::diff::{EditKind, plan};
 use mapwatch::report::model::{
-    Advice, CaptureInfo, Distribution, Location, MapSite, Report, SCHEMA_VERSION, SliceSite,
+    Advice, CaptureInfo, Distribution, Location, MapSite, Report, SCHEMA_VERSION, SliceSite, Stack,
     Summary, Timeline,
 };
 use support::in_ci;
@@ -55,6 +55,36 @@ func lengths(words []string) []int {
 	return ls
 }
 
+// addWord grows its caller's slice: the declaration to pre-size is the caller's.
+func addWord(upper bool, out []string, w string) []string {
+	if upper {
+		w = strings.ToUpper(w)
+	}
+	return append(out, w)
+}
+
+func shout(words []string) []string {
+	var loud []string
+	for _, w := range words {
+		loud = addWord(true, loud, w)
+	}
+	return loud
+}
+
+func addPair(pairs []string, a, b string) []string {
+	return append(pairs, a+b)
+}
+
+// pairs calls addPair from two lines, so no one declaration feeds its append.
+func pairs(words []string) []string {
+	var ps []string
+	for i := 1; i < len(words); i++ {
+		ps = addPair(ps, words[i-1], words[i])
+	}
+	ps = addPair(ps, words[0], words[len(words)-1])
+	return ps
+}
+
 func each(words []string, f func(string)) {
 	for _, w := range words {
 		f(w)
@@ -69,6 +99,7 @@ func main() {
 		ix.Add(w)
 	}
 	fmt.Println(len(ws), len(counts(ws)), len(lengths(ws)), len(store.Group(kept)))
+	fmt.Println(len(shout(ws)), len(pairs(ws)))
 }
 "#;
 
@@ -152,6 +183,28 @@ fn slice_site(location: Option<Location>, advice: Advice) -> SliceSite {
     }
 }
 
+/// A site whose growths came through each caller (one stack each, the site inlined
+/// into it).
+fn called_from(
+    location: Option<Location>,
+    callers: &[Option<Location>],
+    advice: Advice,
+) -> SliceSite {
+    let stacks = callers
+        .iter()
+        .map(|caller| Stack {
+            frames: vec![location.clone().unwrap(), caller.clone().unwrap()],
+            inlined: vec![true, false],
+            growths: 5,
+            bytes: 0,
+        })
+        .collect();
+    SliceSite {
+        stacks,
+        ..slice_site(location, advice)
+    }
+}
+
 fn map_site(location: Option<Location>, advice: Advice) -> MapSite {
     MapSite {
         location,
@@ -209,6 +262,19 @@ fn report() -> Report {
             Advice::None {
                 why: "already right".into(),
             },
+        ),
+        called_from(
+            location("main.addWord", main, MAIN_GO, "return append(out, w)"),
+            &[location("main.shout", main, MAIN_GO, "loud = addWord(")],
+            pre_size(33),
+        ),
+        called_from(
+            location("main.addPair", main, MAIN_GO, "return append(pairs"),
+            &[
+                location("main.pairs", main, MAIN_GO, "ps = addPair(ps, words[i-1]"),
+                location("main.pairs", main, MAIN_GO, "ps = addPair(ps, words[0]"),
+            ],
+            pre_size(5),
         ),
     ];
     let map_sites = vec![
@@ -385,6 +451,12 @@ fn diff_applies_and_the_module_still_formats_and_builds() {
                 40
             ),
             (
+                "main.go".to_string(),
+                line_of(MAIN_GO, "var loud []string"),
+                EditKind::Slice,
+                33
+            ),
+            (
                 "store/store.go".to_string(),
                 line_of(STORE_GO, "kept := []T{}"),
                 EditKind::Slice,
@@ -399,14 +471,19 @@ fn diff_applies_and_the_module_still_formats_and_builds() {
         ]
     );
     let refusals: Vec<String> = plan.refusals.iter().map(|r| r.why.clone()).collect();
-    assert_eq!(refusals.len(), 3, "{refusals:#?}");
+    assert_eq!(refusals.len(), 4, "{refusals:#?}");
     assert!(
         refusals[0].contains("an element of another map or slice"),
         "{refusals:#?}"
     );
     assert!(refusals[1].contains("no source line"), "{refusals:#?}");
     assert!(
-        refusals[2].contains("the field `ix.byName`"),
+        refusals[2]
+            .contains("addPair appends to its parameter and returns it, and 2 lines call it"),
+        "{refusals:#?}"
+    );
+    assert!(
+        refusals[3].contains("the field `ix.byName`"),
         "{refusals:#?}"
     );
 
@@ -422,6 +499,7 @@ fn diff_applies_and_the_module_still_formats_and_builds() {
         "+\tls := make([]int, 0, 40)\n",
         "+\tkept := make([]T, 0, 128)\n",
         "+\tgroups := make(map[int][]string, 16)\n",
+        "+\tvar loud = make([]string, 0, 33)\n",
     ] {
         assert!(diff.contains(added), "{added:?} not in:\n{diff}");
     }
@@ -429,7 +507,7 @@ fn diff_applies_and_the_module_still_formats_and_builds() {
         diff.lines()
             .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
             .count(),
-        5
+        6
     );
 
     for (tool, args) in [
@@ -472,8 +550,8 @@ fn a_missing_source_directory_is_an_error_and_missing_files_are_refusals() {
     let plan = plan(&report(), &empty).unwrap();
     assert!(plan.edits.is_empty());
     assert_eq!(plan.unified_diff(), "");
-    // Every advised site is accounted for: 5 slice and 4 map sites advise pre-sizing.
-    assert_eq!(plan.refusals.len(), 9, "{:#?}", plan.refusals);
+    // Every advised site is accounted for: 7 slice and 4 map sites advise pre-sizing.
+    assert_eq!(plan.refusals.len(), 11, "{:#?}", plan.refusals);
     assert!(
         plan.refusals[0]
             .why

@@ -8,8 +8,8 @@ use tree_sitter::Node;
 use super::EditKind;
 use super::forms;
 use super::syntax::{
-    Binding, GoFile, declaring_statement, descendants, line, named_children, outermost_function,
-    quote, resolve,
+    Binding, GoFile, declaring_statement, descendants, field_children, line, named_children,
+    outermost_function, quote, resolve,
 };
 
 /// The flagged site, as the report names it.
@@ -19,6 +19,17 @@ pub(super) struct Site<'a> {
     /// The function as the binary names it (main.handle), for messages.
     pub function: &'a str,
     pub n: u64,
+    /// Set when the line grows a slice by calling a function that appends to its
+    /// argument and returns it (`tags = addTag(tags, t)`) rather than by an append.
+    pub through: Option<Through<'a>>,
+}
+
+/// A call that grows its argument: the callee's name as the call writes it (`addTag`
+/// for main.addTag, `add` for main.(*T).add) and which argument it grows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Through<'a> {
+    pub callee: &'a str,
+    pub arg: usize,
 }
 
 /// Replace `range` of the file with `text`; the declaration starts on `line`.
@@ -37,7 +48,10 @@ pub(super) fn locate(file: &GoFile, site: &Site<'_>) -> Result<Rewrite, String> 
         return Err("the advised size is 0".into());
     }
     let target = match site.kind {
-        EditKind::Slice => append_target(file, site)?,
+        EditKind::Slice => match site.through {
+            None => append_target(file, site)?,
+            Some(through) => call_target(file, site, through)?,
+        },
         EditKind::Map => insert_target(file, site)?,
     };
     if outermost_function(target).is_some_and(|f| f.has_error()) {
@@ -91,7 +105,11 @@ fn on_line<'t>(
     site: &Site<'_>,
     keep: impl Fn(Node<'t>) -> bool,
 ) -> Vec<Node<'t>> {
-    let row = (site.line - 1) as usize;
+    // Lines count from 1; a report saying line 0 names none.
+    let Some(row) = site.line.checked_sub(1) else {
+        return Vec::new();
+    };
+    let row = row as usize;
     let spans = |n: Node<'t>| n.start_position().row <= row && row <= n.end_position().row;
     let found = descendants(file.tree.root_node(), spans, |n| spans(n) && keep(n));
     let starting: Vec<Node<'t>> = found
@@ -140,11 +158,24 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
             quote(file.text(*other))
         ));
     }
-    let assigned_back = call
-        .parent()
+    let assigned_back = assigns_back(file, call, target);
+    if !assigned_back {
+        return Err(format!(
+            "the append on line {} does not assign back to {} (x = append(x, …)), so no \
+             one declaration feeds it",
+            site.line,
+            quote(file.text(target))
+        ));
+    }
+    Ok(target)
+}
+
+/// Whether `call` is the whole right side of `target = call`.
+fn assigns_back(file: &GoFile, call: Node<'_>, target: Node<'_>) -> bool {
+    call.parent()
         .filter(|list| list.kind() == "expression_list" && list.named_child_count() == 1)
         .and_then(|list| list.parent().map(|stmt| (list, stmt)))
-        .filter(|(list, stmt)| {
+        .is_some_and(|(list, stmt)| {
             stmt.kind() == "assignment_statement"
                 && stmt
                     .child_by_field_name("right")
@@ -156,16 +187,103 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
                     left.named_child_count() == 1 && file.text(left) == file.text(target)
                 })
         })
-        .is_some();
-    if !assigned_back {
+}
+
+/// Whether `call` calls `callee`, as `callee(…)` or `x.callee(…)`.
+fn calls(file: &GoFile, call: Node<'_>, callee: &str) -> bool {
+    call.kind() == "call_expression"
+        && call
+            .child_by_field_name("function")
+            .is_some_and(|f| match f.kind() {
+                "identifier" => file.text(f) == callee,
+                "selector_expression" => f
+                    .child_by_field_name("field")
+                    .is_some_and(|field| file.text(field) == callee),
+                _ => false,
+            })
+}
+
+/// The slice a call of a growing function on the site's line grows (its argument
+/// `through.arg`), once the call is known to assign back to it.
+fn call_target<'t>(
+    file: &'t GoFile,
+    site: &Site<'_>,
+    through: Through<'_>,
+) -> Result<Node<'t>, String> {
+    let found = on_line(file, site, |n| calls(file, n, through.callee));
+    let args: Vec<(Node<'t>, Node<'t>)> = found
+        .iter()
+        .filter_map(|&call| {
+            let args = call.child_by_field_name("arguments")?;
+            named_children(args)
+                .get(through.arg)
+                .map(|&a| (call, unslice(a)))
+        })
+        .collect();
+    let Some(&(call, target)) = args.first() else {
         return Err(format!(
-            "the append on line {} does not assign back to {} (x = append(x, …)), so no \
+            "no call of {} on line {} (has the file changed since the build?)",
+            through.callee, site.line
+        ));
+    };
+    if args.len() > 1 {
+        return Err(format!(
+            "{} calls of {} on line {}: cannot tell which one grew",
+            args.len(),
+            through.callee,
+            site.line
+        ));
+    }
+    if !assigns_back(file, call, target) {
+        return Err(format!(
+            "the call of {} on line {} does not assign back to {} (x = {}(x, …)), so no \
              one declaration feeds it",
+            through.callee,
             site.line,
-            quote(file.text(target))
+            quote(file.text(target)),
+            through.callee
         ));
     }
     Ok(target)
+}
+
+/// When the site's line is `return append(p, …)` with p a parameter of its function:
+/// p's position among the parameters. The caller's variable is then what grows.
+pub(super) fn grown_parameter(file: &GoFile, site: &Site<'_>) -> Option<usize> {
+    let is_append = |n: Node<'_>| {
+        n.kind() == "call_expression"
+            && n.child_by_field_name("function")
+                .is_some_and(|f| f.kind() == "identifier" && file.text(f) == "append")
+    };
+    let [call] = on_line(file, site, is_append)[..] else {
+        return None;
+    };
+    let returned = call
+        .parent()
+        .filter(|list| list.kind() == "expression_list" && list.named_child_count() == 1)
+        .and_then(|list| list.parent())
+        .is_some_and(|stmt| stmt.kind() == "return_statement");
+    let target = unslice(call.child_by_field_name("arguments")?.named_child(0)?);
+    if !returned || target.kind() != "identifier" {
+        return None;
+    }
+    let name = file.text(target);
+    let Binding::Param { func } = resolve(file, name, target) else {
+        return None;
+    };
+    let mut index = 0;
+    for param in named_children(func.child_by_field_name("parameters")?) {
+        if param.kind() != "parameter_declaration" {
+            return None; // variadic: the caller's arguments are not one variable
+        }
+        for param_name in field_children(param, "name") {
+            if file.text(param_name) == name {
+                return Some(index);
+            }
+            index += 1;
+        }
+    }
+    None
 }
 
 /// `x` of `x[i:j]` (and of `x[i:][:j]`): `x = append(x[:0], …)` reuses x's array, so
@@ -328,7 +446,7 @@ fn check_other_assignments(
             let value = (lefts.len() == rights.len())
                 .then(|| rights.get(i))
                 .flatten();
-            if value.is_some_and(|v| keeps_array(file, name, *v)) {
+            if value.is_some_and(|v| keeps_array(file, name, *v, site.through)) {
                 continue;
             }
             return Err(format!(
@@ -343,9 +461,9 @@ fn check_other_assignments(
     Ok(())
 }
 
-/// `append(name, …)`, `name[i:j]`, or both nested: the same backing array, grown or
-/// re-sliced.
-fn keeps_array(file: &GoFile, name: &str, value: Node<'_>) -> bool {
+/// `append(name, …)`, `name[i:j]`, a call of the growing function on name (`through`),
+/// or these nested: the same backing array, grown or re-sliced.
+fn keeps_array(file: &GoFile, name: &str, value: Node<'_>, through: Option<Through<'_>>) -> bool {
     // append(x[:0], …) and x[i:][:j] nest; unwrap them down to the name.
     let mut at = Some(value);
     while let Some(node) = at {
@@ -360,6 +478,12 @@ fn keeps_array(file: &GoFile, name: &str, value: Node<'_>) -> bool {
                     .and_then(|a| a.named_child(0))
             }
             "slice_expression" => node.child_by_field_name("operand"),
+            "call_expression" => match through.filter(|t| calls(file, node, t.callee)) {
+                Some(through) => node
+                    .child_by_field_name("arguments")
+                    .and_then(|a| named_children(a).get(through.arg).copied()),
+                None => return false,
+            },
             _ => return false,
         };
     }

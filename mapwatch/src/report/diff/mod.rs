@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::model::{Advice, Location, Report};
+use super::model::{Advice, Location, Report, Stack};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EditKind {
@@ -102,15 +102,15 @@ pub fn plan(report: &Report, dir: &Path) -> Result<Plan, DiffError> {
     let slices = report
         .slice_sites
         .iter()
-        .map(|s| (EditKind::Slice, &s.location, &s.advice));
+        .map(|s| (EditKind::Slice, &s.location, &s.advice, &s.stacks[..]));
     let maps = report
         .map_sites
         .iter()
-        .map(|s| (EditKind::Map, &s.location, &s.advice));
+        .map(|s| (EditKind::Map, &s.location, &s.advice, &s.stacks[..]));
     let mut parsed: BTreeMap<PathBuf, Result<syntax::GoFile, String>> = BTreeMap::new();
     let mut edits: Vec<Edit> = Vec::new();
     let mut refusals = Vec::new();
-    for (kind, location, advice) in slices.chain(maps) {
+    for (kind, location, advice, stacks) in slices.chain(maps) {
         let Advice::PreSize { n, .. } = advice else {
             continue;
         };
@@ -121,7 +121,12 @@ pub fn plan(report: &Report, dir: &Path) -> Result<Plan, DiffError> {
             });
             continue;
         };
-        match decide(dir, &files, &mut parsed, kind, location, *n) {
+        let sources = Sources {
+            dir,
+            files: &files,
+            parsed: &mut parsed,
+        };
+        match decide(sources, kind, location, *n, stacks) {
             Ok(edit) => merge(&mut edits, &mut refusals, edit),
             Err(why) => refusals.push(Refusal {
                 location: Some(location.clone()),
@@ -143,31 +148,52 @@ pub fn plan(report: &Report, dir: &Path) -> Result<Plan, DiffError> {
     })
 }
 
+/// The Go files under the source directory, each parsed once when first needed.
+struct Sources<'a> {
+    dir: &'a Path,
+    files: &'a [PathBuf],
+    parsed: &'a mut BTreeMap<PathBuf, Result<syntax::GoFile, String>>,
+}
+
+impl Sources<'_> {
+    /// The file a compiled path names, relative to the directory, and its syntax.
+    fn file(&mut self, compiled: &str) -> Result<(PathBuf, &syntax::GoFile), String> {
+        let rel = paths::match_suffix(compiled, self.files)?.to_path_buf();
+        let dir = self.dir;
+        let file = self.parsed.entry(rel.clone()).or_insert_with(|| {
+            let path = dir.join(&rel);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(syntax::GoFile::parse)
+        });
+        let file = file.as_ref().map_err(|why| why.clone())?;
+        Ok((rel, file))
+    }
+}
+
 fn decide(
-    dir: &Path,
-    files: &[PathBuf],
-    parsed: &mut BTreeMap<PathBuf, Result<syntax::GoFile, String>>,
+    mut sources: Sources<'_>,
     kind: EditKind,
     location: &Location,
     n: u64,
+    stacks: &[Stack],
 ) -> Result<Edit, String> {
-    let rel = paths::match_suffix(&location.file, files)?.to_path_buf();
-    let file = parsed.entry(rel.clone()).or_insert_with(|| {
-        let path = dir.join(&rel);
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(syntax::GoFile::parse)
-    });
-    let file = file.as_ref().map_err(|why| why.clone())?;
+    let (rel, file) = sources.file(&location.file)?;
     let site = locate::Site {
         kind,
         line: location.line,
         function: &location.function,
         n,
+        through: None,
     };
+    if kind == EditKind::Slice
+        && let Some(arg) = locate::grown_parameter(file, &site)
+    {
+        return through_caller(sources, location, n, arg, stacks);
+    }
     let rewrite = locate::locate(file, &site).map_err(|why| format!("{}: {why}", rel.display()))?;
     Ok(Edit {
-        file: dir.join(rel),
+        file: sources.dir.join(rel),
         line: rewrite.line,
         kind,
         n,
@@ -175,6 +201,88 @@ fn decide(
         range: rewrite.range,
         text: rewrite.text,
     })
+}
+
+/// The site is `return append(p, …)` in a function that grows its parameter `arg`
+/// (`addTag`, inlined or not): the slice that grows is the caller's variable, so the
+/// declaration to pre-size is in the one caller the report's stacks name.
+fn through_caller(
+    mut sources: Sources<'_>,
+    location: &Location,
+    n: u64,
+    arg: usize,
+    stacks: &[Stack],
+) -> Result<Edit, String> {
+    let callee = &callee_name(&location.function)[..];
+    let mut callers: Vec<&Location> = stacks
+        .iter()
+        .filter(|s| s.frames.first() == Some(location))
+        .filter_map(|s| s.frames.get(1))
+        .collect();
+    callers.sort();
+    callers.dedup();
+    let caller = match callers[..] {
+        [caller] => caller,
+        [] => {
+            return Err(format!(
+                "{callee} appends to its parameter and returns it, so its caller's slice is \
+                 what grows, and the report names no caller (record with --stack-depth \
+                 when {callee} is not inlined)"
+            ));
+        }
+        [first, ..] => {
+            return Err(format!(
+                "{callee} appends to its parameter and returns it, and {} lines call it \
+                 ({first}, …): pre-size the slice where each caller makes it",
+                callers.len()
+            ));
+        }
+    };
+    let (rel, file) = sources.file(&caller.file)?;
+    let site = locate::Site {
+        kind: EditKind::Slice,
+        line: caller.line,
+        function: &caller.function,
+        n,
+        through: Some(locate::Through { callee, arg }),
+    };
+    let rewrite = locate::locate(file, &site).map_err(|why| {
+        format!(
+            "{callee} grows its parameter; at its caller, {}: {why}",
+            rel.display()
+        )
+    })?;
+    Ok(Edit {
+        file: sources.dir.join(rel),
+        line: rewrite.line,
+        kind: EditKind::Slice,
+        n,
+        site: location.clone(),
+        range: rewrite.range,
+        text: rewrite.text,
+    })
+}
+
+/// A function as a Go call names it: `addTag` for main.addTag, `add` for
+/// main.(*T).add and for the generic main.List[...].add, `collect` for main.collect[...].
+fn callee_name(symbol: &str) -> String {
+    let mut depth = 0usize;
+    let without_type_arguments: String = symbol
+        .chars()
+        .filter(|&c| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                _ => return depth == 0,
+            }
+            false
+        })
+        .collect();
+    without_type_arguments
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Two sites fed by one declaration make one edit, sized for the larger.

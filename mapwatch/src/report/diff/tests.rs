@@ -1,6 +1,6 @@
 //! Go snippets for each declaration form the diff rewrites and each it refuses.
 use super::EditKind::{self, Map, Slice};
-use super::locate::{Site, locate};
+use super::locate::{Site, Through, grown_parameter, locate};
 use super::render::apply;
 use super::syntax::{GoFile, int_literal};
 
@@ -25,6 +25,7 @@ fn rewrite_at(kind: EditKind, src: &str, line: u32) -> Result<String, String> {
         line,
         function: "main.f",
         n: N,
+        through: None,
     };
     let rw = locate(&file, &site)?;
     Ok(apply(src, &[(rw.range, rw.text.as_str())]))
@@ -489,8 +490,15 @@ fn any_line_of_any_prefix_is_decided_without_panicking() {
                     line,
                     function: "main.f",
                     n: N,
+                    through: None,
                 };
                 let _ = locate(&file, &site);
+                let _ = grown_parameter(&file, &site);
+                let through = Some(Through {
+                    callee: "each",
+                    arg: 0,
+                });
+                let _ = locate(&file, &Site { through, ..site });
             }
         }
     }
@@ -509,4 +517,116 @@ fn go_integer_literals() {
     assert_eq!(int_literal("0b101"), Some(5));
     assert_eq!(int_literal("n"), None);
     assert_eq!(int_literal("99999999999999999999999"), None);
+}
+
+/// The parameter index of `return append(p, …)` on the line containing `flagged`.
+fn grown(src: &str, flagged: &str) -> Option<usize> {
+    let line = src.lines().position(|l| l.contains(flagged)).unwrap() as u32 + 1;
+    let file = GoFile::parse(src.to_string()).unwrap();
+    let site = Site {
+        kind: Slice,
+        line,
+        function: "main.add",
+        n: N,
+        through: None,
+    };
+    grown_parameter(&file, &site)
+}
+
+#[test]
+fn a_function_returning_its_grown_parameter_names_which() {
+    let helper = |params: &str, body: &str| {
+        format!("package main\n\nfunc add({params}) []int {{\n{body}}}\n")
+    };
+    assert_eq!(
+        grown(
+            &helper("xs []int, v int", "\treturn append(xs, v)\n"),
+            "return"
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        grown(
+            &helper("n int, a, xs []int", "\treturn append(xs[:n], a...)\n"),
+            "return"
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        grown(
+            &helper("xs []int, vs ...int", "\treturn append(xs, vs...)\n"),
+            "return"
+        ),
+        Some(0)
+    );
+    // Not the parameter, not returned, or a variadic parameter: no caller to follow.
+    assert_eq!(
+        grown(
+            &helper("v int", "\tvar ys []int\n\treturn append(ys, v)\n"),
+            "return"
+        ),
+        None
+    );
+    assert_eq!(
+        grown(
+            &helper("xs []int", "\txs = append(xs, 1)\n\treturn xs\n"),
+            "append"
+        ),
+        None
+    );
+    assert_eq!(
+        grown(
+            &helper("v int, xs ...int", "\treturn append(xs, v)\n"),
+            "return"
+        ),
+        None
+    );
+}
+
+/// `src` rewritten for a call of `callee` growing argument `arg` on the line with `flagged`.
+fn rewrite_through(src: &str, flagged: &str, callee: &str, arg: usize) -> Result<String, String> {
+    let line = src.lines().position(|l| l.contains(flagged)).unwrap() as u32 + 1;
+    let file = GoFile::parse(src.to_string())?;
+    let site = Site {
+        kind: Slice,
+        line,
+        function: "main.f",
+        n: N,
+        through: Some(Through { callee, arg }),
+    };
+    let rw = locate(&file, &site)?;
+    Ok(apply(src, &[(rw.range, rw.text.as_str())]))
+}
+
+#[test]
+fn the_callers_declaration_is_rewritten_for_a_growing_call() {
+    let body = "\tvar tags []int\n\tfor _, v := range in {\n\t\ttags = addTag(tags, v)\n\t}\n\treturn tags\n";
+    let src = in_func(body);
+    let got = rewrite_through(&src, "addTag(", "addTag", 0).unwrap();
+    assert_eq!(
+        got,
+        src.replace("var tags []int", "var tags = make([]int, 0, 64)")
+    );
+    // A method call and a later argument.
+    let body =
+        "\tout := []int{}\n\tfor _, v := range in {\n\t\tout = s.add(v, out)\n\t}\n\treturn out\n";
+    let src = in_func(body);
+    let got = rewrite_through(&src, "s.add(", "add", 1).unwrap();
+    assert_eq!(
+        got,
+        src.replace("out := []int{}", "out := make([]int, 0, 64)")
+    );
+}
+
+#[test]
+fn a_growing_call_is_refused_where_no_one_declaration_feeds_it() {
+    let src = in_func("\tvar a, b []int\n\tb = addTag(a, 1)\n\treturn b\n");
+    let why = rewrite_through(&src, "addTag(", "addTag", 0).unwrap_err();
+    assert!(why.contains("does not assign back to `a`"), "{why}");
+    let src = in_func("\tvar t []int\n\tt = addTag(t, 1)\n\tt = other(t)\n\treturn t\n");
+    let why = rewrite_through(&src, "addTag(", "addTag", 0).unwrap_err();
+    assert!(why.contains("t is also assigned at line 6"), "{why}");
+    let src = in_func("\tvar t []int\n\tt = addTag(t, 1)\n\treturn t\n");
+    let why = rewrite_through(&src, "addTag(", "grow", 0).unwrap_err();
+    assert!(why.contains("no call of grow on line 5"), "{why}");
 }
