@@ -519,81 +519,76 @@ fn go_integer_literals() {
     assert_eq!(int_literal("99999999999999999999999"), None);
 }
 
-/// The parameter index of `return append(p, …)` on the line containing `flagged`.
-fn grown(src: &str, flagged: &str) -> Option<usize> {
+/// A slice site on the first line of `src` containing `flagged`.
+fn slice_site<'a>(src: &str, flagged: &str, through: Option<Through<'a>>) -> Site<'a> {
     let line = src.lines().position(|l| l.contains(flagged)).unwrap() as u32 + 1;
-    let file = GoFile::parse(src.to_string()).unwrap();
-    let site = Site {
-        kind: Slice,
-        line,
-        function: "main.add",
-        n: N,
-        through: None,
-    };
-    grown_parameter(&file, &site)
-}
-
-#[test]
-fn a_function_returning_its_grown_parameter_names_which() {
-    let helper = |params: &str, body: &str| {
-        format!("package main\n\nfunc add({params}) []int {{\n{body}}}\n")
-    };
-    assert_eq!(
-        grown(
-            &helper("xs []int, v int", "\treturn append(xs, v)\n"),
-            "return"
-        ),
-        Some(0)
-    );
-    assert_eq!(
-        grown(
-            &helper("n int, a, xs []int", "\treturn append(xs[:n], a...)\n"),
-            "return"
-        ),
-        Some(2)
-    );
-    assert_eq!(
-        grown(
-            &helper("xs []int, vs ...int", "\treturn append(xs, vs...)\n"),
-            "return"
-        ),
-        Some(0)
-    );
-    // Not the parameter, not returned, or a variadic parameter: no caller to follow.
-    assert_eq!(
-        grown(
-            &helper("v int", "\tvar ys []int\n\treturn append(ys, v)\n"),
-            "return"
-        ),
-        None
-    );
-    assert_eq!(
-        grown(
-            &helper("xs []int", "\txs = append(xs, 1)\n\treturn xs\n"),
-            "append"
-        ),
-        None
-    );
-    assert_eq!(
-        grown(
-            &helper("v int, xs ...int", "\treturn append(xs, v)\n"),
-            "return"
-        ),
-        None
-    );
-}
-
-/// `src` rewritten for a call of `callee` growing argument `arg` on the line with `flagged`.
-fn rewrite_through(src: &str, flagged: &str, callee: &str, arg: usize) -> Result<String, String> {
-    let line = src.lines().position(|l| l.contains(flagged)).unwrap() as u32 + 1;
-    let file = GoFile::parse(src.to_string())?;
-    let site = Site {
+    Site {
         kind: Slice,
         line,
         function: "main.f",
         n: N,
-        through: Some(Through { callee, arg }),
-    };
+        through,
+    }
+}
+
+/// The parameter index of `return append(p, …)` on the line containing `flagged`.
+fn grown(src: &str, flagged: &str) -> Option<usize> {
+    let file = GoFile::parse(src.to_string()).unwrap();
+    grown_parameter(&file, &slice_site(src, flagged, None))
+}
+
+#[test]
+fn a_function_returning_its_grown_parameter_names_which() {
+    // (parameters, body, the flagged line's text, the grown parameter)
+    let cases = [
+        (
+            "xs []int, v int",
+            "\treturn append(xs, v)\n",
+            "return",
+            Some(0),
+        ),
+        (
+            "n int, a, xs []int",
+            "\treturn append(xs[:n], a...)\n",
+            "return",
+            Some(2),
+        ),
+        (
+            "xs []int, vs ...int",
+            "\treturn append(xs, vs...)\n",
+            "return",
+            Some(0),
+        ),
+        // Not the parameter, not returned, or a variadic one: no caller to follow.
+        (
+            "v int",
+            "\tvar ys []int\n\treturn append(ys, v)\n",
+            "return",
+            None,
+        ),
+        (
+            "xs []int",
+            "\txs = append(xs, 1)\n\treturn xs\n",
+            "append",
+            None,
+        ),
+        (
+            "v int, xs ...int",
+            "\treturn append(xs, v)\n",
+            "return",
+            None,
+        ),
+    ];
+    for (params, body, flagged, want) in cases {
+        let src = format!("package main\n\nfunc add({params}) []int {{\n{body}}}\n");
+        assert_eq!(grown(&src, flagged), want, "{src}");
+    }
+}
+
+/// `src` rewritten for a call of `callee` growing argument `arg` on the line with `flagged`.
+fn rewrite_through(src: &str, flagged: &str, callee: &str, arg: usize) -> Result<String, String> {
+    let file = GoFile::parse(src.to_string())?;
+    let site = slice_site(src, flagged, Some(Through { callee, arg }));
     let rw = locate(&file, &site)?;
     Ok(apply(src, &[(rw.range, rw.text.as_str())]))
 }
