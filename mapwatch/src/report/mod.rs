@@ -1,5 +1,5 @@
 //! `mapwatch report`: a record file in, the lines to change out. Pure: the recording
-//! is analysed into a [`model::Report`] (`analyse.rs`: growth chains per slice, growths
+//! is analysed into a [`model::Report`] (`analyse/`: growth chains per slice, growths
 //! per map, pauses; `advice.rs`: what to change at each site), which each format
 //! renders; `diff/` rewrites the user's source (the one part that reads files).
 pub mod advice;

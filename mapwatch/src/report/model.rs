@@ -1,4 +1,4 @@
-//! What a report says, whatever its format: built from a recording by `analyse.rs`,
+//! What a report says, whatever its format: built from a recording by `analyse/`,
 //! rendered by the other files of this room. The JSON format is this model serialized
 //! (docs/report.md describes it; `SCHEMA_VERSION` changes when a field's meaning does).
 use std::collections::BTreeMap;
