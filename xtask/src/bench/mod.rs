@@ -315,9 +315,32 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
         scaled,
     );
     let path = workspace_root().join("BENCHMARKS.md");
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    let report = match section(&previous, SOAK_HEADING) {
+        Some(soak) => format!("{}\n\n{}\n", report.trim_end(), soak.trim_end()),
+        None => report,
+    };
     std::fs::write(&path, &report)?;
     println!("{report}");
     Ok(())
+}
+
+/// `cargo xtask soak` measures for half an hour, apart from the bench: its section is
+/// carried over when the bench rewrites the file.
+const SOAK_HEADING: &str = "## Soak";
+
+/// The `## ` section of `markdown` whose heading starts with `heading`, up to the next
+/// `## ` heading.
+fn section<'m>(markdown: &'m str, heading: &str) -> Option<&'m str> {
+    let start = markdown
+        .match_indices("\n## ")
+        .map(|(i, _)| i + 1)
+        .chain(markdown.starts_with("## ").then_some(0))
+        .find(|&i| markdown[i..].starts_with(heading))?;
+    let end = markdown[start + 3..]
+        .find("\n## ")
+        .map_or(markdown.len(), |i| start + 3 + i + 1);
+    Some(&markdown[start..end])
 }
 
 /// `--only`: the chosen sections, printed (the service's budget-model check needs the
@@ -482,4 +505,23 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!("{}, {cpus} CPUs ({model})", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::section;
+
+    #[test]
+    fn a_section_runs_to_the_next_heading_or_the_end() {
+        let doc = "# Benchmarks\n\n## A\n\na\n\n## Soak: 30 min\n\n| x |\n\n## B\n\nb\n";
+        assert_eq!(
+            section(doc, "## Soak"),
+            Some("## Soak: 30 min\n\n| x |\n\n")
+        );
+        assert_eq!(section(doc, "## B"), Some("## B\n\nb\n"));
+        assert_eq!(section("## A\nx", "## A"), Some("## A\nx"));
+        assert_eq!(section(doc, "## C"), None);
+        // A heading's text inside a line is not a heading.
+        assert_eq!(section("see ## Soak here\n", "## Soak"), None);
+    }
 }
