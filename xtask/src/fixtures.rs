@@ -202,6 +202,7 @@ fn flavors(env: &Env) -> Vec<Flavor<'_>> {
 
 /// Builds all fixtures; returns the directory the tests read them from.
 pub fn build_all(env: &Env) -> anyhow::Result<PathBuf> {
+    generate_sources(env)?;
     let sources = fixture_sources()?;
     let out = fixtures_dir();
     step("Go fixtures", || {
@@ -329,6 +330,35 @@ fn package_sources(main: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Fixtures too big to write by hand (manysites: thousands of append sites) have a
+/// `gen.go` (`//go:build ignore`) beside `main.go`: `go run gen.go` prints `sites.go`,
+/// which git ignores. Written only when its text changes, so the build stamp holds.
+fn generate_sources(env: &Env) -> anyhow::Result<()> {
+    let go = env.go.first().context("no Go toolchain installed")?;
+    let dir = workspace_root().join("fixtures");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let fixture = entry?.path();
+        if !fixture.join("gen.go").is_file() {
+            continue;
+        }
+        let text = Cmd::new(go.root.join("bin/go"))
+            .args(["run", "gen.go"])
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", cache_dir().join("gocache"))
+            .env("GOPATH", cache_dir().join("gopath"))
+            .current_dir(&fixture)
+            .output()
+            .with_context(|| format!("go run gen.go in {} failed", fixture.display()))?;
+        let generated = fixture.join("sites.go");
+        if std::fs::read_to_string(&generated).ok().as_deref() != Some(text.as_str()) {
+            std::fs::write(&generated, &text)
+                .with_context(|| format!("writing {}", generated.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn fixture_sources() -> anyhow::Result<Vec<(String, PathBuf)>> {
