@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::{Fixture, Mapwatch, fixture, privileged};
+use support::{Fixture, Mapwatch, fixture, privileged, rss_kib};
 
 /// Exact counts: Go 1.22 has no stack-buffered appends (fixtures/README.md).
 const GO: &str = "go1.22.10";
@@ -19,18 +19,6 @@ const MAX_ELEM_TYPES: usize = 20;
 /// (from attached and idle to the workload's end). Measured: +3.9 MiB (61.1 → 65.2 MiB),
 /// part of it the ring buffer's pages touched for the first time (~1.2 MB of records).
 const RSS_GROWTH_LIMIT_KIB: u64 = 8 * 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn thousands_of_sites_and_element_types_stay_within_the_caps() {

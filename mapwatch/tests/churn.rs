@@ -50,15 +50,7 @@ fn footprint(pid: u32) -> (usize, u64) {
     let files = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| dir.count())
         .unwrap_or(0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
+    let rss = support::rss_kib(pid);
     (files, rss)
 }
 

@@ -137,6 +137,19 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 /// The fixture binary, or None (skip; a failure in CI) when it has not been built.
+/// Resident memory of a process, KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 pub fn fixture(go: &str, name: &str) -> Option<PathBuf> {
     let path = fixtures_dir().join(go).join(name);
     if path.is_file() {
