@@ -32,18 +32,24 @@ fn sites() -> HashMap<String, (String, u32)> {
     sites
 }
 
-/// Records one run of the fixture; returns the file and the fixture's done line.
-fn record(binary: &Path, dir: &Path) -> (std::path::PathBuf, HashMap<String, u64>) {
-    let file = dir.join("presize.mapwatch");
+/// `mapwatch record -o FILE -- BINARY ARGS…`. The fixture's stdin and stdout are
+/// mapwatch's: the harness talks to it through them.
+fn record_command(file: &Path, binary: &Path, args: &[&str]) -> Command {
     let mut command = mapwatch_command();
     command
         .arg("record")
         .arg("-o")
-        .arg(&file)
+        .arg(file)
         .arg("--")
-        .arg(binary);
-    // The fixture's stdin and stdout are mapwatch's: the harness talks to it through them.
-    let mut fixture = Fixture::start_command(&mut command);
+        .arg(binary)
+        .args(args);
+    command
+}
+
+/// Records one run of the fixture; returns the file and the fixture's done line.
+fn record(binary: &Path, dir: &Path) -> (std::path::PathBuf, HashMap<String, u64>) {
+    let file = dir.join("presize.mapwatch");
+    let mut fixture = Fixture::start_command(&mut record_command(&file, binary, &[]));
     let done = fixture.run_workload_fields();
     let status = fixture.finish();
     assert!(status.success(), "mapwatch record: {status}");
@@ -340,14 +346,7 @@ fn ctrl_c_ends_the_capture_with_a_complete_file() {
 /// `mapwatch record -- presize` of a run far longer than the test, its workload started.
 fn long_capture(binary: &Path, name: &str) -> (Fixture, std::path::PathBuf) {
     let file = tempdir(name).join(format!("{name}.mapwatch"));
-    let mut command = mapwatch_command();
-    command
-        .arg("record")
-        .arg("-o")
-        .arg(&file)
-        .arg("--")
-        .arg(binary)
-        .args(["-requests", "100000"]);
+    let mut command = record_command(&file, binary, &["-requests", "100000"]);
     let mut fixture = Fixture::start_command(&mut command);
     fixture.start_workload();
     (fixture, file)

@@ -127,12 +127,7 @@ fn on_line<'t>(
 /// The slice the append on the site's line grows (its first argument, re-slicing
 /// aside), once the append is known to assign back to it.
 fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, String> {
-    let is_append = |n: Node<'t>| {
-        n.kind() == "call_expression"
-            && n.child_by_field_name("function")
-                .is_some_and(|f| f.kind() == "identifier" && file.text(f) == "append")
-    };
-    let calls = on_line(file, site, is_append);
+    let calls = on_line(file, site, |n| is_append(file, n));
     let first_args: Vec<(Node<'t>, Node<'t>)> = calls
         .iter()
         .filter_map(|&call| {
@@ -158,8 +153,7 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
             quote(file.text(*other))
         ));
     }
-    let assigned_back = assigns_back(file, call, target);
-    if !assigned_back {
+    if !assigns_back(file, call, target) {
         return Err(format!(
             "the append on line {} does not assign back to {} (x = append(x, …)), so no \
              one declaration feeds it",
@@ -170,23 +164,37 @@ fn append_target<'t>(file: &'t GoFile, site: &Site<'_>) -> Result<Node<'t>, Stri
     Ok(target)
 }
 
+/// A call of the builtin `append`.
+fn is_append(file: &GoFile, node: Node<'_>) -> bool {
+    node.kind() == "call_expression"
+        && node
+            .child_by_field_name("function")
+            .is_some_and(|f| f.kind() == "identifier" && file.text(f) == "append")
+}
+
+/// When `expr` is the only expression of a list: that list and the statement holding it
+/// (`x = expr`, `return expr`).
+fn sole_value_of(expr: Node<'_>) -> Option<(Node<'_>, Node<'_>)> {
+    let list = expr
+        .parent()
+        .filter(|list| list.kind() == "expression_list" && list.named_child_count() == 1)?;
+    Some((list, list.parent()?))
+}
+
 /// Whether `call` is the whole right side of `target = call`.
 fn assigns_back(file: &GoFile, call: Node<'_>, target: Node<'_>) -> bool {
-    call.parent()
-        .filter(|list| list.kind() == "expression_list" && list.named_child_count() == 1)
-        .and_then(|list| list.parent().map(|stmt| (list, stmt)))
-        .is_some_and(|(list, stmt)| {
-            stmt.kind() == "assignment_statement"
-                && stmt
-                    .child_by_field_name("right")
-                    .is_some_and(|r| r.id() == list.id())
-                && stmt
-                    .child_by_field_name("operator")
-                    .is_some_and(|op| file.text(op) == "=")
-                && stmt.child_by_field_name("left").is_some_and(|left| {
-                    left.named_child_count() == 1 && file.text(left) == file.text(target)
-                })
-        })
+    sole_value_of(call).is_some_and(|(list, stmt)| {
+        stmt.kind() == "assignment_statement"
+            && stmt
+                .child_by_field_name("right")
+                .is_some_and(|r| r.id() == list.id())
+            && stmt
+                .child_by_field_name("operator")
+                .is_some_and(|op| file.text(op) == "=")
+            && stmt.child_by_field_name("left").is_some_and(|left| {
+                left.named_child_count() == 1 && file.text(left) == file.text(target)
+            })
+    })
 }
 
 /// Whether `call` calls `callee`, as `callee(…)` or `x.callee(…)`.
@@ -250,19 +258,10 @@ fn call_target<'t>(
 /// When the site's line is `return append(p, …)` with p a parameter of its function:
 /// p's position among the parameters. The caller's variable is then what grows.
 pub(super) fn grown_parameter(file: &GoFile, site: &Site<'_>) -> Option<usize> {
-    let is_append = |n: Node<'_>| {
-        n.kind() == "call_expression"
-            && n.child_by_field_name("function")
-                .is_some_and(|f| f.kind() == "identifier" && file.text(f) == "append")
-    };
-    let [call] = on_line(file, site, is_append)[..] else {
+    let [call] = on_line(file, site, |n| is_append(file, n))[..] else {
         return None;
     };
-    let returned = call
-        .parent()
-        .filter(|list| list.kind() == "expression_list" && list.named_child_count() == 1)
-        .and_then(|list| list.parent())
-        .is_some_and(|stmt| stmt.kind() == "return_statement");
+    let returned = sole_value_of(call).is_some_and(|(_, stmt)| stmt.kind() == "return_statement");
     let target = unslice(call.child_by_field_name("arguments")?.named_child(0)?);
     if !returned || target.kind() != "identifier" {
         return None;
@@ -469,14 +468,9 @@ fn keeps_array(file: &GoFile, name: &str, value: Node<'_>, through: Option<Throu
     while let Some(node) = at {
         at = match node.kind() {
             "identifier" => return file.text(node) == name,
-            "call_expression"
-                if node
-                    .child_by_field_name("function")
-                    .is_some_and(|f| file.text(f) == "append") =>
-            {
-                node.child_by_field_name("arguments")
-                    .and_then(|a| a.named_child(0))
-            }
+            "call_expression" if is_append(file, node) => node
+                .child_by_field_name("arguments")
+                .and_then(|a| a.named_child(0)),
             "slice_expression" => node.child_by_field_name("operand"),
             "call_expression" => match through.filter(|t| calls(file, node, t.callee)) {
                 Some(through) => node
