@@ -55,6 +55,9 @@ pub struct ProcessReport {
     pub windows: Vec<(&'static str, u64)>,
     /// (group, share of the process's work it was attached for in its last cycle).
     pub observed: Vec<(&'static str, f64)>,
+    /// What a hit costs this process, learned from its system time, as a factor on the
+    /// calibrated cost (`cost_scale.rs`).
+    pub cost_scale: f64,
 }
 
 /// What a hot group is assumed to cost while attached when its workload has no history:
@@ -607,6 +610,7 @@ impl Controller {
             duty: process.groups.iter().map(|g| (g.name, g.duty)).collect(),
             on_cost: process.groups.iter().map(|g| (g.name, g.on_cost)).collect(),
             windows: process.groups.iter().map(|g| (g.name, g.windows)).collect(),
+            cost_scale: process.cost_scale.scale(),
             observed: process
                 .groups
                 .iter()

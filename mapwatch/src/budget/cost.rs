@@ -80,7 +80,12 @@ impl HitCost {
                     ms = c.took.as_millis() as u64,
                     "calibrated the per-hit cost of mapwatch's probe"
                 );
-                HitCost::measured(c.emulated_ns, c.single_stepped_ns, c.per_read_ns)
+                let factor = believed_factor();
+                HitCost::measured(
+                    c.emulated_ns * factor,
+                    c.single_stepped_ns * factor,
+                    c.per_read_ns * factor,
+                )
             }
             Err(e) => {
                 warn!(
@@ -103,6 +108,30 @@ impl HitCost {
             SiteClass::SingleStepped => self.single_stepped_ns,
         };
         trap + reads as f64 * self.per_read_ns
+    }
+}
+
+/// Multiplies the calibrated per-hit cost: makes this machine one whose calibration is
+/// off by that factor, to test what each process's own cost corrects (`cost_scale.rs`).
+/// Not a tuning knob: that correction happens anyway.
+pub const BELIEF_VARIABLE: &str = "MAPWATCH_HIT_COST_FACTOR";
+
+fn believed_factor() -> f64 {
+    let Ok(text) = std::env::var(BELIEF_VARIABLE) else {
+        return 1.0;
+    };
+    match text.trim().parse::<f64>() {
+        Ok(factor) if (0.1..=10.0).contains(&factor) => {
+            info!(
+                factor,
+                "{BELIEF_VARIABLE}: the calibrated per-hit cost is scaled"
+            );
+            factor
+        }
+        _ => {
+            warn!("{BELIEF_VARIABLE}={text:?} is not a number from 0.1 to 10: ignored");
+            1.0
+        }
     }
 }
 

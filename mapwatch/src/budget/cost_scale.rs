@@ -34,10 +34,19 @@ use crate::aggregate::Nanos;
 pub(super) const USER_SIDE: f64 = 1.08;
 
 /// How much evidence the belief is worth, in the units of the fit's evidence (Σ de²/dt
-/// once `dc` is accounted for, ns): about a quarter of one window attached 90 ms with
-/// the probes taking 45% of a saturated process's CPU. Enough to hold the first
-/// intervals' tick noise; little enough that a few windows outweigh it.
-const PRIOR_WEIGHT: f64 = 5e6;
+/// once `dc` is accounted for, ns) counted in real cost (× the scale²: de is in believed
+/// cost): about a seventh of one window attached 90 ms with the probes taking 45% of a
+/// saturated process's CPU. Enough to hold the first intervals' tick noise; little
+/// enough that a few windows outweigh it.
+///
+/// In real cost because the tick noise the prior guards against is relative to the
+/// real cost, whatever the belief. Counted in believed cost, a belief k× too low made
+/// the prior k²× too strong: with the calibration made 4× too low (tests/budget.rs's
+/// saturated loop, 100 s) the learned cost took ten cycles to reach the real one (~2.7×
+/// the belief) and the count came out at 0.934 of the truth (a CI run of that loop,
+/// with no knob, came out at 0.88); × the scale instead of its square, 0.87–0.99. Now
+/// (200 s): 1.007 and 0.987 with it 4× too low, 0.978 at 2×, 1.035 as calibrated.
+const PRIOR_WEIGHT: f64 = 2e6;
 
 /// Older intervals count less with this time constant: the cost follows a process
 /// whose load changes, over minutes.
@@ -45,9 +54,11 @@ const MEMORY: Nanos = 600 * SECOND;
 
 /// A fit beyond this range of the belief is noise or a model that does not hold (a
 /// process whose system time swings with something else, a kernel that does not charge
-/// the probes to it): the belief stays.
+/// the probes to it): the belief stays. Wide above, where a wrong fit errs on the safe
+/// side (more duty-cycling), so that a calibration far below the real cost is still
+/// corrected (the tests make it 2–4× too low on top of the machine's own error).
 const MIN_SCALE: f64 = 0.25;
-const MAX_SCALE: f64 = 4.0;
+const MAX_SCALE: f64 = 10.0;
 
 /// Below this, `1 − σ·u` would amplify noise: a process that spends most of its CPU in
 /// the kernel keeps the belief.
@@ -121,9 +132,18 @@ impl CostScale {
         let believed_kernel = 1.0 / USER_SIDE;
         match self.fit() {
             Some((kernel, evidence)) => {
-                let kernel = (kernel * evidence + believed_kernel * PRIOR_WEIGHT)
-                    / (evidence + PRIOR_WEIGHT);
-                kernel * USER_SIDE
+                let blend = |real_evidence: f64| {
+                    (kernel * real_evidence + believed_kernel * PRIOR_WEIGHT)
+                        / (real_evidence + PRIOR_WEIGHT)
+                };
+                // Evidence in real cost is evidence × scale², with the scale the blend
+                // itself gives (a fixed point, reached in a few steps): the fit's own
+                // scale would let a noisy high fit vouch for itself.
+                let mut blended = blend(evidence);
+                for _ in 0..4 {
+                    blended = blend(evidence * (blended * USER_SIDE).powi(2));
+                }
+                blended * USER_SIDE
             }
             None => 1.0,
         }
@@ -251,6 +271,23 @@ mod tests {
         // The same process with probes that cost half of it says a lot.
         let learned = learn(40, 2.0, 0.5, 0.1, true);
         assert!((learned / 2.0 - 1.0).abs() < 0.1, "{learned}");
+    }
+
+    #[test]
+    fn a_belief_too_low_is_corrected_as_fast_as_one_too_high() {
+        // The prior is worth the same real evidence whichever way the belief is off: a
+        // saturated loop's first cycles are weighed with what is learned by then.
+        // Counted in believed cost, a belief 3× too low was still 20% low after 8
+        // cycles (and 31% after 4), one 3× too high 3% off.
+        let errors: Vec<f64> = [1.0 / 3.0, 3.0]
+            .iter()
+            .map(|&true_factor| learn(8, true_factor, 0.45, 0.1, true) / true_factor - 1.0)
+            .collect();
+        assert!(
+            errors.iter().all(|e| e.abs() < 0.1),
+            "after 8 cycles, learned ÷ true − 1 for beliefs 3× too high and 3× too low: \
+             {errors:.3?}"
+        );
     }
 
     #[test]

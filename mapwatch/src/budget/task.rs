@@ -343,10 +343,11 @@ pub fn summary(reports: &[ProcessReport]) -> String {
                 .collect();
             format!(
                 "probes cost pid {} an estimated {:.0} ms of CPU over {seconds:.1} s \
-                 ({:.2}% of a core){}",
+                 ({:.2}% of a core; a hit cost it {:.2}× the calibrated cost){}",
                 r.pid,
                 r.total_cost_ns / 1e6,
                 average * 100.0,
+                r.cost_scale,
                 if cycled.is_empty() {
                     String::new()
                 } else {

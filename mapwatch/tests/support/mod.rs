@@ -321,16 +321,23 @@ pub struct Mapwatch {
 
 impl Mapwatch {
     pub fn attach(pid: u32, extra: &[&str]) -> Mapwatch {
-        Self::spawn(
-            &[
+        Self::attach_with_env(pid, extra, &[])
+    }
+
+    /// [`Mapwatch::attach`] with `env` set for mapwatch.
+    pub fn attach_with_env(pid: u32, extra: &[&str], env: &[(&str, &str)]) -> Mapwatch {
+        let mut command = mapwatch_command();
+        command
+            .args([
                 "attach",
                 "--pid",
                 &pid.to_string(),
                 "--listen",
                 "127.0.0.1:0",
-            ],
-            extra,
-        )
+            ])
+            .args(extra)
+            .envs(env.iter().copied());
+        Self::start(command)
     }
 
     /// The node daemon, serving on a free loopback port; returns once its first /proc

@@ -11,7 +11,7 @@ use super::{
 use crate::{fixtures, util::cargo};
 
 /// (test file, test, the load it runs) in mapwatch/tests.
-const TESTS: [(&str, &str, &str); 5] = [
+const TESTS: [(&str, &str, &str); 6] = [
     (
         "budget",
         "scaled_counts_estimate_the_exact_count",
@@ -25,7 +25,12 @@ const TESTS: [(&str, &str, &str); 5] = [
     (
         "budget",
         "scaled_counts_are_right_on_a_saturated_cpu_bound_loop",
-        "as fast as it can, 1.5 µs of work each (saturated), 1% budget",
+        "as fast as it can, 1.5 µs of work each (saturated, 200 s), 1% budget",
+    ),
+    (
+        "budget",
+        "scaled_counts_are_right_on_a_saturated_loop_whose_calibration_is_far_off",
+        "the same, its per-hit cost calibrated 2× too low (`MAPWATCH_HIT_COST_FACTOR=0.5`)",
     ),
     (
         "budget_service",
