@@ -135,19 +135,19 @@ fn a_workload_far_above_budget_is_held_to_it() {
     assert_eq!(mapwatch_links(), 0, "mapwatch left BPF behind");
 }
 
-/// The last line of `attach`'s output that reports the probes' cost: (ms of CPU,
-/// windows of growslice's duty cycle).
+/// The last line of `attach`'s output that reports the probes' cost.
+fn cost_line(lines: &[String]) -> Option<&String> {
+    lines.iter().rev().find(|l| l.contains("an estimated"))
+}
+
+/// What [`cost_line`] reports: (ms of CPU, windows of growslice's duty cycle).
 fn summary(lines: &[String]) -> (f64, u64) {
-    let line = lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("an estimated"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no cost summary in mapwatch's output:\n{}",
-                lines.join("\n")
-            )
-        });
+    let line = cost_line(lines).unwrap_or_else(|| {
+        panic!(
+            "no cost summary in mapwatch's output:\n{}",
+            lines.join("\n")
+        )
+    });
     let ms: f64 = line
         .split("an estimated ")
         .nth(1)
@@ -376,12 +376,7 @@ fn scaled_count_run_with(
     let (status, output) = mapwatch.stop_with_output();
     assert!(status.success(), "mapwatch attach: {status}");
     let (_, windows) = summary(&output);
-    let cost_line = output
-        .iter()
-        .rev()
-        .find(|l| l.contains("an estimated"))
-        .cloned()
-        .unwrap_or_default();
+    let cost_line = cost_line(&output).cloned().unwrap_or_default();
     let cycled: Vec<f64> = duties.iter().copied().filter(|&d| d < 1.0).collect();
     let mean_duty = cycled.iter().sum::<f64>() / cycled.len().max(1) as f64;
     drop(target);

@@ -114,7 +114,7 @@ impl HitCost {
 /// Multiplies the calibrated per-hit cost: makes this machine one whose calibration is
 /// off by that factor, to test what each process's own cost corrects (`cost_scale.rs`).
 /// Not a tuning knob: that correction happens anyway.
-pub const BELIEF_VARIABLE: &str = "MAPWATCH_HIT_COST_FACTOR";
+const BELIEF_VARIABLE: &str = "MAPWATCH_HIT_COST_FACTOR";
 
 fn believed_factor() -> f64 {
     let Ok(text) = std::env::var(BELIEF_VARIABLE) else {
