@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use steps::{advance_cycle, cycle_weights, ends};
 
 use super::{
+    cost_scale::PerGroup,
     cycles::{
         CyclingSlots, DetachSpacing, MULTI_LINK_SPACING, Mark, PERF_EVENT_SPACING, cycle_fraction,
         plan_cycle,
@@ -56,8 +57,8 @@ pub struct ProcessReport {
     /// (group, share of the process's work it was attached for in its last cycle).
     pub observed: Vec<(&'static str, f64)>,
     /// What a hit costs this process, learned from its system time, as a factor on the
-    /// calibrated cost (`cost_scale.rs`).
-    pub cost_scale: f64,
+    /// calibrated cost (`cost_scale.rs`), for each group its probes have hit.
+    pub cost_scale: Vec<(&'static str, f64)>,
 }
 
 /// What a hot group is assumed to cost while attached when its workload has no history:
@@ -292,14 +293,14 @@ impl Controller {
         for process in self.processes.values_mut() {
             let scale = process.cost_scale.scale();
             let mut cost_ns = 0.0;
-            for group in &mut process.groups {
+            for (index, group) in process.groups.iter_mut().enumerate() {
                 for slot in &mut group.slots {
                     let Some(total) = hits(slot.cost.slot) else {
                         continue;
                     };
                     let delta = total.saturating_sub(slot.last_hits);
                     slot.last_hits = total;
-                    cost_ns += delta as f64 * slot.cost.per_hit_ns * scale;
+                    cost_ns += delta as f64 * slot.cost.per_hit_ns * scale.of(index);
                     slot.pending_hits += delta;
                     if let Some(since) = slot.attached_since {
                         slot.pending_on += now.saturating_sub(since);
@@ -311,7 +312,7 @@ impl Controller {
                         }
                     }
                 }
-                group.measure_on_cost(scale);
+                group.measure_on_cost(scale.of(index));
             }
             process.add_cost(now, cost_ns);
             let cpu_now = process.cpu_history.back().filter(|&&(t, _)| t == now);
@@ -370,7 +371,7 @@ impl Controller {
                     .filter(|g| starts(g))
                     .map(|g| g.detaches(group_links))
                     .sum::<usize>();
-            for group in &mut process.groups {
+            for (index, group) in process.groups.iter_mut().enumerate() {
                 if !starts(group) {
                     continue;
                 }
@@ -390,7 +391,7 @@ impl Controller {
                 cycle.opened = true;
                 let group_cost = group.cost_so_far();
                 cycle.open_window(process.last_mark.map(|mark| Mark {
-                    group: group_cost,
+                    group: PerGroup::only(index, group_cost),
                     ..mark
                 }));
                 for slot in &mut group.slots {
@@ -610,7 +611,13 @@ impl Controller {
             duty: process.groups.iter().map(|g| (g.name, g.duty)).collect(),
             on_cost: process.groups.iter().map(|g| (g.name, g.on_cost)).collect(),
             windows: process.groups.iter().map(|g| (g.name, g.windows)).collect(),
-            cost_scale: process.cost_scale.scale(),
+            cost_scale: {
+                let scale = process.cost_scale.scale();
+                (process.groups.iter().enumerate())
+                    .filter(|(_, g)| g.cost_so_far() > 0.0)
+                    .map(|(index, g)| (g.name, scale.of(index)))
+                    .collect()
+            },
             observed: process
                 .groups
                 .iter()

@@ -1,7 +1,7 @@
 //! Duty cycles: a cycle planned from the fraction of time a group may be attached
 //! (random length and phase, long enough for the kernel's slow detaches), and the
 //! weights of its records once it has ended.
-use super::{MILLISECOND, SECOND};
+use super::{MILLISECOND, SECOND, cost_scale::PerGroup};
 use crate::aggregate::Nanos;
 
 /// Shortest attached window to aim for: long against the time an attach takes, and
@@ -65,12 +65,12 @@ pub(super) struct Cycle {
 /// A process's CPU time and the believed cost of its probes' hits (all of them, and
 /// those of the group whose cycle it marks), ns: at one moment, or added up over a
 /// window. Kept apart until the cycle is weighed, with the per-hit cost learned by then
-/// (`cost_scale.rs`): work = CPU time − scale × believed cost.
+/// (`cost_scale.rs`): work = CPU time − scale × believed cost, group by group.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(super) struct Mark {
     pub(super) cpu: f64,
-    pub(super) probes: f64,
-    pub(super) group: f64,
+    pub(super) probes: PerGroup,
+    pub(super) group: PerGroup,
 }
 
 impl Cycle {
@@ -95,8 +95,8 @@ impl Cycle {
         self.in_window = match (self.in_window, self.at_open.take(), mark) {
             (Some(sum), Some(open), Some(close)) => Some(Mark {
                 cpu: sum.cpu + (close.cpu - open.cpu).max(0.0),
-                probes: sum.probes + (close.probes - open.probes).max(0.0),
-                group: sum.group + (close.group - open.group).max(0.0),
+                probes: sum.probes + close.probes.zip(open.probes, |c, o| (c - o).max(0.0)),
+                group: sum.group + close.group.zip(open.group, |c, o| (c - o).max(0.0)),
             }),
             _ => None,
         };
@@ -198,24 +198,24 @@ pub(super) struct CycleWork {
 }
 
 /// The work of `cycle`, which ended at `at_end`, attached for `on` of its `length`
-/// (ns), a hit costing `scale` × its believed cost. None when a reading is missing or
-/// the window did too little work to divide by.
+/// (ns), a hit costing `scale` × its believed cost (per group). None when a reading is
+/// missing or the window did too little work to divide by.
 pub(super) fn cycle_work(
     cycle: &Cycle,
     at_end: Option<Mark>,
     on: Nanos,
     length: Nanos,
-    scale: f64,
+    scale: PerGroup,
 ) -> Option<CycleWork> {
     let in_window = cycle.in_window?;
     let (start, end) = (cycle.at_start?, at_end?);
-    let window = in_window.cpu - scale * in_window.probes;
-    let total = (end.cpu - start.cpu) - scale * (end.probes - start.probes);
+    let window = in_window.cpu - in_window.probes.weighed(scale);
+    let total = (end.cpu - start.cpu) - (end.probes.weighed(scale) - start.probes.weighed(scale));
     if window < MIN_WINDOW_WORK || total <= 0.0 || on == 0 {
         return None;
     }
     let off = length.saturating_sub(on);
-    let group_cost = scale * in_window.group;
+    let group_cost = in_window.group.weighed(scale);
     let absorbed = (off > 0 && group_cost > 0.0).then(|| {
         let on_rate = window / on as f64;
         let off_rate = (total - window).max(0.0) / off as f64;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use super::{
     MILLISECOND, SECOND,
-    cost_scale::{CostSample, CostScale},
+    cost_scale::{CostSample, CostScale, MAX_GROUPS, PerGroup},
     cycles::{Cycle, Mark},
     groups::{GroupSpec, Priority, SlotCost},
     shares::BudgetConfig,
@@ -42,6 +42,9 @@ pub(super) struct SlotState {
     pub(super) on_in_cycle: Nanos,
 }
 
+// A cycle holds its marks per group (~0.5 KiB); a process has at most 8 groups, and
+// the mode is copied out and back as a cycle moves along: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Mode {
     AlwaysOn,
@@ -172,7 +175,8 @@ pub(super) struct Process {
     pub(super) cpu_history: VecDeque<(Nanos, CpuTime)>,
     /// The process at the last control step, when its CPU time was read.
     pub(super) last_mark: Option<Mark>,
-    /// What its probes' hits really cost it, as a factor on the believed cost.
+    /// What its probes' hits really cost it, as factors on the believed cost (one per
+    /// group, indexed as `groups`).
     pub(super) cost_scale: CostScale,
 }
 
@@ -193,6 +197,10 @@ impl Process {
         now: Nanos,
         budget: f64,
     ) -> Process {
+        debug_assert!(
+            groups.len() <= MAX_GROUPS,
+            "more groups than the cost fit has room for"
+        );
         Process {
             labels,
             groups: groups
@@ -209,13 +217,16 @@ impl Process {
         }
     }
 
-    /// The believed cost (hits × per-hit cost, ns) of the hits in `hits` of the slots
-    /// `of` accepts.
-    fn believed_cost(&self, hits: &[(u32, u64)], of: impl Fn(u32) -> bool) -> f64 {
+    /// The believed cost (hits × per-hit cost, ns, per group) of the hits in `hits` of
+    /// the slots `of` accepts.
+    fn believed_cost(&self, hits: &[(u32, u64)], of: impl Fn(u32) -> bool) -> PerGroup {
         hits.iter()
             .filter(|&&(slot, _)| of(slot))
-            .filter_map(|&(slot, hits)| Some(hits as f64 * self.per_hit_ns(slot)?))
-            .sum()
+            .filter_map(|&(slot, hits)| {
+                let (group, per_hit_ns) = self.slot_cost(slot)?;
+                Some(PerGroup::only(group, hits as f64 * per_hit_ns))
+            })
+            .fold(PerGroup::default(), |sum, cost| sum + cost)
     }
 
     /// The process at `reading`, for the weights of `group`'s cycles (None: of no
@@ -247,12 +258,12 @@ impl Process {
         mark
     }
 
-    fn per_hit_ns(&self, slot: u32) -> Option<f64> {
-        self.groups
-            .iter()
-            .flat_map(|g| &g.slots)
-            .find(|s| s.cost.slot == slot)
-            .map(|s| s.cost.per_hit_ns)
+    /// The index of the group of `slot`, and the believed cost of its hits.
+    fn slot_cost(&self, slot: u32) -> Option<(usize, f64)> {
+        self.groups.iter().enumerate().find_map(|(index, g)| {
+            let slot = g.slots.iter().find(|s| s.cost.slot == slot)?;
+            Some((index, slot.cost.per_hit_ns))
+        })
     }
 
     /// Every slot of the process (what a [`Reading`] reads the hits of).

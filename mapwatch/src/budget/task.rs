@@ -343,11 +343,18 @@ pub fn summary(reports: &[ProcessReport]) -> String {
                 .collect();
             format!(
                 "probes cost pid {} an estimated {:.0} ms of CPU over {seconds:.1} s \
-                 ({:.2}% of a core; a hit cost it {:.2}× the calibrated cost){}",
+                 ({:.2}% of a core{}){}",
                 r.pid,
                 r.total_cost_ns / 1e6,
                 average * 100.0,
-                r.cost_scale,
+                if r.cost_scale.is_empty() {
+                    String::new()
+                } else {
+                    let scales: Vec<String> = (r.cost_scale.iter())
+                        .map(|(group, scale)| format!("{scale:.2}× ({group})"))
+                        .collect();
+                    format!("; a hit cost it {} the calibrated cost", scales.join(", "))
+                },
                 if cycled.is_empty() {
                     String::new()
                 } else {

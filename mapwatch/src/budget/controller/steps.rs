@@ -6,6 +6,7 @@ use super::Action;
 use crate::{
     aggregate::{Nanos, ScaleUpdate},
     budget::{
+        cost_scale::PerGroup,
         cycles::{
             Cycle, CyclingSlots, Mark, close_weights, cycle_work, plan_cycle, work_based_weight,
         },
@@ -58,7 +59,7 @@ pub(super) fn cycle_weights(
     cycle: &Cycle,
     now: Nanos,
     at_end: Option<Mark>,
-    scale: f64,
+    scale: PerGroup,
 ) -> Vec<(u32, f64)> {
     let length = now.saturating_sub(cycle.start);
     let on = group.slots.iter().map(|s| s.on_in_cycle).max().unwrap_or(0);
@@ -77,7 +78,7 @@ pub(super) fn cycle_weights(
         length,
         on,
         ?work,
-        scale,
+        ?scale,
         absorbed = ?group.absorbed,
         in_window = ?cycle.in_window,
         "duty cycle ended"
@@ -106,7 +107,7 @@ pub(super) fn advance_cycle(
     group: &mut Group,
     mut cycle: Cycle,
     now: Nanos,
-    (mark_now, scale): (Option<Mark>, f64),
+    (mark_now, scale): (Option<Mark>, PerGroup),
     cycling: CyclingSlots,
     rng: &mut fastrand::Rng,
     scale_updates: &mut Vec<ScaleUpdate>,
