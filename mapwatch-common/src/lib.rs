@@ -230,9 +230,11 @@ pub mod map_names {
     pub const PROCESS_NOTICES_LOST: &str = "PROCESS_NOTICES_LOST";
     /// Per slot: nonzero while the overhead budget has the slot paused.
     pub const SLOTS_PAUSED: &str = "SLOTS_PAUSED";
+    /// Traps of paused slots, per slot, per CPU.
+    pub const PAUSED_HITS: &str = "PAUSED_HITS";
 
     /// Every map mapwatch's BPF object defines (aya-log's own map aside).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         EVENTS,
         PROBE_SPECS,
         PROBE_HITS,
@@ -243,6 +245,7 @@ pub mod map_names {
         PROCESS_NOTICES,
         PROCESS_NOTICES_LOST,
         SLOTS_PAUSED,
+        PAUSED_HITS,
     ];
 }
 

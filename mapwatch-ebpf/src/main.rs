@@ -64,6 +64,12 @@ static MAP_ASSIGN_LAYOUTS: Array<MapAssignLayout> = Array::with_max_entries(MAX_
 #[map]
 static SLOTS_PAUSED: Array<u32> = Array::with_max_entries(MAX_PROBE_SLOTS, 0);
 
+/// Traps of paused slots, per slot: they cost the process a trap each (the breakpoints
+/// stay in while a link closes or before it is unpaused), which the budget counts
+/// against the process's work like any other hit's.
+#[map]
+static PAUSED_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBE_SLOTS, 0);
+
 /// mapassign_fast64 entry → RET, per goroutine. Paired here, not in userspace, because
 /// the slot must be located while the map is as the RET left it: the header is
 /// re-read at RET, so a growth inside the assign (hashGrow, growToTable, rehash) is
@@ -109,6 +115,7 @@ fn record(ctx: &ProbeContext) {
         return;
     }
     if SLOTS_PAUSED.get(slot).is_some_and(|&paused| paused != 0) {
+        bump(&PAUSED_HITS, slot);
         return;
     }
     bump(&PROBE_HITS, slot);

@@ -14,6 +14,7 @@ use tracing::warn;
 pub struct KernelCounters {
     hits: PerCpuArray<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
+    paused: PerCpuArray<MapData, u64>,
     /// Attached slots and the probe each belongs to.
     live: BTreeMap<u32, &'static str>,
     retired: BTreeMap<&'static str, SlotCounts>,
@@ -25,16 +26,28 @@ pub struct KernelCounters {
 pub struct SlotCounts {
     pub hits: u64,
     pub lost: u64,
+    /// Traps while the overhead budget had the slot paused (not in `hits`).
+    pub paused: u64,
+}
+
+impl std::ops::AddAssign for SlotCounts {
+    fn add_assign(&mut self, other: SlotCounts) {
+        self.hits += other.hits;
+        self.lost += other.lost;
+        self.paused += other.paused;
+    }
 }
 
 impl KernelCounters {
     pub(super) fn new(
         hits: PerCpuArray<MapData, u64>,
         lost: PerCpuArray<MapData, u64>,
+        paused: PerCpuArray<MapData, u64>,
     ) -> Result<KernelCounters, aya::maps::MapError> {
         Ok(KernelCounters {
             hits,
             lost,
+            paused,
             live: BTreeMap::new(),
             retired: BTreeMap::new(),
             cpus: aya::util::nr_cpus().map_err(|(_, e)| aya::maps::MapError::IoError(e))?,
@@ -48,6 +61,7 @@ impl KernelCounters {
         Ok(SlotCounts {
             hits: sum(&self.hits)?,
             lost: sum(&self.lost)?,
+            paused: sum(&self.paused)?,
         })
     }
 
@@ -58,8 +72,7 @@ impl KernelCounters {
             match self.read(slot) {
                 Ok(counts) => {
                     let total = totals.entry(probe).or_default();
-                    total.hits += counts.hits;
-                    total.lost += counts.lost;
+                    *total += counts;
                 }
                 Err(e) => warn!(slot, "reading kernel counters: {e}"),
             }
@@ -75,7 +88,7 @@ impl KernelCounters {
         probe: &'static str,
     ) -> Result<(), aya::maps::MapError> {
         let zeros = || PerCpuValues::try_from(vec![0u64; self.cpus]);
-        for map in [&mut self.hits, &mut self.lost] {
+        for map in [&mut self.hits, &mut self.lost, &mut self.paused] {
             map.set(slot, zeros().map_err(aya::maps::MapError::IoError)?, 0)?;
         }
         self.live.insert(slot, probe);
@@ -90,8 +103,7 @@ impl KernelCounters {
         match self.read(slot) {
             Ok(counts) => {
                 let total = self.retired.entry(probe).or_default();
-                total.hits += counts.hits;
-                total.lost += counts.lost;
+                *total += counts;
             }
             Err(e) => warn!(slot, "reading kernel counters of a detached probe: {e}"),
         }

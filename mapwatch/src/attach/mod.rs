@@ -129,6 +129,10 @@ impl Probes {
             ebpf.take_map(mapwatch_common::map_names::EVENTS_LOST)
                 .ok_or(AttachError::Missing("EVENTS_LOST map"))?,
         )?;
+        let paused_hits = PerCpuArray::try_from(
+            ebpf.take_map(mapwatch_common::map_names::PAUSED_HITS)
+                .ok_or(AttachError::Missing("PAUSED_HITS map"))?,
+        )?;
         let ring = RingBuf::try_from(
             ebpf.take_map(mapwatch_common::map_names::EVENTS)
                 .ok_or(AttachError::Missing("EVENTS map"))?,
@@ -145,7 +149,7 @@ impl Probes {
             link_mode,
             suspended: Vec::new(),
             sites: HashMap::new(),
-            counters: Arc::new(Mutex::new(KernelCounters::new(hits, lost)?)),
+            counters: Arc::new(Mutex::new(KernelCounters::new(hits, lost, paused_hits)?)),
             ring: Some(ring),
             ring_bytes,
             logger,

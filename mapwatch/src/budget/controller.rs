@@ -14,7 +14,7 @@ use super::{
     },
     groups::{GroupSpec, Priority},
     shares::{BudgetConfig, group_fractions, process_budgets},
-    state::{Group, Mode, Process, Reading},
+    state::{Group, Mode, Process, Reading, SlotHits},
 };
 use crate::{
     aggregate::{Nanos, ScaleUpdate},
@@ -289,7 +289,7 @@ impl Controller {
     /// A control step: the kernel's hit totals per slot (`hits`), the on-costs they
     /// imply, a new allocation of the budget, and groups moved between always-on and
     /// duty-cycled. Call every second or so.
-    pub fn update(&mut self, now: Nanos, hits: &dyn Fn(u32) -> Option<u64>) {
+    pub fn update(&mut self, now: Nanos, hits: &dyn Fn(u32) -> Option<SlotHits>) {
         for process in self.processes.values_mut() {
             let scale = process.cost_scale.scale();
             let mut cost_ns = 0.0;
@@ -298,10 +298,15 @@ impl Controller {
                     let Some(total) = hits(slot.cost.slot) else {
                         continue;
                     };
-                    let delta = total.saturating_sub(slot.last_hits);
-                    slot.last_hits = total;
-                    cost_ns += delta as f64 * slot.cost.per_hit_ns * scale.of(index);
-                    slot.pending_hits += delta;
+                    let delta = SlotHits {
+                        recorded: total.recorded.saturating_sub(slot.last.recorded),
+                        paused: total.paused.saturating_sub(slot.last.paused),
+                    };
+                    slot.last = total;
+                    cost_ns += slot.cost.believed(delta) * scale.of(index);
+                    // The on-cost is what the group costs while attached: its windows'
+                    // hits only (paused traps come with opening and closing them).
+                    slot.pending_hits += delta.recorded;
                     if let Some(since) = slot.attached_since {
                         slot.pending_on += now.saturating_sub(since);
                         slot.attached_since = Some(now);
@@ -323,7 +328,7 @@ impl Controller {
                     .groups
                     .iter()
                     .flat_map(|g| &g.slots)
-                    .map(|s| (s.cost.slot, s.last_hits))
+                    .map(|s| (s.cost.slot, s.last))
                     .collect(),
             });
             process.last_mark = reading.map(|r| process.take_reading(None, &r));

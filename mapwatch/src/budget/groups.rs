@@ -49,6 +49,8 @@ pub fn group_of(kind: ProbeKind) -> (&'static str, Priority) {
 pub struct SlotCost {
     pub slot: u32,
     pub per_hit_ns: f64,
+    /// A trap while the slot is paused: the program returns before reading anything.
+    pub paused_ns: f64,
 }
 
 /// The probes of one process, grouped.
@@ -81,9 +83,11 @@ pub fn groups_for<'a>(
     let mut groups: Vec<GroupSpec> = Vec::new();
     for (slot, kind, bytes, reads) in probes {
         let (name, priority) = group_of(kind);
+        let class = site_class(bytes);
         let slot = SlotCost {
             slot,
-            per_hit_ns: cost.of(site_class(bytes), reads),
+            per_hit_ns: cost.of(class, reads),
+            paused_ns: cost.of(class, 0),
         };
         match groups.iter_mut().find(|g| g.name == name) {
             Some(group) => group.slots.push(slot),
@@ -123,11 +127,13 @@ mod tests {
             [
                 SlotCost {
                     slot: 0,
-                    per_hit_ns: 1000.0
+                    per_hit_ns: 1000.0,
+                    paused_ns: 1000.0
                 },
                 SlotCost {
                     slot: 2,
-                    per_hit_ns: 4000.0
+                    per_hit_ns: 4000.0,
+                    paused_ns: 4000.0
                 }
             ]
         );

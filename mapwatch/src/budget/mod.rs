@@ -66,7 +66,7 @@ pub use cost::{HitCost, SiteClass, site_class};
 pub use cycles::MIN_FRACTION;
 pub use groups::{GroupSpec, Priority, SlotCost, group_of, groups_for, groups_for_plan};
 pub use shares::{BudgetConfig, water_fill};
-pub use state::Reading;
+pub use state::{Reading, SlotHits};
 
 use crate::aggregate::Nanos;
 

@@ -29,10 +29,26 @@ const OVERHEAD_SPAN: Nanos = 60 * SECOND;
 /// Span over which a process's own CPU use is measured (for `--overhead-share`).
 const CPU_SPAN: Nanos = 20 * SECOND;
 
+/// A slot's hit totals in the kernel: hits it counted and recorded, and traps while it
+/// was paused (around its windows, while breakpoints go in and out), which record
+/// nothing but cost the process a trap each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotHits {
+    pub recorded: u64,
+    pub paused: u64,
+}
+
+impl SlotCost {
+    /// What `hits` are believed to have cost the process, ns.
+    pub(super) fn believed(&self, hits: SlotHits) -> f64 {
+        hits.recorded as f64 * self.per_hit_ns + hits.paused as f64 * self.paused_ns
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct SlotState {
     pub(super) cost: SlotCost,
-    pub(super) last_hits: u64,
+    pub(super) last: SlotHits,
     /// When its probe (re)started recording; None while detached.
     pub(super) attached_since: Option<Nanos>,
     /// Attached time and hits not yet turned into an on-cost measurement.
@@ -89,7 +105,7 @@ impl Group {
                 .into_iter()
                 .map(|cost| SlotState {
                     cost,
-                    last_hits: 0,
+                    last: SlotHits::default(),
                     attached_since: Some(now),
                     pending_on: 0,
                     pending_hits: 0,
@@ -113,7 +129,7 @@ impl Group {
     pub(super) fn cost_so_far(&self) -> f64 {
         self.slots
             .iter()
-            .map(|s| s.last_hits as f64 * s.cost.per_hit_ns)
+            .map(|s| s.cost.believed(s.last))
             .sum()
     }
 
@@ -186,7 +202,7 @@ pub(super) struct Process {
 pub struct Reading {
     pub at: Nanos,
     pub cpu: CpuTime,
-    pub hits: Vec<(u32, u64)>,
+    pub hits: Vec<(u32, SlotHits)>,
 }
 
 impl Process {
@@ -219,12 +235,12 @@ impl Process {
 
     /// The believed cost (hits × per-hit cost, ns, per group) of the hits in `hits` of
     /// the slots `of` accepts.
-    fn believed_cost(&self, hits: &[(u32, u64)], of: impl Fn(u32) -> bool) -> PerGroup {
+    fn believed_cost(&self, hits: &[(u32, SlotHits)], of: impl Fn(u32) -> bool) -> PerGroup {
         hits.iter()
             .filter(|&&(slot, _)| of(slot))
             .filter_map(|&(slot, hits)| {
-                let (group, per_hit_ns) = self.slot_cost(slot)?;
-                Some(PerGroup::only(group, hits as f64 * per_hit_ns))
+                let (group, cost) = self.slot_cost(slot)?;
+                Some(PerGroup::only(group, cost.believed(hits)))
             })
             .fold(PerGroup::default(), |sum, cost| sum + cost)
     }
@@ -259,10 +275,10 @@ impl Process {
     }
 
     /// The index of the group of `slot`, and the believed cost of its hits.
-    fn slot_cost(&self, slot: u32) -> Option<(usize, f64)> {
+    fn slot_cost(&self, slot: u32) -> Option<(usize, SlotCost)> {
         self.groups.iter().enumerate().find_map(|(index, g)| {
             let slot = g.slots.iter().find(|s| s.cost.slot == slot)?;
-            Some((index, slot.cost.per_hit_ns))
+            Some((index, slot.cost))
         })
     }
 

@@ -12,10 +12,10 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::{Action, Controller, GroupSpec, ProcessReport, Reading};
+use super::{Action, Controller, GroupSpec, ProcessReport, Reading, SlotHits};
 use crate::{
     aggregate::{Input, Nanos, monotonic_ns},
-    attach::{KernelCounters, Probes},
+    attach::{KernelCounters, Probes, SlotCounts},
     discover::cpu::{CpuClock, CpuTime},
     metrics::{Metrics, WorkloadLabels},
 };
@@ -71,9 +71,16 @@ fn read_process(
     let counters = counters.lock().expect("kernel counters");
     let hits = slots
         .iter()
-        .filter_map(|&slot| counters.read(slot).ok().map(|c| (slot, c.hits)))
+        .filter_map(|&slot| counters.read(slot).ok().map(|c| (slot, slot_hits(c))))
         .collect();
     Some(Reading { at, cpu, hits })
+}
+
+fn slot_hits(counts: SlotCounts) -> SlotHits {
+    SlotHits {
+        recorded: counts.hits,
+        paused: counts.paused,
+    }
 }
 
 pub struct BudgetTask {
@@ -163,11 +170,11 @@ impl BudgetTask {
             }
         }
         let slots = self.controller.slots();
-        let hits: BTreeMap<u32, u64> = {
+        let hits: BTreeMap<u32, SlotHits> = {
             let counters = self.counters.lock().expect("kernel counters");
             slots
                 .into_iter()
-                .filter_map(|slot| counters.read(slot).ok().map(|c| (slot, c.hits)))
+                .filter_map(|slot| counters.read(slot).ok().map(|c| (slot, slot_hits(c))))
                 .collect()
         };
         self.controller

@@ -9,6 +9,11 @@ use crate::budget::{
 
 const PID: u32 = 42;
 
+/// Hits a slot counted and recorded, none while paused.
+fn unpaused(hits: u64) -> SlotHits {
+    SlotHits { recorded: hits, paused: 0 }
+}
+
 fn labels() -> WorkloadLabels {
     WorkloadLabels {
         binary: "loop".into(),
@@ -20,7 +25,11 @@ fn hot_group(slot: u32, per_hit_ns: f64) -> GroupSpec {
     GroupSpec {
         name: "growslice",
         priority: Priority::Hot,
-        slots: vec![SlotCost { slot, per_hit_ns }],
+        slots: vec![SlotCost {
+            slot,
+            per_hit_ns,
+            paused_ns: per_hit_ns,
+        }],
     }
 }
 
@@ -28,7 +37,11 @@ fn rare_group(slot: u32, per_hit_ns: f64) -> GroupSpec {
     GroupSpec {
         name: "map_growth",
         priority: Priority::Rare,
-        slots: vec![SlotCost { slot, per_hit_ns }],
+        slots: vec![SlotCost {
+            slot,
+            per_hit_ns,
+            paused_ns: per_hit_ns,
+        }],
     }
 }
 
@@ -159,7 +172,7 @@ impl Simulation {
                 }
                 let hits = self.hits.clone();
                 self.controller
-                    .update(self.now, &|slot| hits.get(&slot).map(|h| *h as u64));
+                    .update(self.now, &|slot| hits.get(&slot).map(|h| unpaused(*h as u64)));
             }
             for action in self.controller.due(self.now, &mut |_, _| None) {
                 match action {
@@ -400,7 +413,11 @@ fn four_slot_group(per_hit_ns: f64) -> GroupSpec {
     GroupSpec {
         name: "map_growth",
         priority: Priority::Rare,
-        slots: (0..4).map(|slot| SlotCost { slot, per_hit_ns }).collect(),
+        slots: (0..4).map(|slot| SlotCost {
+            slot,
+            per_hit_ns,
+            paused_ns: per_hit_ns,
+        }).collect(),
     }
 }
 
@@ -516,6 +533,37 @@ fn without_enforcement_everything_stays_on_and_the_cost_is_reported() {
 }
 
 #[test]
+fn traps_while_paused_are_charged_as_probe_cost() {
+    let mut controller = Controller::new(
+        BudgetConfig {
+            per_process: 0.01,
+            share_of_process: None,
+            node: None,
+            enforce: false,
+        },
+        1,
+    );
+    let group = GroupSpec {
+        name: "map_growth",
+        priority: Priority::Hot,
+        slots: vec![SlotCost {
+            slot: 0,
+            per_hit_ns: 1500.0,
+            paused_ns: 1000.0,
+        }],
+    };
+    controller.add_process(PID, labels(), vec![group], 0, None);
+    let hits = SlotHits {
+        recorded: 1000,
+        paused: 500,
+    };
+    controller.update(SECOND, &|_| Some(hits));
+    let report = &controller.reports(SECOND)[0];
+    // 1000 × 1.5 µs recorded + 500 × 1 µs paused (the belief: nothing learned yet).
+    assert!((report.total_cost_ns - 2e6).abs() < 1.0, "{report:?}");
+}
+
+#[test]
 fn the_node_budget_is_shared_between_processes() {
     let mut controller = Controller::new(
         BudgetConfig {
@@ -533,7 +581,7 @@ fn the_node_budget_is_shared_between_processes() {
     }
     // pid 1: 1% of a core; pids 2 and 3: 50% each.
     let rates: BTreeMap<u32, u64> = [(1, 10_000), (2, 500_000), (3, 500_000)].into();
-    controller.update(SECOND, &|slot| rates.get(&slot).copied());
+    controller.update(SECOND, &|slot| rates.get(&slot).copied().map(unpaused));
     let budgets: Vec<f64> = controller.processes.values().map(|p| p.budget).collect();
     assert!((budgets[0] - 0.01).abs() < 1e-9, "{budgets:?}");
     assert!((budgets[1] - 0.015).abs() < 1e-9, "{budgets:?}");
@@ -605,12 +653,12 @@ fn simulate(
         }
         if now.is_multiple_of(SECOND) {
             controller.process_cpu(PID, now, cpu_time);
-            controller.update(now, &|_| Some(hits as u64));
+            controller.update(now, &|_| Some(unpaused(hits as u64)));
         }
         let read = Reading {
             at: now,
             cpu: cpu_time,
-            hits: vec![(0, hits as u64)],
+            hits: vec![(0, unpaused(hits as u64))],
         };
         for action in controller.due(now, &mut |_, _| Some(read.clone())) {
             match action {
