@@ -127,10 +127,7 @@ impl Group {
     /// What the group's probes have cost so far (ns), by the hit totals of the last
     /// control step.
     pub(super) fn cost_so_far(&self) -> f64 {
-        self.slots
-            .iter()
-            .map(|s| s.cost.believed(s.last))
-            .sum()
+        self.slots.iter().map(|s| s.cost.believed(s.last)).sum()
     }
 
     /// Detaches one detach of this group costs (see [`Process::cycling_detaches`]).

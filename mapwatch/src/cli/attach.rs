@@ -17,8 +17,6 @@ use crate::{
     plan::{self, PlanRequest},
 };
 
-/// How often the reader drains the ring buffer when no wake-up came.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the target's liveness is checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -40,7 +38,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     let (probes, hit_cost) = session::load_probes()?;
     let options = SessionOptions {
         listen: Listen::Address(args.listen),
-        drain_interval: DRAIN_INTERVAL,
+        drain_interval: session::DRAIN_INTERVAL,
         label_limits: LabelLimits::default(),
         series_expiry: None,
         series_budget: None,

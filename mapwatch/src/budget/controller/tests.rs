@@ -11,7 +11,10 @@ const PID: u32 = 42;
 
 /// Hits a slot counted and recorded, none while paused.
 fn unpaused(hits: u64) -> SlotHits {
-    SlotHits { recorded: hits, paused: 0 }
+    SlotHits {
+        recorded: hits,
+        paused: 0,
+    }
 }
 
 fn labels() -> WorkloadLabels {
@@ -171,8 +174,9 @@ impl Simulation {
                     self.controller.process_cpu(PID, self.now, cpu);
                 }
                 let hits = self.hits.clone();
-                self.controller
-                    .update(self.now, &|slot| hits.get(&slot).map(|h| unpaused(*h as u64)));
+                self.controller.update(self.now, &|slot| {
+                    hits.get(&slot).map(|h| unpaused(*h as u64))
+                });
             }
             for action in self.controller.due(self.now, &mut |_, _| None) {
                 match action {
@@ -413,11 +417,13 @@ fn four_slot_group(per_hit_ns: f64) -> GroupSpec {
     GroupSpec {
         name: "map_growth",
         priority: Priority::Rare,
-        slots: (0..4).map(|slot| SlotCost {
-            slot,
-            per_hit_ns,
-            paused_ns: per_hit_ns,
-        }).collect(),
+        slots: (0..4)
+            .map(|slot| SlotCost {
+                slot,
+                per_hit_ns,
+                paused_ns: per_hit_ns,
+            })
+            .collect(),
     }
 }
 
