@@ -20,13 +20,7 @@ pub const RING_BUF_BYTES: u32 = 16 << 20;
 /// below it the reader's timer drains the buffer. A wake-up per record costs ~1.5 µs
 /// per hit (measured on a 2-vCPU VM), more than the rest of the program. The most it
 /// is: see [`ring_wakeup_bytes`].
-///
-/// 4 MiB (~30k records): more than a duty-cycled group's window writes (~7k on the
-/// request-serving test fixture), so mapwatch is not woken inside the windows it
-/// weighs by the process's work: its work on the records would take CPU from the
-/// process right then (at 256 KiB a saturated service got ~6% less CPU in its windows
-/// than between them, with mapwatch's debug build; ~2–3% at 4 MiB and a 1-s timer).
-pub const RING_WAKEUP_BYTES: u64 = 4 << 20;
+pub const RING_WAKEUP_BYTES: u64 = 256 << 10;
 
 /// The wake-up threshold of a ring of `ring_bytes`: [`RING_WAKEUP_BYTES`], or a quarter
 /// of a smaller ring. A threshold at or above the ring's size is never crossed (the
@@ -470,8 +464,7 @@ mod tests {
         );
         assert_eq!(ring_wakeup_bytes(4096), 1024);
         assert_eq!(ring_wakeup_bytes(64 << 10), 16 << 10);
-        assert_eq!(ring_wakeup_bytes(1 << 20), 256 << 10);
-        assert_eq!(ring_wakeup_bytes(64 << 20), RING_WAKEUP_BYTES);
+        assert_eq!(ring_wakeup_bytes(1 << 20), RING_WAKEUP_BYTES);
         for shift in 12..32 {
             let wakeup = ring_wakeup_bytes(1 << shift);
             assert!(wakeup.is_power_of_two() && wakeup < 1 << shift, "{shift}");

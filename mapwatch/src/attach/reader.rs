@@ -9,8 +9,7 @@
 //! them as orphans (tests/placement.rs, tests/churn.rs).
 //!
 //! The BPF side wakes us only when a backlog builds up (batched wake-ups), so the
-//! reader also drains on a timer (a second where probes may be duty-cycled:
-//! `cli::session::DRAIN_INTERVAL`). When the aggregator falls behind, the bounded
+//! reader also drains on a short timer. When the aggregator falls behind, the bounded
 //! channel makes the reader wait, the ring fills, and the kernel counts what it cannot
 //! store in EVENTS_LOST: back-pressure ends in a counted loss, never a silent one.
 use std::time::Duration;

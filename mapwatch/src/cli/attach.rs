@@ -17,9 +17,8 @@ use crate::{
     plan::{self, PlanRequest},
 };
 
-/// How often the reader drains the ring buffer when no wake-up came and no probe is
-/// duty-cycled.
-const ALWAYS_ON_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the reader drains the ring buffer when no wake-up came.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the target's liveness is checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -41,13 +40,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     let (probes, hit_cost) = session::load_probes()?;
     let options = SessionOptions {
         listen: Listen::Address(args.listen),
-        // Duty cycles want the long interval (see it); every probe always on, records
-        // come through promptly.
-        drain_interval: if args.overhead_budget.is_some() {
-            session::DRAIN_INTERVAL
-        } else {
-            ALWAYS_ON_DRAIN_INTERVAL
-        },
+        drain_interval: DRAIN_INTERVAL,
         label_limits: LabelLimits::default(),
         series_expiry: None,
         series_budget: None,

@@ -43,6 +43,8 @@ use crate::{
     plan::{self, PlanError, PlanRequest, ProbePlan},
 };
 
+/// How often the reader drains the ring buffer when no wake-up came.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a new container's process waits for the Kubernetes API to report its pod.
 const POD_RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
@@ -163,7 +165,7 @@ impl Daemon {
         };
         let options = SessionOptions {
             listen: Listen::Bound(listener),
-            drain_interval: session::DRAIN_INTERVAL,
+            drain_interval: DRAIN_INTERVAL,
             label_limits: LabelLimits {
                 elem_types: config.max_elem_types as usize,
                 sites: config.max_sites as usize,

@@ -42,18 +42,6 @@ use crate::{
     symbolize::Symbolizer,
 };
 
-/// How often the reader drains the ring buffer when no wake-up came, wherever probes
-/// may be duty-cycled (`run`, `attach --overhead-budget`). A second, not less: the duty
-/// cycles weigh a process's records by its CPU time in their windows against that
-/// between them, and mapwatch's own work on the records takes CPU from a busy
-/// machine's processes wherever it runs. Drained every 100 ms, that work followed the
-/// windows (each window's records were handled within it), and a saturated service got
-/// ~6% less CPU inside its windows than between them (mapwatch's debug build, 2 vCPUs);
-/// drained every second, at times the windows do not choose, ~2–3%. Records wait up
-/// to a second more, which a duty-cycled group's, held until its cycle ends, do anyway;
-/// a process's exit still drains at once.
-pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Loads the BPF object and measures what a probe hit costs on this machine. Missing
 /// privileges are the user's to fix ([`UsageError`]).
 pub fn load_probes() -> anyhow::Result<(Probes, HitCost)> {

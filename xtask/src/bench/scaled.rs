@@ -107,7 +107,8 @@ pub fn section(bench: &Bench) -> anyhow::Result<String> {
         "## Scaled counts against the truth\n\n\
          Growslice counts exported under a duty cycle ÷ the fixture's own count, {rounds} \
          run(s) of each test of mapwatch/tests/budget.rs and budget_service.rs (2–5 min each; \
-         CI asserts ±10% on one run). The spread between runs is the control.\n\n\
+         CI asserts ±10% on one run, ±15% on the saturated service). The spread between \
+         runs is the control.\n\n\
          | load | scaled ÷ true, median (min–max) | each run | runs outside ±10% | test |\n\
          |---|---|---|---|---|\n{}\n",
         rows.join("\n")
