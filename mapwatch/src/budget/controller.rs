@@ -12,9 +12,9 @@ use super::{
         CyclingSlots, DetachSpacing, MULTI_LINK_SPACING, Mark, PERF_EVENT_SPACING, cycle_fraction,
         plan_cycle,
     },
-    groups::{GroupSpec, Priority},
+    groups::{GroupSpec, Priority, SlotHits},
     shares::{BudgetConfig, group_fractions, process_budgets},
-    state::{Group, Mode, Process, Reading, SlotHits},
+    state::{Group, Mode, Process, Reading},
 };
 use crate::{
     aggregate::{Nanos, ScaleUpdate},
@@ -298,10 +298,7 @@ impl Controller {
                     let Some(total) = hits(slot.cost.slot) else {
                         continue;
                     };
-                    let delta = SlotHits {
-                        recorded: total.recorded.saturating_sub(slot.last.recorded),
-                        paused: total.paused.saturating_sub(slot.last.paused),
-                    };
+                    let delta = total.since(slot.last);
                     slot.last = total;
                     cost_ns += slot.cost.believed(delta) * scale.of(index);
                     // The on-cost is what the group costs while attached: its windows'

@@ -53,6 +53,32 @@ pub struct SlotCost {
     pub paused_ns: f64,
 }
 
+impl SlotCost {
+    /// What `hits` are believed to have cost the process, ns.
+    pub(super) fn believed(&self, hits: SlotHits) -> f64 {
+        hits.recorded as f64 * self.per_hit_ns + hits.paused as f64 * self.paused_ns
+    }
+}
+
+/// A slot's hit totals in the kernel: hits it counted and recorded, and traps while it
+/// was paused (around its windows, while breakpoints go in and out), which record
+/// nothing but cost the process a trap each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotHits {
+    pub recorded: u64,
+    pub paused: u64,
+}
+
+impl SlotHits {
+    /// The hits since the `earlier` totals, never below zero.
+    pub(super) fn since(self, earlier: SlotHits) -> SlotHits {
+        SlotHits {
+            recorded: self.recorded.saturating_sub(earlier.recorded),
+            paused: self.paused.saturating_sub(earlier.paused),
+        }
+    }
+}
+
 /// The probes of one process, grouped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec {

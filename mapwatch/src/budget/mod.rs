@@ -64,9 +64,9 @@ pub use controller::{
 };
 pub use cost::{HitCost, SiteClass, site_class};
 pub use cycles::MIN_FRACTION;
-pub use groups::{GroupSpec, Priority, SlotCost, group_of, groups_for, groups_for_plan};
+pub use groups::{GroupSpec, Priority, SlotCost, SlotHits, group_of, groups_for, groups_for_plan};
 pub use shares::{BudgetConfig, water_fill};
-pub use state::{Reading, SlotHits};
+pub use state::Reading;
 
 use crate::aggregate::Nanos;
 

@@ -7,7 +7,7 @@ use super::{
     MILLISECOND, SECOND,
     cost_scale::{CostSample, CostScale, MAX_GROUPS, PerGroup},
     cycles::{Cycle, Mark},
-    groups::{GroupSpec, Priority, SlotCost},
+    groups::{GroupSpec, Priority, SlotCost, SlotHits},
     shares::BudgetConfig,
 };
 use crate::{aggregate::Nanos, discover::cpu::CpuTime, metrics::WorkloadLabels};
@@ -28,22 +28,6 @@ pub(super) const SHARE_FLOOR: f64 = 0.0001;
 const OVERHEAD_SPAN: Nanos = 60 * SECOND;
 /// Span over which a process's own CPU use is measured (for `--overhead-share`).
 const CPU_SPAN: Nanos = 20 * SECOND;
-
-/// A slot's hit totals in the kernel: hits it counted and recorded, and traps while it
-/// was paused (around its windows, while breakpoints go in and out), which record
-/// nothing but cost the process a trap each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlotHits {
-    pub recorded: u64,
-    pub paused: u64,
-}
-
-impl SlotCost {
-    /// What `hits` are believed to have cost the process, ns.
-    pub(super) fn believed(&self, hits: SlotHits) -> f64 {
-        hits.recorded as f64 * self.per_hit_ns + hits.paused as f64 * self.paused_ns
-    }
-}
 
 #[derive(Debug, Clone)]
 pub(super) struct SlotState {
